@@ -1,0 +1,677 @@
+"""The hirviz model: OpenCLIP image/text towers, a transformers DNA encoder and a gated fusion head.
+
+Every encoder maps its modality into one shared, L2-normalised embedding space of dimension
+``embed_dim`` (METHOD.md sections 4-5):
+
+* image and taxonomy text: an OpenCLIP model (a built-in architecture with an optional pretrained
+  tag, an ``hf-hub:`` repo such as BioCLIP, or a small architecture defined here, ``hirviz-tiny``);
+* DNA barcode: a BERT over k-mer tokens (BarcodeBERT-like) or any ``AutoModel`` checkpoint
+  (DNABERT-2), followed by a per-token linear projection and mean pooling over real tokens;
+* fusion: :class:`GatedFusion`, a per-dimension sigmoid gate mixing the image and DNA embeddings.
+
+:func:`build_model` turns a JSON-serialisable :class:`ModelConfig` into a :class:`HirvizModel`.
+Pretrained backbones come from the local caches first; when one is missing and the hub cannot be
+reached (or offline mode is on), :class:`BackboneUnavailable` is raised at once instead of retrying.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip  # hirviz/__init__.py has already made torchvision importable
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hirviz.barcode import load_dna_tokenizer
+
+__all__ = [
+    "PROJECT_CLIP_CONFIGS",
+    "BackboneUnavailable",
+    "DnaEncoder",
+    "GatedFusion",
+    "HirvizModel",
+    "ModelConfig",
+    "average_fusion",
+    "build_model",
+]
+
+DNA_ENCODERS = ("kmer-bert", "auto")
+
+# OpenCLIP architectures defined by this project, registered with open_clip under these names so that
+# the ordinary factory (model, preprocess transforms, tokenizer) works on them like on a built-in.
+PROJECT_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    # For the CPU demo and the tests (about 3.4 M parameters, 3.2 M of them the token embedding). The
+    # text tower keeps the CLIP BPE vocabulary (49408) so that the stock open_clip tokenizer applies;
+    # 32 tokens hold a taxonomy string.
+    "hirviz-tiny": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 8},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
+    },
+}
+
+_HF_CONFIG_NAME = "open_clip_config.json"
+_HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_PROBE_TIMEOUT_S = 3.0
+
+
+class BackboneUnavailable(RuntimeError):
+    """A pretrained backbone is neither in a local cache nor downloadable right now (one-line message)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a :class:`HirvizModel`; stored in a bundle's ``config.json``.
+
+    Attributes:
+        embed_dim: dimension d of the shared embedding space. With pretrained OpenCLIP weights it must
+            equal the checkpoint's (512 for BioCLIP, 768 for ViT-L-14); otherwise the OpenCLIP
+            config's ``embed_dim`` is set to it.
+        clip_model: an OpenCLIP architecture name (``"ViT-B-16"``, ``"ViT-L-14"``), an ``hf-hub:``
+            repo (``"hf-hub:imageomics/bioclip"``, which always loads the repo's weights), a
+            ``local-dir:`` folder, or a project architecture from :data:`PROJECT_CLIP_CONFIGS`.
+        clip_pretrained: OpenCLIP pretrained tag (``"commonpool_xl_laion_s13b_b90k"``) or checkpoint
+            file for a named architecture; ``None`` means random initialisation.
+        clip_overrides: deep-merged into the OpenCLIP model config before the model is built, e.g.
+            ``{"vision_cfg": {"width": 768, "layers": 12}}``; changing shapes needs random init.
+        freeze_text: freeze the text tower (token and positional embeddings, transformer, ln_final,
+            text_projection), as with BioCLIP in the paper.
+        dna_encoder: ``"kmer-bert"`` (a randomly initialised ``BertModel`` of the size given by the
+            ``dna_*`` fields, vocabulary from the DNA tokenizer) or ``"auto"`` (``AutoModel`` from
+            ``dna_model``).
+        dna_model: local directory or hub id of the ``"auto"`` checkpoint.
+        dna_trust_remote_code: passed to ``AutoModel.from_pretrained``; DNABERT-2 needs ``True``.
+        dna_hidden, dna_layers, dna_heads, dna_intermediate, dna_dropout: size of the k-mer BERT.
+        dna_tokenizer: spec for :func:`hirviz.barcode.load_dna_tokenizer` (``"kmer"``, ``"kmer:6"``,
+            a tokenizer JSON path or its config dict).
+        fusion_hidden_mult, fusion_dropout: :class:`GatedFusion` hidden width (multiple of d), dropout.
+        temperature: contrastive temperature tau; the model holds ``logit_scale = log(1/tau)``.
+        learn_temperature: make ``logit_scale`` a trained parameter (its exp() is clamped at 100).
+        detach_dna_in_fusion: stop fusion gradients into the DNA encoder (the authors' code does).
+    """
+
+    embed_dim: int = 64
+    clip_model: str = "hirviz-tiny"
+    clip_pretrained: str | None = None
+    clip_overrides: dict[str, Any] = field(default_factory=dict)
+    freeze_text: bool = False
+    dna_encoder: str = "kmer-bert"
+    dna_model: str | None = None
+    dna_trust_remote_code: bool = False
+    dna_hidden: int = 64
+    dna_layers: int = 2
+    dna_heads: int = 2
+    dna_intermediate: int = 128
+    dna_dropout: float = 0.1
+    dna_tokenizer: str | dict[str, Any] = "kmer"
+    fusion_hidden_mult: int = 2
+    fusion_dropout: float = 0.0
+    temperature: float = 0.07
+    learn_temperature: bool = False
+    detach_dna_in_fusion: bool = False
+
+    def __post_init__(self) -> None:
+        if self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
+        if self.dna_encoder not in DNA_ENCODERS:
+            raise ValueError(f"dna_encoder must be one of {DNA_ENCODERS}, got {self.dna_encoder!r}")
+        if self.dna_encoder == "auto" and not self.dna_model:
+            raise ValueError("dna_encoder='auto' needs dna_model (a local directory or a hub id)")
+        if self.dna_encoder == "kmer-bert" and self.dna_hidden % self.dna_heads:
+            raise ValueError(f"dna_hidden ({self.dna_hidden}) must be divisible by dna_heads ({self.dna_heads})")
+        if not isinstance(self.clip_overrides, dict):
+            raise TypeError(f"clip_overrides must be a dict, got {type(self.clip_overrides).__name__}")
+        if not isinstance(self.dna_tokenizer, (str, dict)):
+            raise TypeError(f"dna_tokenizer must be a str or a dict, got {type(self.dna_tokenizer).__name__}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.fusion_dropout < 1.0:
+            raise ValueError(f"fusion_dropout must be in [0, 1), got {self.fusion_dropout}")
+        if self.fusion_hidden_mult <= 0:
+            raise ValueError(f"fusion_hidden_mult must be positive, got {self.fusion_hidden_mult}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the config."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**copy.deepcopy(dict(data)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoders and fusion
+
+
+class DnaEncoder(nn.Module):
+    """DNA backbone -> per-token ``Linear(hidden -> embed_dim)`` -> masked mean pooling -> L2 norm.
+
+    Pooling averages only the positions whose attention mask is 1. The authors' code averages over
+    padding too, which makes an embedding depend on how long the other barcodes in its batch are.
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.proj = nn.Linear(hidden_size, embed_dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embed token ids ``[B, T]`` with mask ``[B, T]`` (1 = real token) into ``[B, embed_dim]``."""
+        if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+            raise ValueError(
+                f"expected input_ids and attention_mask of the same shape [B, T], got "
+                f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+            )
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        # transformers models return a ModelOutput; remote-code ones (DNABERT-2) may return a tuple.
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        tokens = self.proj(hidden)
+        mask = attention_mask.to(tokens.dtype).unsqueeze(-1)
+        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return F.normalize(pooled, dim=-1)
+
+
+class GatedFusion(nn.Module):
+    """Per-dimension gated fusion of image and DNA embeddings (METHOD.md section 4, Eq. 10).
+
+    ``g = sigmoid(W2 dropout(relu(W1 [z_I; z_D])))`` with ``W1: 2d -> hidden_mult*d``, ``W2: -> d``,
+    and ``z_F = normalize(g * z_I + (1 - g) * z_D)``.
+    """
+
+    def __init__(self, embed_dim: int, hidden_mult: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        hidden = hidden_mult * embed_dim
+        self.gate = nn.Sequential(
+            nn.Linear(2 * embed_dim, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, embed_dim),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z_image: torch.Tensor, z_dna: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the fused embedding ``[B, d]`` (unit norm) and the gate ``[B, d]`` in (0, 1)."""
+        _check_same_shape(z_image, z_dna)
+        g = self.gate(torch.cat([z_image, z_dna], dim=-1))
+        return F.normalize(g * z_image + (1.0 - g) * z_dna, dim=-1), g
+
+
+def _check_same_shape(z_image: torch.Tensor, z_dna: torch.Tensor) -> None:
+    if z_image.shape != z_dna.shape:
+        raise ValueError(f"image and DNA embeddings differ in shape: {tuple(z_image.shape)} vs {tuple(z_dna.shape)}")
+
+
+def average_fusion(z_image: torch.Tensor, z_dna: torch.Tensor) -> torch.Tensor:
+    """The naive "Avg" baseline: ``normalize((z_I + z_D) / 2)``."""
+    _check_same_shape(z_image, z_dna)
+    return F.normalize((z_image + z_dna) / 2.0, dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+
+
+class HirvizModel(nn.Module):
+    """Image, text and DNA encoders into one space, plus the gated fusion head.
+
+    Build one with :func:`build_model`. Attributes: ``clip`` (the OpenCLIP model), ``dna`` (a
+    :class:`DnaEncoder`), ``fusion`` (a :class:`GatedFusion`), ``dna_tokenizer``, ``config`` and
+    ``logit_scale`` (``log(1/tau)``: a parameter when the temperature is learnt, else a buffer).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        clip: nn.Module,
+        text_tokenizer: Callable[..., torch.Tensor],
+        dna_encoder: DnaEncoder,
+        dna_tokenizer: Any,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = clip
+        self.dna = dna_encoder
+        self.fusion = GatedFusion(config.embed_dim, config.fusion_hidden_mult, config.fusion_dropout)
+        self.text_tokenizer = text_tokenizer
+        self.dna_tokenizer = dna_tokenizer
+
+        # The model owns the temperature; OpenCLIP's own logit_scale/logit_bias are never used, and a
+        # trainable parameter that gets no gradient would make DDP fail, so they are frozen.
+        for name in ("logit_scale", "logit_bias"):
+            param = getattr(clip, name, None)
+            if isinstance(param, nn.Parameter):
+                param.requires_grad_(False)
+        init = torch.tensor(math.log(1.0 / config.temperature), dtype=torch.float32)
+        if config.learn_temperature:
+            self.logit_scale = nn.Parameter(init)
+        else:
+            self.register_buffer("logit_scale", init)
+
+        if config.freeze_text:
+            clip.lock_text_tower()
+
+    # -- properties -------------------------------------------------------------------------------
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension d of the shared embedding space."""
+        return self.config.embed_dim
+
+    @property
+    def preprocess_cfg(self) -> dict[str, Any]:
+        """OpenCLIP's preprocessing settings of the image tower (size, mean, std, interpolation, ...)."""
+        return dict(open_clip.get_model_preprocess_cfg(self.clip))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Input image (height, width) of the image tower."""
+        size = self.preprocess_cfg["size"]
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    @property
+    def image_mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean of the image transforms."""
+        return tuple(self.preprocess_cfg["mean"])
+
+    @property
+    def image_std(self) -> tuple[float, ...]:
+        """Per-channel normalisation std of the image transforms."""
+        return tuple(self.preprocess_cfg["std"])
+
+    def logit_scale_exp(self) -> torch.Tensor:
+        """``1 / tau`` to multiply cosine similarities with; clamped at 100 when learnt, as in CLIP."""
+        scale = self.logit_scale.exp()
+        return scale.clamp(max=100.0) if self.config.learn_temperature else scale
+
+    # -- preprocessing ----------------------------------------------------------------------------
+
+    def image_transform(self, train: bool = False, aug_cfg: Mapping[str, Any] | None = None) -> Callable:
+        """OpenCLIP's ``preprocess_train`` (random resized crop) or ``preprocess_val`` for this tower.
+
+        ``aug_cfg`` is passed to OpenCLIP (``open_clip.AugmentationCfg`` fields) for the train transform.
+        """
+        cfg = open_clip.transform.PreprocessCfg(**self.preprocess_cfg)
+        return open_clip.transform.image_transform_v2(cfg, is_train=train, aug_cfg=dict(aug_cfg) if aug_cfg else None)
+
+    def tokenize_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids ``[B, context_length]`` from the tower's OpenCLIP tokenizer."""
+        return self.text_tokenizer(_as_batch(texts))
+
+    def tokenize_dna(self, sequences: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{"input_ids", "attention_mask"}`` (LongTensor ``[B, T]``) from the DNA tokenizer."""
+        return self.dna_tokenizer(_as_batch(sequences))
+
+    # -- encoders ---------------------------------------------------------------------------------
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings ``[B, d]`` of preprocessed pixels ``[B, C, H, W]``."""
+        if pixels.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(pixels.shape)}")
+        return self.clip.encode_image(pixels, normalize=True)
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, d]`` of token ids ``[B, context_length]``."""
+        if token_ids.dim() != 2:
+            raise ValueError(f"expected text token ids [B, T], got shape {tuple(token_ids.shape)}")
+        return self.clip.encode_text(token_ids, normalize=True)
+
+    def encode_dna(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised DNA embeddings ``[B, d]`` of token ids and attention mask ``[B, T]``.
+
+        The mask is required: the k-mer tokenizer pads with its UNK id, so it cannot be rebuilt from the ids.
+        """
+        return self.dna(input_ids, attention_mask)
+
+    def fuse(self, z_image: torch.Tensor, z_dna: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated fusion: ``(z_F [B, d], gate [B, d])``."""
+        if self.config.detach_dna_in_fusion:
+            z_dna = z_dna.detach()
+        return self.fusion(z_image, z_dna)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Encode whatever modalities the batch holds (the trainer's entry point).
+
+        Recognised keys: ``image_views`` ``[B, V, C, H, W]`` (V augmented views, all encoded in one
+        forward pass) or ``image`` ``[B, C, H, W]``; ``dna_input_ids`` and ``dna_attention_mask``
+        ``[B, T]``; ``text_tokens`` ``[B, L]``.
+
+        Returns ``image`` (first view), ``image_views`` ``[B, V, d]`` (when views were given),
+        ``dna``, ``text``, ``fused`` and ``gate`` (only when both image and DNA are present), and
+        ``logit_scale`` (``1 / tau``). Modalities without inputs are omitted.
+        """
+        out: dict[str, torch.Tensor] = {}
+        if "image_views" in batch and "image" in batch:
+            raise ValueError("batch has both 'image_views' and 'image'; pass one of them")
+        if "image_views" in batch:
+            views = batch["image_views"]
+            if views.dim() != 5:
+                raise ValueError(f"expected image_views [B, V, C, H, W], got shape {tuple(views.shape)}")
+            b, v = views.shape[:2]
+            z = self.encode_image(views.flatten(0, 1)).view(b, v, -1)
+            out["image_views"] = z
+            out["image"] = z[:, 0]
+        elif "image" in batch:
+            out["image"] = self.encode_image(batch["image"])
+
+        if ("dna_input_ids" in batch) != ("dna_attention_mask" in batch):
+            raise ValueError("a DNA batch needs both 'dna_input_ids' and 'dna_attention_mask'")
+        if "dna_input_ids" in batch:
+            out["dna"] = self.encode_dna(batch["dna_input_ids"], batch["dna_attention_mask"])
+
+        if "text_tokens" in batch:
+            out["text"] = self.encode_text(batch["text_tokens"])
+
+        sizes = {name: t.shape[0] for name, t in out.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"modalities have different batch sizes: {sizes}")
+        if "image" in out and "dna" in out:
+            out["fused"], out["gate"] = self.fuse(out["image"], out["dna"])
+        out["logit_scale"] = self.logit_scale_exp()
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+
+
+def build_model(config: ModelConfig, base_dir: str | os.PathLike[str] | None = None) -> HirvizModel:
+    """Build a :class:`HirvizModel` from its config.
+
+    ``base_dir`` (a bundle directory) resolves a relative DNA tokenizer path or ``dna_model`` folder.
+    Pretrained backbones are taken from the local caches when there; otherwise they are downloaded if
+    the hub is reachable, and :class:`BackboneUnavailable` is raised at once if it is not (or
+    ``HF_HUB_OFFLINE`` is set).
+    """
+    dna_tokenizer = load_dna_tokenizer(config.dna_tokenizer, base_dir=base_dir)
+    clip, text_tokenizer = _build_clip(config)
+    dna_encoder = _build_dna_encoder(config, dna_tokenizer, base_dir)
+    return HirvizModel(config, clip, text_tokenizer, dna_encoder, dna_tokenizer)
+
+
+def _build_clip(config: ModelConfig) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+    """The OpenCLIP model and its tokenizer, with overrides applied and weights checked for availability."""
+    _register_project_clip_configs()
+    name = config.clip_model
+    schema, identifier = open_clip.factory.parse_model_name(name)
+    pretrained = config.clip_pretrained
+    loads_weights = schema is not None or pretrained is not None
+    downloads = False
+
+    if schema == "hf-hub":
+        if pretrained is not None:
+            raise ValueError(f"{name!r} loads its repo's own weights; leave clip_pretrained empty (got {pretrained!r})")
+        base_cfg, downloads = _hf_clip_config(identifier)
+    elif schema == "local-dir":
+        base_cfg = open_clip.get_model_config(name)
+    else:
+        base_cfg = open_clip.get_model_config(name)
+        if base_cfg is None:
+            raise ValueError(
+                f"unknown OpenCLIP architecture {name!r}; use one of open_clip.list_models() "
+                f"(project ones: {sorted(PROJECT_CLIP_CONFIGS)}), an 'hf-hub:' id or a 'local-dir:' path"
+            )
+        if pretrained is not None:
+            downloads = _open_clip_tag_needs_download(name, pretrained)
+
+    # open_clip applies model kwargs last and shallowly, so each overridden top-level entry is passed
+    # whole, already merged with the base config.
+    merged = _deep_merge(base_cfg, config.clip_overrides)
+    model_kwargs = {key: merged[key] for key in config.clip_overrides}
+    if loads_weights:
+        if merged.get("embed_dim") != config.embed_dim:
+            raise ValueError(
+                f"embed_dim={config.embed_dim} but the pretrained {name!r} embeds into "
+                f"{merged.get('embed_dim')} dimensions; set embed_dim={merged.get('embed_dim')}"
+            )
+    else:
+        model_kwargs["embed_dim"] = config.embed_dim
+
+    try:
+        clip = open_clip.create_model(name, pretrained=pretrained, **model_kwargs)
+    except (RuntimeError, OSError) as err:
+        # open_clip reports a failed download as a RuntimeError/OSError mentioning the download.
+        if downloads and any(w in str(err).lower() for w in ("download", "hub")):
+            raise BackboneUnavailable(f"cannot load {_describe(name, pretrained)}: {_one_line(err)}") from err
+        raise
+    context_length = getattr(clip, "context_length", None)
+    tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
+    return clip, tokenizer
+
+
+def _build_dna_encoder(
+    config: ModelConfig, tokenizer: Any, base_dir: str | os.PathLike[str] | None = None
+) -> DnaEncoder:
+    """The DNA backbone (random k-mer BERT or a pretrained ``AutoModel``) with its projection head."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if config.dna_encoder == "kmer-bert":
+        bert_config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=config.dna_hidden,
+            num_hidden_layers=config.dna_layers,
+            num_attention_heads=config.dna_heads,
+            intermediate_size=config.dna_intermediate,
+            hidden_dropout_prob=config.dna_dropout,
+            attention_probs_dropout_prob=config.dna_dropout,
+            max_position_embeddings=int(tokenizer.max_tokens),
+            # No padding_idx: the k-mer tokenizer pads with UNK, and a padding_idx would freeze the UNK
+            # embedding of real N-containing k-mers at zero. Padding is excluded by the attention mask.
+            pad_token_id=None,
+            type_vocab_size=1,
+        )
+        # No pooler: its output is unused, and unused trainable parameters break DDP.
+        backbone: nn.Module = BertModel(bert_config, add_pooling_layer=False)
+    else:
+        model_id = str(config.dna_model)
+        if base_dir is not None and not os.path.isabs(model_id) and os.path.isdir(os.path.join(base_dir, model_id)):
+            model_id = os.path.join(base_dir, model_id)
+        backbone = _load_hf_pretrained(
+            lambda local_only: AutoModel.from_pretrained(
+                model_id, trust_remote_code=config.dna_trust_remote_code, local_files_only=local_only
+            ),
+            model_id,
+            field_name="dna_model",
+        )
+        if isinstance(getattr(backbone, "pooler", None), nn.Module):
+            backbone.pooler = None  # unused, see above; BERT-style models skip a missing pooler
+        vocab = backbone.get_input_embeddings().num_embeddings
+        if tokenizer.vocab_size > vocab:
+            raise ValueError(
+                f"the DNA tokenizer has {tokenizer.vocab_size} tokens but {model_id!r} embeds only {vocab}; "
+                "use the tokenizer the checkpoint was trained with"
+            )
+    hidden = int(backbone.config.hidden_size)
+    return DnaEncoder(backbone, hidden, config.embed_dim)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: project architectures, config merging, cache and hub checks
+
+_project_configs_registered = False
+
+
+def _register_project_clip_configs() -> None:
+    """Register :data:`PROJECT_CLIP_CONFIGS` with open_clip's public ``add_model_config`` (once)."""
+    global _project_configs_registered
+    if _project_configs_registered:
+        return
+    # add_model_config reads JSON files; it keeps the parsed configs in memory, so the files are
+    # only needed for the duration of the call.
+    with tempfile.TemporaryDirectory(prefix="hirviz-clip-configs-") as tmp:
+        for arch, cfg in PROJECT_CLIP_CONFIGS.items():
+            Path(tmp, f"{arch}.json").write_text(json.dumps(cfg), encoding="utf-8")
+        open_clip.add_model_config(tmp)
+    missing = [arch for arch in PROJECT_CLIP_CONFIGS if arch not in open_clip.list_models()]
+    if missing:
+        raise RuntimeError(f"open_clip did not register the project architectures {missing}")
+    _project_configs_registered = True
+
+
+def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in, recursing into nested dicts; the inputs are not modified."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _as_batch(items: Sequence[str]) -> list[str]:
+    # A lone string is a Sequence[str] of letters: tokenising it letter by letter is never wanted.
+    if isinstance(items, str):
+        raise TypeError("pass a list of strings, e.g. [text], not a single string")
+    return list(items)
+
+
+def _one_line(err: BaseException | str) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _describe(name: str, pretrained: str | None) -> str:
+    return f"{name!r}" if pretrained is None else f"{name!r} (pretrained={pretrained!r})"
+
+
+def _hub_offline() -> bool:
+    """Whether the user asked for offline mode (checked at call time, not at import time)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _unreachable_reason(url: str) -> str | None:
+    """Why ``url`` cannot be downloaded from right now, or ``None`` if it looks reachable.
+
+    A short TCP probe replaces the library's own retries, which can take minutes without a network.
+    Behind a proxy the probe would be meaningless, so it is skipped.
+    """
+    if _hub_offline():
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            return None
+    except OSError as err:
+        return f"{host} is unreachable ({_one_line(err) or type(err).__name__})"
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _hf_cached(repo_id: str, filename: str) -> str | None:
+    """The local path of ``filename`` of a hub repo if it is in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        path = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # not a valid repo id
+        return None
+    return path if isinstance(path, str) else None
+
+
+def _require_download(what: str, url: str, hint: str) -> None:
+    """Raise :class:`BackboneUnavailable` unless ``url`` can be downloaded from now."""
+    reason = _unreachable_reason(url)
+    if reason is not None:
+        raise BackboneUnavailable(f"cannot load {what}: not in the local cache and {reason}; {hint}")
+
+
+def _hf_clip_config(repo_id: str) -> tuple[dict[str, Any], bool]:
+    """The ``model_cfg`` of an OpenCLIP hub repo and whether its weights still have to be downloaded."""
+    what = f"'hf-hub:{repo_id}'"
+    hint = "download it once with network access (or point clip_model at a 'local-dir:' copy)"
+    config_path = _hf_cached(repo_id, _HF_CONFIG_NAME)
+    has_weights = any(_hf_cached(repo_id, f) for f in _HF_WEIGHT_NAMES)
+    if config_path is None or not has_weights:
+        _require_download(what, _hub_endpoint(), hint)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_path = hf_hub_download(repo_id, _HF_CONFIG_NAME)
+        except Exception as err:  # any hub failure means the same thing here: no backbone
+            raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err
+    data = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    return data.get("model_cfg", data), not has_weights
+
+
+def _open_clip_tag_needs_download(name: str, tag: str) -> bool:
+    """Whether the weights of an OpenCLIP tag must be downloaded; fails fast when they cannot be.
+
+    An unknown tag (that is not a checkpoint file either) is a ``ValueError``.
+    """
+    pcfg = open_clip.get_pretrained_cfg(name, tag)
+    if not pcfg:
+        if os.path.isfile(tag):
+            return False
+        known = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"{tag!r} is neither an OpenCLIP pretrained tag of {name!r} (known: {known}) nor a file")
+    if "file" in pcfg:
+        return False
+    what = _describe(name, tag)
+    hint = "download it once with network access, or set clip_pretrained to a local checkpoint file"
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub)
+        candidates = [filename] if filename else list(_HF_WEIGHT_NAMES)
+        if filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        if any(_hf_cached(repo_id, f) for f in candidates):
+            return False
+        _require_download(what, _hub_endpoint(), hint)
+        return True
+    url = pcfg.get("url", "")
+    # open_clip's default download folder for URL-hosted weights.
+    if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+        return False
+    _require_download(what, url, hint)
+    return True
+
+
+def _load_hf_pretrained(load: Callable[[bool], nn.Module], model_id: str, field_name: str) -> nn.Module:
+    """Run ``load(local_files_only)`` from the cache first, downloading only when the hub is reachable."""
+    if os.path.isdir(model_id):
+        return load(True)
+    what = f"{model_id!r}"
+    try:
+        return load(True)
+    except OSError:
+        pass  # not (fully) cached: fall through to a download if the hub can be reached
+    _require_download(
+        what,
+        _hub_endpoint(),
+        f"download it once with network access, or set {field_name} to a local directory",
+    )
+    try:
+        return load(False)
+    except OSError as err:
+        raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err

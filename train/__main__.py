@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "synth": ("train.synthetic", "write a synthetic benchmark in the BIOSCAN-1M format (metadata.tsv + images.hdf5)"),
+    "fit": ("train.loop", "train a model (one process, or data-parallel under torchrun)"),
 }
 
 
@@ -29,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; libraries (open_clip logs every step of building a model) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("train", "hirviz"):
+        logging.getLogger(name).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

@@ -1,0 +1,117 @@
+"""Run configuration: nested dataclasses loaded from YAML and overridden from the command line.
+
+A config file mirrors the dataclass tree (``model``, ``loss``, ``data``, ``optim``, ``run``); every key is
+optional and falls back to the dataclass default. Overrides are ``section.key=value`` strings whose values are
+parsed as YAML, so ``optim.epochs=3``, ``loss.objective=clibd`` and ``data.images=null`` all work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from hirviz.model import ModelConfig
+from train.losses import LossConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the specimens come from and how batches are drawn."""
+
+    metadata: str = ""  # BIOSCAN-1M/5M TSV, the authors' CSV, or a barcode TSV
+    images: str | None = None  # images.hdf5 or a folder; None trains on the modalities the metadata has
+    test_fraction: float = 0.2  # seeded closed-set split (every test taxon is also in training)
+    split_seed: int = 0
+    max_specimens: int | None = None  # keep a seeded subset, for quick runs
+    batch_size: int = 250  # per rank
+    group_size: int = 5  # anchor + relatives at species, genus, family, order
+    sampler: str = "hierarchical"  # or "random"
+    views: int = 2  # augmented image views per specimen (HiR needs 2)
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + OneCycle as in the paper (METHOD.md section 6)."""
+
+    max_lr: float = 5e-5
+    weight_decay: float = 0.01
+    epochs: int = 10
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    precision: str = "auto"  # "auto" = bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16"
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, how often it checkpoints and logs."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
+    log_every: int = 10
+    tensorboard: bool = False
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: model, loss, data, optim, run")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            section_cls = type(getattr(cls(), f.name))
+            kwargs[f.name] = _build_section(section_cls, data.get(f.name) or {}, f.name)
+        return cls(**kwargs)
+
+
+def _build_section(section_cls: type, values: dict[str, Any], name: str):
+    valid = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - valid
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in section '{name}'; valid: {sorted(valid)}")
+    return section_cls(**values)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        *parents, key = dotted.strip().split(".")
+        if not parents:
+            raise ValueError(f"override {item!r} must name a section, e.g. optim.epochs=3")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    return TrainConfig.from_dict(apply_overrides(data, overrides))

@@ -1,0 +1,286 @@
+"""The training loop: one readable function for CLIBD, CLIBD-HiR and CLIBD-HiR-Fuse.
+
+``python -m train fit --config CFG [section.key=value ...]`` runs it in one process;
+``torchrun --nproc_per_node=N -m train fit ...`` runs it data-parallel (nccl on GPUs, gloo on CPU);
+multi-node is torchrun's job (``--nnodes``, ``--rdzv-endpoint``). The recipe is the paper's (METHOD.md
+section 6): AdamW + OneCycle, bf16 autocast on GPU, optional gradient accumulation.
+
+A run directory holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/test indices into the
+metadata), ``metrics.jsonl`` and ``checkpoint.pt``. Checkpoints are written atomically every
+``run.checkpoint_every`` optimizer steps and at each epoch end; ``--resume`` continues from the last one
+with the same model, optimizer, scheduler, sampler and RNG state, so a killed run that resumes ends with
+the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from hirviz.model import HirvizModel, build_model
+from train import distributed
+from train.config import TrainConfig, load_config
+from train.data import (
+    HierarchicalBatchSampler,
+    SpecimenDataset,
+    closed_set_split,
+    make_collate,
+    open_images,
+    read_metadata,
+    train_transform,
+)
+from train.embed import embed_texts
+from train.losses import compute_loss
+
+logger = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+MODEL_INPUTS = ("image_views", "dna_input_ids", "dna_attention_mask", "text_tokens")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Run-directory helpers
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write with ``torch.save`` to a temp file, then rename: a kill never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_training_split(cfg: TrainConfig, out_dir: Path | None = None):
+    """The metadata, and the seeded closed-set split of it (saved in the run dir when ``out_dir`` is given)."""
+    frame = read_metadata(cfg.data.metadata)
+    if cfg.data.max_specimens is not None and len(frame) > cfg.data.max_specimens:
+        frame = frame.sample(n=cfg.data.max_specimens, random_state=cfg.data.split_seed).sort_index()
+    frame = frame.reset_index(drop=True)
+    train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
+    if out_dir is not None:
+        np.savez(out_dir / "split.npz", train=train_idx, test=test_idx,
+                 sampleid=frame["sampleid"].astype(str).to_numpy())
+    return frame, train_idx, test_idx
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Train a model as ``cfg`` says; returns the run directory.
+
+    ``max_steps`` stops after that many optimizer steps in total (for tests and throughput checks); the
+    learning-rate schedule still spans the whole configured run.
+    """
+    dist = distributed.setup(cfg.run.device)
+    out = Path(cfg.run.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.run.seed + dist.rank)
+
+    # -- data ------------------------------------------------------------------------------------
+    frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
+    model: HirvizModel = build_model(cfg.model).to(dist.device)
+    images = open_images(cfg.data.images) if cfg.data.images else None
+    use_image_hir = cfg.loss.uses_hir and cfg.loss.hir_modality == "image"
+    views = cfg.data.views if use_image_hir else 1
+    transform = train_transform(model.image_size[0], model.image_mean, model.image_std)
+    dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed)
+    if dist.is_main:
+        dataset.taxonomy.save(str(out / "taxonomy.json"))
+        with open(out / "config.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    group_size = cfg.data.group_size if cfg.data.sampler == "hierarchical" else 1
+    sampler = HierarchicalBatchSampler(dataset.labels, cfg.data.batch_size, group_size,
+                                       dist.rank, dist.world_size, seed=cfg.run.seed)
+    # A frozen text tower gives every taxonomy string a fixed embedding: compute them once, not per batch.
+    text_bank = None
+    if cfg.model.freeze_text:
+        text_bank = torch.from_numpy(embed_texts(model, dataset.texts, device=dist.device)).to(dist.device)
+        model.train()
+    collate = make_collate(
+        dna_tokenizer=model.dna_tokenizer if dataset.has_barcodes else None,
+        text_tokenizer=None if text_bank is not None else model.tokenize_text,
+    )
+    # The loader draws its workers' base seed from its own generator, not the global RNG, so resuming
+    # mid-epoch leaves the global RNG (dropout) exactly where an uninterrupted run has it.
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+                        pin_memory=dist.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.run.seed))
+
+    # -- optimisation ------------------------------------------------------------------------------
+    net: torch.nn.Module = model
+    if dist.world_size > 1:
+        # Without the fusion loss the fusion head gets no gradient, which DDP must be told about.
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                                      find_unused_parameters=not cfg.loss.uses_fusion)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum))
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    # OneCycle is stepped after every optimizer step, the last one included, so it needs one step more
+    # than the optimizer takes or its final step falls off the end of the schedule.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.optim.max_lr, total_steps=total_steps + 1, pct_start=cfg.optim.pct_start,
+        anneal_strategy="cos", cycle_momentum=False, div_factor=cfg.optim.div_factor,
+        final_div_factor=cfg.optim.final_div_factor)
+    autocast = _autocast(cfg.optim.precision, dist.device)
+
+    step, epoch, batches_done = 0, 0, 0
+    if resume and (out / CHECKPOINT).exists():
+        ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, epoch, batches_done = ckpt["step"], ckpt["epoch"], ckpt["batches_done"]
+        set_rng_state(ckpt["rng"][dist.rank] if dist.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        if dist.is_main:
+            logger.info("resumed %s at step %d (epoch %d, batch %d)", out, step, epoch, batches_done)
+    elif resume and dist.is_main:
+        logger.info("no checkpoint in %s: starting from scratch", out)
+
+    def save_checkpoint() -> None:
+        rngs = _gather_objects(rng_state(), dist.world_size)
+        if dist.is_main:
+            atomic_torch_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                "batches_done": batches_done, "rng": rngs, "config": cfg.to_dict(),
+            }, out / CHECKPOINT)
+        distributed.barrier()
+
+    def forward_backward(batch: dict[str, Any]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Loss of one (micro-)batch, back-propagated; ``None`` when every sample of it was dropped."""
+        if len(batch["index"]) == 0:
+            return None, {}
+        inputs = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
+        with autocast:
+            outputs = net(inputs)
+        if text_bank is not None:
+            outputs["text"] = text_bank[batch["text_ids"].to(dist.device)]
+        # The losses run in fp32 whatever the encoders ran in.
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss, parts = compute_loss(outputs, batch["text_ids"].to(dist.device), batch["labels"].to(dist.device),
+                                   cfg.loss, logit_scale=outputs.get("logit_scale"))
+        (loss / cfg.optim.grad_accum).backward()
+        return loss.detach(), parts
+
+    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist.is_main else None
+    net.train()
+    try:
+        while epoch < cfg.optim.epochs and (max_steps is None or step < max_steps):
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            if batches_done:
+                sampler.load_state_dict({**sampler.state_dict(), "epoch": epoch, "batches_done": batches_done})
+            bar = tqdm(total=len(sampler), initial=batches_done, desc=f"epoch {epoch}",
+                       disable=not dist.is_main, dynamic_ncols=True, mininterval=2.0)
+            t_data = time.perf_counter()
+            for batch in loader:
+                data_time = time.perf_counter() - t_data
+                t_step = time.perf_counter()
+                batches_done += 1
+                bar.update(1)
+                loss, parts = forward_backward(batch)
+                accumulating = batches_done % cfg.optim.grad_accum and batches_done < len(sampler)
+                if loss is not None and not accumulating:
+                    if cfg.optim.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    step += 1
+                    step_time = time.perf_counter() - t_step
+                    rate = len(batch["index"]) * dist.world_size / max(step_time + data_time, 1e-9)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{rate:.0f}")
+                    if metrics is not None and (step % cfg.run.log_every == 0 or step == 1):
+                        record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                                  "loss": loss.item(), **{k: float(v) for k, v in parts.items()},
+                                  "samples_per_s": rate, "data_s": data_time, "step_s": step_time}
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                    if step % cfg.run.checkpoint_every == 0 and batches_done < len(sampler):
+                        save_checkpoint()
+                    if max_steps is not None and step >= max_steps:
+                        break
+                t_data = time.perf_counter()
+            bar.close()
+            if batches_done >= len(sampler):
+                epoch, batches_done = epoch + 1, 0
+            save_checkpoint()
+    finally:
+        if metrics is not None:
+            metrics.close()
+        distributed.teardown()
+    return out
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision not in ("auto", "fp32"):
+        raise ValueError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    return nullcontext()
+
+
+def _gather_objects(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (train/configs/*.yaml); defaults when omitted")
+    parser.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, values parsed as YAML (e.g. optim.epochs=3 run.out_dir=runs/x)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if not cfg.data.metadata:
+        raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
+    out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
+    print(out)
+    return 0

@@ -103,3 +103,25 @@ def test_barcode_only_data_trains_dna_and_text(tmp_path, synth):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 4
     assert "dna_text" in record and "image_text" not in record and "image_dna" not in record
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_ranks_on_cpu(synth, tmp_path):
+    # Data-parallel under torchrun with gloo: both ranks step in lock-step and rank 0 writes the run.
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "train", "fit", "--config", str(CI_CONFIG), "--max-steps", "3",
+           *_overrides(synth, out, "run.log_every=1", "loss.objective=clibd")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] == 3

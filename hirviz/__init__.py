@@ -6,3 +6,14 @@ This package holds everything needed to *use* a trained model; the ``train`` pac
 from hirviz import torchvision_compat as _torchvision_compat  # noqa: F401  (must precede torchvision)
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_bundle"]
+
+
+def __getattr__(name: str):
+    # Lazy export: ``import hirviz`` stays light; the bundle module is imported on first use of load_bundle.
+    if name == "load_bundle":
+        from hirviz.bundle import load_bundle
+
+        return load_bundle
+    raise AttributeError(f"module 'hirviz' has no attribute {name!r}")

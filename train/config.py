@@ -104,8 +104,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node = data
         for part in parents:
             node = node.setdefault(part, {})
-        node[key] = yaml.safe_load(raw)
+        node[key] = _parse_value(raw)
     return data
+
+
+def _parse_value(raw: str) -> Any:
+    """A YAML value; numbers like ``3e-3`` too, which YAML 1.1 would leave as strings."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

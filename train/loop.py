@@ -93,7 +93,7 @@ def load_training_split(cfg: TrainConfig, out_dir: Path | None = None):
     train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
     if out_dir is not None:
         np.savez(out_dir / "split.npz", train=train_idx, test=test_idx,
-                 sampleid=frame["sampleid"].astype(str).to_numpy())
+                 sampleid=frame["sampleid"].fillna("").to_numpy(dtype=str))
     return frame, train_idx, test_idx
 
 

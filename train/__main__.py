@@ -1,4 +1,4 @@
-"""Command line: ``python -m train {synth,fit,eval,export} ...``.
+"""Command line: ``python -m train {synth,fit,eval,export,demo} ...``.
 
 Each subcommand lives in the module that does the work; that module exposes ``add_arguments(parser)`` and
 ``run(args)``, and this file only wires them together.
@@ -15,6 +15,9 @@ import sys
 SUBCOMMANDS = {
     "synth": ("train.synthetic", "write a synthetic benchmark in the BIOSCAN-1M format (metadata.tsv + images.hdf5)"),
     "fit": ("train.loop", "train a model (one process, or data-parallel under torchrun)"),
+    "eval": ("train.evaluate", "score a bundle on a dataset: the papers' per-level tables, clean and noisy"),
+    "export": ("train.export", "turn a run directory into a model bundle"),
+    "demo": ("train.demo", "rebuild the embedded demo bundles in assets/ from scratch"),
 }
 
 

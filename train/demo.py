@@ -1,0 +1,126 @@
+"""Rebuild the embedded demo from scratch: ``python -m train demo`` (about 20-30 minutes on 2 CPU cores).
+
+It runs the documented pipeline, nothing private: ``synth`` writes a synthetic benchmark, then for each demo
+model (the CLIBD baseline and CLIBD-HiR-Fuse) ``fit`` trains it with ``train/configs/demo.yaml``, ``export``
+makes a bundle, and ``eval`` scores the run's held-out split (clean, noisy, and a noise sweep for the app's
+robustness view); the results go into the bundle's ``eval.json`` and model card. The two models train in
+parallel, one CPU thread each. Finally a few held-out specimens are written to ``assets/examples`` for the
+app's one-click examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+# bundle name -> objective
+MODELS = {"demo-hir-fuse": "clibd-hir-fuse", "demo-clibd": "clibd"}
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    """Run one pipeline step with its output in ``log``; a failure names the step and the log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("$ " + " ".join(cmd) + "\n")
+        fh.flush()
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"step failed ({' '.join(cmd[2:5])}...): see {log}")
+
+
+def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None) -> Path:
+    """fit -> export -> eval -> attach the results: one demo bundle."""
+    from hirviz.bundle import load_bundle
+
+    py = [sys.executable, "-m", "train"]
+    run_dir, bundle_dir, log = work / "runs" / name, out / name, work / f"{name}.log"
+    results = work / f"{name}-eval.json"
+    fit = [*py, "fit", "--config", str(DEMO_CONFIG), f"data.metadata={work / 'synth' / 'metadata.tsv'}",
+           f"data.images={work / 'synth' / 'images.hdf5'}", f"run.out_dir={run_dir}", f"loss.objective={objective}",
+           "data.num_workers=0"]
+    if epochs is not None:
+        fit.append(f"optim.epochs={epochs}")
+    if max_steps is not None:
+        fit += ["--max-steps", str(max_steps)]
+    t0 = time.time()
+    _run(fit, log)
+    logger.info("%s: trained in %.0f s", name, time.time() - t0)
+    _run([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference", "2000"], log)
+    _run([*py, "eval", "--bundle", str(bundle_dir), "--metadata", str(work / "synth" / "metadata.tsv"),
+          "--images", str(work / "synth" / "images.hdf5"), "--split", str(run_dir), "--sweep",
+          "--out", str(results), "--markdown", str(results.with_suffix(".md"))], log)
+    load_bundle(bundle_dir).update_eval(json.loads(results.read_text(encoding="utf-8")))
+    logger.info("%s: done in %.0f s -> %s", name, time.time() - t0, bundle_dir)
+    return bundle_dir
+
+
+def write_examples(work: Path, run_dir: Path, out: Path, per_order: int = 2) -> Path:
+    """A few fully identified held-out specimens (image + barcode) per order, for one-click examples."""
+    import pandas as pd
+
+    from train.data import read_metadata
+
+    frame = read_metadata(work / "synth" / "metadata.tsv")
+    test = frame.iloc[np.load(run_dir / "split.npz")["test"]]
+    known = test[test["species"].notna() & test["barcode"].notna()]
+    picked = known.groupby("order", sort=True).head(per_order)
+    examples = out / "examples"
+    if examples.exists():
+        shutil.rmtree(examples)
+    examples.mkdir(parents=True)
+    with h5py.File(work / "synth" / "images.hdf5", "r") as fh:
+        for key in picked["image_file"]:
+            Image.open(io.BytesIO(fh["bioscan_dataset"][key][()].tobytes())).save(examples / key, quality=90)
+    table = pd.DataFrame({"image_file": picked["image_file"], "barcode": picked["barcode"],
+                          "taxonomy": picked["taxonomy"], "sampleid": picked["sampleid"]})
+    table.to_csv(examples / "examples.tsv", sep="\t", index=False)
+    return examples
+
+
+def build_demo(out: Path, work: Path, specimens: int, seed: int, epochs: int | None = None,
+               max_steps: int | None = None) -> list[Path]:
+    from train.synthetic import SynthConfig, generate
+
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    generate(work / "synth", SynthConfig(specimens=specimens, seed=seed, image_height=128))
+    logger.info("synthetic benchmark: %d specimens in %.0f s", specimens, time.time() - t0)
+    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
+        jobs = [pool.submit(build_model, name, objective, work, out, epochs, max_steps)
+                for name, objective in MODELS.items()]
+        bundles = [job.result() for job in jobs]
+    write_examples(work, work / "runs" / next(iter(MODELS)), out)
+    logger.info("demo rebuilt in %.0f s", time.time() - t0)
+    return bundles
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="assets", help="where the bundles and examples go (default %(default)s)")
+    parser.add_argument("--work", default="data/demo", help="data, runs and logs (default %(default)s; not committed)")
+    parser.add_argument("--specimens", type=int, default=8000, help="synthetic specimens (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="override demo.yaml's epochs")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop training early (for a quick check)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for bundle in build_demo(Path(args.out), Path(args.work), args.specimens, args.seed, args.epochs, args.max_steps):
+        print(bundle)
+    return 0

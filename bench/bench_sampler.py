@@ -1,6 +1,6 @@
 """Time one epoch of ``HierarchicalBatchSampler`` on synthetic long-tailed labels with many unknowns.
 
-    python -m bench.bench_sampler [--sizes 10000 100000 1000000] [--world-size 1]
+    python bench/bench_sampler.py [--sizes 10000 100000 1000000] [--world-size 1]
 
 The labels imitate BIOSCAN-1M: power-law species frequencies, nested in genera, families and orders, with ranks
 known for about 98 % (order), 70 % (family), 30 % (genus) and 9 % (species) of the specimens. For each size the
@@ -12,9 +12,13 @@ hierarchical groups against plain random batches (``group_size=1``).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
 import hirviz  # noqa: F401  (installs the torchvision shim before train.data imports torchvision)
 from train.data import HierarchicalBatchSampler

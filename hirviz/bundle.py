@@ -322,6 +322,16 @@ class Bundle:
         self._reference: Reference | None = None
         self._lock = threading.Lock()  # the app may touch the lazy attributes from several threads at once
 
+    @property
+    def fusion_trained(self) -> bool:
+        """Whether training taught the fusion gate (CLIBD-HiR-Fuse with a non-zero fusion weight).
+
+        Other objectives leave the gate at its random initialisation: their ``fused`` query is not meaningful.
+        """
+        loss = self.training.get("loss") or {}
+        objective = loss.get("objective") or self.objective
+        return objective == "clibd-hir-fuse" and float(loss.get("fusion_weight", 1.0)) > 0
+
     def __repr__(self) -> str:
         return (f"Bundle({self.name!r}, path={str(self.path)!r}, objective={self.objective!r}, "
                 f"candidates={len(self.candidates)}, d={self.embed_dim})")

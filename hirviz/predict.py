@@ -457,14 +457,8 @@ class Predictor:
 
     @property
     def fusion_trained(self) -> bool:
-        """Whether the bundle's objective trained the fusion gate (CLIBD-HiR-Fuse with a non-zero fusion loss).
-
-        Other objectives leave the gate at its random initialisation, so their ``fused`` query is not meaningful
-        (it is still computed, for comparison).
-        """
-        loss = (getattr(self.bundle, "training", None) or {}).get("loss") or {}
-        objective = loss.get("objective", getattr(self.bundle, "objective", ""))
-        return objective == "clibd-hir-fuse" and float(loss.get("fusion_weight", 1.0)) > 0
+        """Whether the bundle's objective trained the fusion gate (see :attr:`hirviz.bundle.Bundle.fusion_trained`)."""
+        return bool(getattr(self.bundle, "fusion_trained", True))
 
     def default_blur_kernel(self) -> int:
         """A clearly visible blur for this model's input grid: an odd kernel of about 1/16 of its size."""

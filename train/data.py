@@ -425,6 +425,12 @@ def eval_transform(
 # Dataset and collate
 
 
+def specimen_ids(frame: pd.DataFrame) -> np.ndarray:
+    """Each row's sample id, else its process id, else None (object array)."""
+    ids = frame["sampleid"].where(frame["sampleid"].notna(), frame["processid"])
+    return ids.to_numpy(dtype=object)
+
+
 def encode_labels(frame: pd.DataFrame, taxonomy: Taxonomy) -> np.ndarray:
     """The frame's ranks as ids, int64 [N, 4] (``UNKNOWN_ID`` where unknown or not in ``taxonomy``)."""
     out = np.full((len(frame), len(LEVELS)), UNKNOWN_ID, dtype=np.int64)

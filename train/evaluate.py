@@ -60,7 +60,7 @@ from hirviz.degrade import DnaNoise
 from hirviz.model import HirvizModel, average_fusion
 from hirviz.taxonomy import LEVELS
 from train.config import TrainConfig
-from train.data import ImageStore, open_images, read_metadata
+from train.data import ImageStore, open_images, read_metadata, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
 from train.loop import load_training_split
 
@@ -390,12 +390,6 @@ class KeyBank:
                    {s: masks[s] for s in reference.embeddings})
 
 
-def specimen_ids(frame: pd.DataFrame) -> np.ndarray:
-    """Each row's sample id, else its process id, else None (object array)."""
-    ids = frame["sampleid"].where(frame["sampleid"].notna(), frame["processid"])
-    return ids.to_numpy(dtype=object)
-
-
 def evaluate_model(
     model: HirvizModel,
     frame: pd.DataFrame,
@@ -555,13 +549,6 @@ def noise_sweep(
     return records
 
 
-def _trained_fusion(bundle: Bundle) -> bool:
-    """Whether the bundle's model was trained with the fusion loss (else its gate is untrained)."""
-    loss = (bundle.training or {}).get("loss") or {}
-    objective = loss.get("objective") or bundle.objective
-    return objective == "clibd-hir-fuse" and float(loss.get("fusion_weight", 1.0)) > 0
-
-
 def evaluate_bundle(
     bundle: Bundle,
     frame: pd.DataFrame,
@@ -594,7 +581,7 @@ def evaluate_bundle(
     if images is not None and not hasattr(images, "get"):
         images = open_images(images)
     if queries is None:
-        queries = [q for q in QUERIES if q != "fused" or _trained_fusion(bundle)]
+        queries = [q for q in QUERIES if q != "fused" or bundle.fusion_trained]
     cands = Candidates.from_bundle(bundle) if candidates == "bundle" else Candidates.from_frame(model, frame, device)
     keys = KeyBank.from_reference(bundle.reference) if retrieval else None
     results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
@@ -602,7 +589,7 @@ def evaluate_bundle(
                              num_workers=num_workers, device=device)
     results["_meta"] = {"bundle": bundle.name, "objective": bundle.objective, "dataset": dataset,
                         **results["_meta"]}
-    if "fused" not in queries and not _trained_fusion(bundle):
+    if "fused" not in queries and not bundle.fusion_trained:
         results["_meta"]["note"] = "no fused query: the model was trained without the fusion loss"
     return results
 

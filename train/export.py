@@ -36,7 +36,7 @@ from hirviz.bundle import EVAL_END, EVAL_START, LAYOUT_SPACES, SPACES, Reference
 from hirviz.model import HirvizModel, build_model
 from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
-from train.data import ImageStore, open_images
+from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
 from train.loop import CHECKPOINT, load_training_split
 
@@ -119,11 +119,10 @@ def select_reference(frame: pd.DataFrame, max_n: int, seed: int = 0) -> np.ndarr
     return np.sort(shuffled[order[:max_n]])
 
 
-def specimen_ids(frame: pd.DataFrame) -> np.ndarray:
-    """Sample ids, falling back to process ids, then to row numbers."""
-    ids = frame["sampleid"].where(frame["sampleid"].notna(), frame["processid"])
-    fallback = pd.Series([f"row{i}" for i in range(len(frame))], index=frame.index)
-    return ids.where(ids.notna(), fallback).astype(str).to_numpy()
+def reference_ids(frame: pd.DataFrame) -> np.ndarray:
+    """Sample ids, falling back to process ids, then to row numbers (a bank needs an id per row)."""
+    ids = specimen_ids(frame)
+    return np.array([i if i is not None else f"row{n}" for n, i in enumerate(ids)], dtype=str)
 
 
 def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore | None, taxonomy: Taxonomy,
@@ -150,7 +149,7 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
                         time.perf_counter() - started)
     ranks = frame[list(LEVELS)].to_numpy(dtype=object)
     return Reference(
-        ids=specimen_ids(frame),
+        ids=reference_ids(frame),
         ranks=ranks,
         labels=taxonomy.encode(ranks),
         barcodes=frame["barcode"].to_numpy(dtype=object),

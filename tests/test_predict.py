@@ -229,10 +229,12 @@ def test_fusion_is_flagged_untrained_for_objectives_without_the_fusion_loss(pred
     assert predictor.fusion_trained and predictor.predict(specimen_image(10), specimen_barcode(10)).fusion_trained
 
     def flag(training: dict, objective: str) -> bool:
+        from hirviz.bundle import Bundle
         from hirviz.predict import Predictor
 
-        return Predictor.fusion_trained.fget(SimpleNamespace(bundle=SimpleNamespace(training=training,
-                                                                                    objective=objective)))
+        bundle = SimpleNamespace(training=training, objective=objective)
+        bundle.fusion_trained = Bundle.fusion_trained.fget(bundle)
+        return Predictor.fusion_trained.fget(SimpleNamespace(bundle=bundle))
     assert not flag({"loss": {"objective": "clibd-hir"}}, "clibd-hir")
     assert not flag({"loss": {"objective": "clibd-hir-fuse", "fusion_weight": 0.0}}, "clibd-hir-fuse")
     assert flag({"loss": {"objective": "clibd-hir-fuse", "fusion_weight": 1.0}}, "clibd-hir-fuse")

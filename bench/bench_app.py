@@ -6,7 +6,7 @@
 Three measurements, each printing p50 / p95 (milliseconds):
 
 1. **server-side**: ``hirviz.ui.identify`` (what one request runs on the server: the four queries of the
-   bundle's model on a photo + barcode, neighbours, result tables, score chart and reference maps), and the
+   bundle's model on a photo + barcode, neighbours, result tables, gate and score charts), and the
    bare ``Predictor.predict`` inside it, with the bundle given by ``--bundle``;
 2. **paper-size towers**: the same with a BioCLIP-size image tower (ViT-B/16 at 224 px, 512-d) and a
    BarcodeBERT-size DNA tower (BERT, hidden 768, 12 layers, non-overlapping 5-mers), random weights; the
@@ -94,6 +94,7 @@ class RandomBundle:
         self.name = f"random {config.clip_model} + BERT {config.dna_hidden}x{config.dna_layers}"
         self.objective = "clibd-hir-fuse"
         self.training = {"loss": {"objective": "clibd-hir-fuse", "fusion_weight": 1.0}}
+        self.fusion_trained = True
         self.eval_results = None
         self.card = ""
         self.model = build_model(config).eval()
@@ -124,8 +125,10 @@ def bench_in_process(label: str, bundle: Any, image: str, barcode: str, calls: i
     predictor = engine.predictor(bundle.name)
     view = identify(engine, image, barcode)
     assert view.ok and set(view.predictions[bundle.name].queries) == {"image", "dna", "avg", "fused"}, view.status
-    print("  Predictor.predict (4 queries)  ", percentiles(time_calls(lambda: predictor.predict(image, barcode), calls)))
-    print("  ui.identify (whole request)    ", percentiles(time_calls(lambda: identify(engine, image, barcode), calls)))
+    print("  Predictor.predict (4 queries)  ",
+          percentiles(time_calls(lambda: predictor.predict(image, barcode), calls)))
+    print("  ui.identify (whole request)    ",
+          percentiles(time_calls(lambda: identify(engine, image, barcode), calls)))
     noisy = NoiseSettings(blur_kernel=5, dna=DnaNoise(), seed=1)
     print("  ui.identify, blur 5 + DNA noise", percentiles(time_calls(
         lambda: identify(engine, image, barcode, noisy), calls)))

@@ -1,0 +1,337 @@
+"""Plotly figures for the app: reference maps, prediction scores, robustness curves and the fusion gate.
+
+Every function takes plain data (arrays, dicts, lists of records) rather than predictor or bundle objects,
+so the figures can be built, and tested, without a model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+
+from hirviz.taxonomy import LEVELS
+
+__all__ = [
+    "QUERY_LABELS",
+    "QUERY_COLOURS",
+    "empty_figure",
+    "umap_figure",
+    "prediction_bars",
+    "robustness_figure",
+    "gate_figure",
+]
+
+QUERIES: tuple[str, ...] = ("image", "dna", "avg", "fused")
+QUERY_LABELS: dict[str, str] = {
+    "image": "Image only",
+    "dna": "DNA only",
+    "avg": "Averaged",
+    "fused": "Gated fusion",
+}
+QUERY_COLOURS: dict[str, str] = {"image": "#1f77b4", "dna": "#2ca02c", "avg": "#ff7f0e", "fused": "#d62728"}
+SWEEP_LABELS: dict[str, str] = {
+    "dna": "DNA noise strength (multiple of the paper's rates)",
+    "blur": "image blur kernel (pixels)",
+}
+UNKNOWN_COLOUR = "#c9c9c9"
+# Qualitative colours that stay distinguishable on white; taxa beyond them cycle through the list.
+PALETTE: tuple[str, ...] = tuple(qualitative.Dark24) + tuple(qualitative.Alphabet)
+# Palette entry i as a colour scale over the integers 0..len-1 (each integer maps exactly onto its colour).
+_STEPPED_PALETTE = [[i / (len(PALETTE) - 1), colour] for i, colour in enumerate(PALETTE)]
+# SVG scatter stays smooth up to a few thousand points and needs no WebGL (absent in some browsers).
+WEBGL_THRESHOLD = 4000
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+_GRID = "#e8ecf2"
+_FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12}
+
+
+def _base_layout(figure: go.Figure, title: str | None, height: int) -> go.Figure:
+    # A few explicit settings in place of the "plotly_white" template, whose lookup deep-copies it: about
+    # 20 ms per figure, more than the rest of a request on a small model.
+    axis = {"gridcolor": _GRID, "zerolinecolor": _GRID, "linecolor": _GRID, "automargin": True}
+    figure.update_layout(
+        template="none", paper_bgcolor="white", plot_bgcolor="white",
+        title={"text": title, "x": 0.01, "font": {"size": 14}} if title else None,
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        font=_FONT, xaxis=axis, yaxis=axis,
+    )
+    return figure
+
+
+def empty_figure(message: str, *, title: str | None = None, height: int = 300) -> go.Figure:
+    """A blank figure that says why there is nothing to plot (e.g. "not evaluated")."""
+    figure = go.Figure()
+    figure.add_annotation(
+        text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14, "color": "#666"}
+    )
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    return _base_layout(figure, title, height)
+
+
+# ---------------------------------------------------------------------------------------------- reference map
+
+
+def umap_figure(
+    layout: np.ndarray,
+    ranks: np.ndarray | Sequence[Sequence[str]],
+    colour_by: str = "order",
+    *,
+    ids: Sequence[str] | None = None,
+    title: str | None = None,
+    query: np.ndarray | None = None,
+    query_label: str = "your specimen",
+    path: np.ndarray | None = None,
+    path_labels: Sequence[str] | None = None,
+    legend_taxa: int = 12,
+    height: int = 520,
+) -> go.Figure:
+    """A 2-D map of the reference specimens coloured by their name at one level, with an optional query.
+
+    Args:
+        layout: ``[N, 2]`` precomputed coordinates (a UMAP layout of one embedding space).
+        ranks: ``[N, 4]`` names (order, family, genus, species); ``""`` or ``None`` where unknown.
+        colour_by: the level whose names colour the points.
+        ids: ``N`` specimen ids shown on hover.
+        query: ``[q, 2]`` (or ``[2]``) positions of the current query, drawn as stars.
+        path: ``[n, 2]`` positions of the query as noise rises (first row = clean), drawn as a line.
+        path_labels: ``n`` labels of the path points (the noise strengths).
+        legend_taxa: the most frequent taxa get their own legend entry; the rest share one ("other taxa"),
+            still coloured per taxon, so that a genus-level map does not bury the plot under its legend.
+    """
+    if colour_by not in LEVELS:
+        raise ValueError(f"colour_by must be one of {LEVELS}, got {colour_by!r}")
+    points = np.asarray(layout, dtype=np.float32)
+    names = _rank_array(ranks, len(points))
+    ids_array = np.asarray(ids if ids is not None else np.arange(len(points)).astype(str)).astype(str)
+    if points.ndim != 2 or points.shape[1] != 2 or len(ids_array) != len(points):
+        raise ValueError(f"layout must be [N, 2] with N ids and ranks, got {points.shape} and {len(ids_array)} ids")
+
+    # Rows left out of this space's layout (a specimen without the modality) are NaN: not drawn.
+    keep = np.isfinite(points).all(axis=1)
+    points, names, ids_array = points[keep], names[keep], ids_array[keep]
+    level = LEVELS.index(colour_by)
+    labels = names[:, level]
+    scatter = go.Scattergl if len(points) > WEBGL_THRESHOLD else go.Scatter
+    hover_data = np.column_stack([ids_array, np.where(names == "", "–", names)])
+    hover = "<b>%{customdata[0]}</b><br>" + "<br>".join(
+        f"{name}: %{{customdata[{i + 1}]}}" for i, name in enumerate(LEVELS)
+    ) + "<extra></extra>"
+
+    figure = go.Figure()
+    counts = Counter(labels[labels != ""].tolist())
+    ordered = [name for name, _ in counts.most_common()]
+    colour_of = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ordered[:legend_taxa])}
+    marker = {"size": 5, "opacity": 0.75}
+
+    def add(mask: np.ndarray, name: str, colour: dict, legendrank: int) -> None:
+        figure.add_trace(
+            scatter(
+                x=points[mask, 0], y=points[mask, 1], mode="markers", name=name, legendrank=legendrank,
+                marker={**marker, **colour}, customdata=hover_data[mask], hovertemplate=hover,
+            )
+        )
+
+    for rank, name in enumerate(ordered[:legend_taxa]):
+        add(labels == name, name, {"color": colour_of[name]}, rank)
+    rest = ordered[legend_taxa:]
+    if rest:
+        mask = np.isin(labels, rest)
+        # Numbers on a stepped colour scale, not colour strings: plotly validates a string list point by point.
+        palette_index = {name: i % len(PALETTE) for i, name in enumerate(ordered)}
+        codes = np.array([palette_index[name] for name in labels[mask]], dtype=np.int16)
+        colour = {"color": codes, "colorscale": _STEPPED_PALETTE, "cmin": 0, "cmax": len(PALETTE) - 1,
+                  "showscale": False}
+        add(mask, f"other {colour_by} ({len(rest)} taxa)", colour, legend_taxa)
+    if (labels == "").any():
+        add(labels == "", f"{colour_by} unknown", {"color": UNKNOWN_COLOUR}, legend_taxa + 1)
+
+    if path is not None and len(path):
+        path = np.asarray(path, dtype=np.float32).reshape(-1, 2)
+        labels = list(path_labels) if path_labels else [str(i) for i in range(len(path))]
+        # Only the two ends are written on the map (the middle points crowd together); hover names them all.
+        ends = [label if i in (0, len(labels) - 1) else "" for i, label in enumerate(labels)]
+        figure.add_trace(
+            go.Scatter(
+                x=path[:, 0], y=path[:, 1], mode="lines+markers+text", name="as noise rises", text=ends,
+                customdata=labels, textposition="top center", textfont={"size": 11},
+                line={"color": "#111", "width": 2, "dash": "dot"},
+                marker={"size": 7, "color": "#111", "symbol": "circle-open"},
+                hovertemplate="noise %{customdata}<extra></extra>", legendrank=legend_taxa + 2,
+            )
+        )
+    if query is not None and len(query):
+        query = np.asarray(query, dtype=np.float32).reshape(-1, 2)
+        figure.add_trace(
+            go.Scatter(
+                x=query[:, 0], y=query[:, 1], mode="markers", name=query_label,
+                marker={"size": 18, "symbol": "star", "color": "#ffd400", "line": {"color": "#111", "width": 1.5}},
+                hovertemplate=f"{query_label}<extra></extra>", legendrank=legend_taxa + 3,
+            )
+        )
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False, scaleanchor="x", scaleratio=1)
+    figure.update_layout(
+        legend={"orientation": "h", "yanchor": "top", "y": -0.02, "x": 0, "font": {"size": 10},
+                "itemsizing": "constant"},
+        hoverlabel={"font_size": 11},
+    )
+    return _base_layout(figure, title, height)
+
+
+def _rank_array(ranks: np.ndarray | Sequence[Sequence[str]], n: int) -> np.ndarray:
+    """``[N, 4]`` array of str names with ``""`` for unknown (None, NaN and bytes are normalised)."""
+    array = np.asarray(ranks, dtype=object)
+    if array.shape != (n, len(LEVELS)):
+        raise ValueError(f"ranks must be [{n}, {len(LEVELS)}], got {array.shape}")
+    as_text = np.vectorize(_rank_text, otypes=[object])(array) if array.size else array
+    return as_text.astype(str)
+
+
+def _rank_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value).strip()
+
+
+# ------------------------------------------------------------------------------------------ prediction scores
+
+
+def prediction_bars(
+    levels_by_query: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]],
+    level: str,
+    *,
+    title: str | None = None,
+    height: int = 360,
+) -> go.Figure:
+    """Grouped horizontal bars: each query's top names at ``level`` and their scores.
+
+    ``levels_by_query`` maps a query (image, dna, avg, fused) to ``{level: [(name, score), ...]}``. Names are
+    ordered by their best score over the queries; a name outside a query's list has no bar for it (its score
+    is not known, which is not the same as zero).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    queries = [q for q in QUERIES if q in levels_by_query] + [q for q in levels_by_query if q not in QUERIES]
+    best: dict[str, float] = {}
+    for query in queries:
+        for name, score in levels_by_query[query].get(level, []):
+            best[name] = max(best.get(name, -np.inf), float(score))
+    if not best:
+        return empty_figure(f"no {level} predictions", title=title, height=height)
+    # Highest at the top: plotly draws the first category at the bottom of a horizontal bar chart.
+    names = sorted(best, key=best.get)
+    figure = go.Figure()
+    for query in queries:
+        scores = dict(levels_by_query[query].get(level, []))
+        figure.add_trace(
+            go.Bar(
+                y=names, x=[scores.get(name) for name in names], orientation="h",
+                name=QUERY_LABELS.get(query, query), marker_color=QUERY_COLOURS.get(query),
+                hovertemplate="%{y}: %{x:.3f}<extra>" + QUERY_LABELS.get(query, query) + "</extra>",
+            )
+        )
+    figure.update_layout(
+        barmode="group", bargap=0.25, bargroupgap=0.05, xaxis_title=f"score ({level})",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0},
+    )
+    figure.update_xaxes(rangemode="tozero")
+    if all(0.0 <= score <= 1.0 for score in best.values()):
+        figure.update_xaxes(tickformat=".0%")
+    figure.update_yaxes(automargin=True)
+    _base_layout(figure, title, max(height, 110 + 22 * len(names)))
+    figure.update_layout(margin={"b": 70})  # room for the legend under the axis title
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+
+
+def robustness_figure(
+    sweeps: Mapping[str, Sequence[Mapping]],
+    kind: str,
+    level: str = "species",
+    *,
+    queries: Sequence[str] = ("avg", "fused"),
+    title: str | None = None,
+    height: int = 380,
+) -> go.Figure:
+    """Top-1 accuracy against noise strength: one line per model and query.
+
+    ``sweeps`` maps a model name to its sweep records ``{"kind", "strength", "query", "level", "top1"}``
+    (``top1`` in percent). Colour tells the query, the dash pattern the model. Without matching records the
+    figure says "not evaluated".
+    """
+    figure = go.Figure()
+    for index, (model, records) in enumerate(sweeps.items()):
+        for query in queries:
+            rows = sorted(
+                (float(r["strength"]), float(r["top1"]))
+                for r in records or ()
+                if r.get("kind") == kind and r.get("level") == level and r.get("query") == query
+            )
+            if not rows:
+                continue
+            x, y = zip(*rows)
+            figure.add_trace(
+                go.Scatter(
+                    x=x, y=y, mode="lines+markers", name=f"{model} · {QUERY_LABELS.get(query, query)}",
+                    line={"color": QUERY_COLOURS.get(query), "dash": _DASHES[index % len(_DASHES)], "width": 2},
+                    hovertemplate="strength %{x}: %{y:.1f} %<extra>%{fullData.name}</extra>",
+                )
+            )
+    if not figure.data:
+        what = SWEEP_LABELS.get(kind, kind)
+        message = f"not evaluated: no {what} sweep at {level} level in these models"
+        return empty_figure(message, title=title, height=height)
+    figure.update_layout(
+        xaxis_title=SWEEP_LABELS.get(kind, kind), yaxis_title=f"top-1 accuracy, {level} (%)",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0},
+    )
+    figure.update_yaxes(rangemode="tozero")
+    _base_layout(figure, title, height)
+    figure.update_layout(margin={"b": 80})  # room for the legend under the axis title
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------- fusion gate
+
+
+def gate_figure(
+    gate: float | None,
+    gate_vector: np.ndarray | Sequence[float] | None = None,
+    *,
+    title: str | None = None,
+    height: int = 150,
+) -> go.Figure:
+    """How much the fused embedding leaned on the image (the mean gate) versus the DNA (one minus it).
+
+    ``gate_vector`` (the per-dimension gate) adds its spread to the hover text.
+    """
+    if gate is None or not np.isfinite(gate):
+        return empty_figure("no fusion gate for this query", title=title, height=height)
+    gate = float(np.clip(gate, 0.0, 1.0))
+    spread = ""
+    if gate_vector is not None and len(np.ravel(gate_vector)):
+        values = np.ravel(np.asarray(gate_vector, dtype=np.float32))
+        spread = f"<br>per dimension: {values.min():.2f} to {values.max():.2f} (median {np.median(values):.2f})"
+    figure = go.Figure()
+    for name, share, colour in (("image", gate, QUERY_COLOURS["image"]), ("DNA", 1.0 - gate, QUERY_COLOURS["dna"])):
+        figure.add_trace(
+            go.Bar(
+                x=[share], y=["gate"], orientation="h", name=name, marker_color=colour,
+                text=[f"{name} {share:.0%}"], textposition="inside", insidetextanchor="middle",
+                hovertemplate=f"{name} weight {share:.3f}{spread}<extra></extra>",
+            )
+        )
+    figure.update_layout(barmode="stack", showlegend=False)
+    figure.update_xaxes(range=[0, 1], tickformat=".0%")
+    figure.update_yaxes(visible=False)
+    return _base_layout(figure, title, height)

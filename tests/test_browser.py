@@ -1,0 +1,190 @@
+"""The app in a real browser (Playwright driving the system's Chromium) on the tiny test bundles.
+
+Skipped where Playwright or Chromium is missing. The app is launched in this process on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+CHROMIUM = os.environ.get("HIRVIZ_CHROMIUM", "/usr/bin/chromium")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 30_000
+REPO = Path(__file__).resolve().parents[1]
+
+if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set HIRVIZ_CHROMIUM)",
+                allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _load_app_module():
+    spec = importlib.util.spec_from_file_location("hirviz_app", REPO / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from test_ui import build_tiny_bundles
+
+    tiny = build_tiny_bundles(tmp_path_factory.getbasetemp() / "ui-bundles")
+    workdir = tmp_path_factory.mktemp("app-cwd")
+    before_cwd = os.getcwd()
+    os.chdir(workdir)  # the app must write nothing where it runs: checked at the end
+    app = _load_app_module()
+    port = _free_port()
+    os.environ.pop("SPACE_ID", None)
+    os.environ["GRADIO_SERVER_PORT"] = str(port)
+    try:
+        demo = app.build_app([str(tiny["hir"]), str(tiny["clibd"])], tiny["examples"])
+        app.launch(demo, prevent_thread_lock=True, quiet=True)
+        yield {"url": f"http://127.0.0.1:{port}/", "tiny": tiny, "workdir": workdir}
+        demo.close()
+    finally:
+        os.environ.pop("GRADIO_SERVER_PORT", None)
+        os.chdir(before_cwd)
+    assert not any(workdir.iterdir()), f"the app wrote into its working directory: {list(workdir.iterdir())}"
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server["url"])
+        page.wait_for_selector("#hz-identify")
+        yield page
+        browser.close()
+
+
+def _status(page) -> str:
+    return page.inner_text("#hz-status")
+
+
+def _wait_status(page, needle: str) -> str:
+    page.wait_for_function("needle => document.querySelector('#hz-status').innerText.includes(needle)", arg=needle)
+    return _status(page)
+
+
+def _drag_slider(page, elem_id: str, fraction: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=range]").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * fraction, y, steps=5)
+    page.mouse.up()
+
+
+def test_identify_in_the_browser(server, page, tmp_path):
+    examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
+    image = server["tiny"]["examples"] / examples.image_file[0]
+    started = time.perf_counter()
+
+    page.set_input_files("#hz-image input[type=file]", str(image))
+    page.fill("#hz-barcode textarea", examples.barcode[0])
+    page.click("#hz-identify")
+    _wait_status(page, "Identified from the image + barcode")
+    main_table = page.inner_text("#hz-result-0")
+    for column in ("Image only", "DNA only", "Averaged", "Gated fusion"):
+        assert column in main_table
+    assert "deepest supported" in main_table
+    assert "no trained fusion" in page.inner_text("#hz-result-1")  # the baseline, beside it
+    assert page.locator("#hz-model-image img[src^='data:image/png']").count() == 1
+    assert page.locator("#hz-gate .js-plotly-plot").count() == 1
+
+    # A noise slider re-identifies on release, and the degraded barcode shows its edits.
+    _drag_slider(page, "hz-substitution", 0.5)
+    page.wait_for_function("document.querySelector('#hz-barcode-view').innerText.includes('after the noise')")
+    assert page.locator("#hz-barcode-view .hz-sub").count() > 0
+    _wait_status(page, "Identified")
+
+    page.screenshot(path=str(tmp_path / "identify.png"), full_page=True)
+
+    page.get_by_role("tab", name="Geometry").click()
+    page.wait_for_selector("#hz-map-0 .js-plotly-plot")
+    page.wait_for_function("document.querySelector('#hz-map-0').innerText.includes('your specimen')")
+    page.screenshot(path=str(tmp_path / "geometry.png"), full_page=True)
+    page.get_by_role("tab", name="Identify").click()
+
+    # An example specimen is one click away: it fills the inputs and identifies at once.
+    before = page.inner_text("#hz-result-0")
+    label = examples.taxonomy[1]
+    page.get_by_role("button", name=label, exact=True).click()
+    page.wait_for_function("barcode => document.querySelector('#hz-barcode textarea').value === barcode",
+                           arg=examples.barcode[1])
+    page.wait_for_function("before => document.querySelector('#hz-result-0').innerText !== before", arg=before)
+    assert "Identified from the image + barcode" in _status(page)
+    assert time.perf_counter() - started < 60
+
+
+def _remove_image(page) -> None:
+    remove = page.locator("#hz-image button[aria-label='Remove Image']")
+    if remove.count():
+        remove.first.click()
+
+
+def test_bad_inputs_show_messages_and_the_app_keeps_serving(server, page, tmp_path):
+    # A text file: the browser side refuses it by type, with a message.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("collected at the pond, 3 June; see notebook p. 12")
+    _remove_image(page)
+    page.set_input_files("#hz-image input[type=file]", str(notes))
+    page.wait_for_function("[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes("
+                           "'Invalid file type'))")
+
+    # The same text named like a photo gets through the browser; the server says what is wrong with it.
+    disguised = tmp_path / "field-notes.jpg"
+    disguised.write_text(notes.read_text())
+    page.set_input_files("#hz-image input[type=file]", str(disguised))
+    page.fill("#hz-barcode textarea", "")
+    page.click("#hz-identify")
+    status = _wait_status(page, "refused")
+    assert "not an image" in status
+    page.wait_for_function("[...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes("
+                           "'not an image'))")
+
+    _remove_image(page)
+    page.fill("#hz-barcode textarea", "ACGT" * 25_000)  # a 100 kb barcode
+    page.click("#hz-identify")
+    status = _wait_status(page, "Barcode refused")
+    assert "limit" in status
+
+    # The app still serves.
+    page.fill("#hz-barcode textarea", "ACGT" * 160)
+    page.click("#hz-identify")
+    _wait_status(page, "Identified from the barcode")
+    page.screenshot(path=str(tmp_path / "after-errors.png"), full_page=True)
+
+
+def test_gradio_client_can_identify(server):
+    client_module = pytest.importorskip("gradio_client")
+    examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
+    image = server["tiny"]["examples"] / examples.image_file[0]
+    client = client_module.Client(server["url"], verbose=False)
+    out = client.predict(image=client_module.handle_file(str(image)), barcode=examples.barcode[0], blur_kernel=3,
+                         substitution=0.05, seed=2, api_name="/identify")
+    status, raw = out[0], out[-1]  # the session state is not an API output: the JSON comes last
+    assert status.startswith("✓ Identified from the image + barcode")
+    assert set(raw) == {"tiny-clibd-hir-fuse", "tiny-clibd"}
+    assert set(raw["tiny-clibd-hir-fuse"]["queries"]) == {"image", "dna", "avg", "fused"}
+    assert raw["tiny-clibd-hir-fuse"]["settings"]["blur_kernel"] == 3
+    assert raw["tiny-clibd-hir-fuse"]["degraded_barcode"] != raw["tiny-clibd-hir-fuse"]["barcode"]
+    refused = client.predict(image=None, barcode="ACGT" * 25_000, api_name="/identify")
+    assert refused[0].startswith("✗ Barcode refused")

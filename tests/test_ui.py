@@ -1,0 +1,415 @@
+"""The app's callbacks and Blocks, on two tiny bundles (a CLIBD-HiR-Fuse model and a CLIBD baseline).
+
+The bundles come from the real pipeline (synthetic data -> a few training steps -> export -> evaluation with a
+noise sweep); only their map layouts are a PCA instead of a UMAP fit, which would cost a numba compilation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from hirviz import figures
+from hirviz.taxonomy import LEVELS
+
+gr = pytest.importorskip("gradio")
+
+SPECIMENS = 300
+IMAGE_HEIGHT = 48
+
+
+def build_tiny_bundles(root: Path) -> dict[str, Path]:
+    """Make (once per ``root``) a tiny HiR-Fuse bundle, a tiny CLIBD bundle and an examples folder.
+
+    Returns ``{"hir": path, "clibd": path, "examples": path, "data": synthetic data dir}``.
+    """
+    paths = {"hir": root / "hir-fuse", "clibd": root / "clibd", "examples": root / "examples", "data": root / "synth"}
+    if (root / "done").is_file():
+        return paths
+    from train.config import load_config
+    from train.data import open_images, read_metadata
+    from train.evaluate import evaluate_bundle
+    from train.export import export
+    from train.loop import fit, load_training_split
+    from train.synthetic import SynthConfig, generate
+
+    import hirviz
+
+    generate(paths["data"], SynthConfig(specimens=SPECIMENS, seed=0, image_height=IMAGE_HEIGHT, workers=1))
+    metadata, images = paths["data"] / "metadata.tsv", paths["data"] / "images.hdf5"
+    for key, objective in (("hir", "clibd-hir-fuse"), ("clibd", "clibd")):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "train/configs/ci.yaml", [
+            f"data.metadata={metadata}", f"data.images={images}", f"run.out_dir={root / ('run-' + key)}",
+            f"loss.objective={objective}",
+        ])
+        run = fit(cfg, max_steps=2)
+        export(run, paths[key], name=f"tiny-{objective}", umap=False, max_reference=200)
+        _add_pca_layouts(paths[key] / "reference.h5")
+        bundle = hirviz.load_bundle(paths[key])
+        frame, _, test_idx = load_training_split(cfg)
+        results = evaluate_bundle(bundle, frame.iloc[test_idx[:20]].reset_index(drop=True), open_images(str(images)),
+                                  sweep=True)
+        bundle.update_eval(results)
+
+    # Example specimens, as the app's examples folder holds them.
+    frame = read_metadata(metadata)
+    store = open_images(str(images))
+    paths["examples"].mkdir(parents=True, exist_ok=True)
+    rows = []
+    for record in frame.head(3).to_dict("records"):
+        store.get(record["image_file"]).save(paths["examples"] / record["image_file"])
+        rows.append({"image_file": record["image_file"], "barcode": record["barcode"], "taxonomy": record["taxonomy"]})
+    pd.DataFrame(rows).to_csv(paths["examples"] / "examples.tsv", sep="\t", index=False)
+    (root / "done").write_text("ok")
+    return paths
+
+
+def _add_pca_layouts(reference_h5: Path) -> None:
+    """Layouts from a 2-D PCA of each space (the app only needs some ``[N, 2]`` positions)."""
+    with h5py.File(reference_h5, "a") as h5:
+        for space in ("image", "dna", "fused"):
+            if f"embeddings/{space}" not in h5:
+                continue
+            x = h5[f"embeddings/{space}"][()]
+            centred = x - x.mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            if f"umap/{space}" in h5:
+                del h5[f"umap/{space}"]
+            h5.create_dataset(f"umap/{space}", data=(centred @ vt[:2].T).astype(np.float32))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    return build_tiny_bundles(tmp_path_factory.getbasetemp() / "ui-bundles")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny):
+    import hirviz
+    from hirviz.ui import Engine
+
+    bundles = {"HiR-Fuse": hirviz.load_bundle(tiny["hir"]), "CLIBD": hirviz.load_bundle(tiny["clibd"])}
+    engine = Engine(bundles)
+    engine.warm_up()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def example(tiny) -> tuple[str, str]:
+    table = pd.read_csv(tiny["examples"] / "examples.tsv", sep="\t", dtype=str)
+    row = table.iloc[0]
+    return str(tiny["examples"] / row["image_file"]), row["barcode"]
+
+
+def _image_file(tmp_path: Path, name: str, image: Image.Image, **save) -> str:
+    path = tmp_path / name
+    image.save(path, **save)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------- identify
+
+
+def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
+    from hirviz.ui import NoiseSettings, identify
+
+    image, barcode = example
+    view = identify(engine, {"path": image}, barcode, NoiseSettings(blur_kernel=3, seed=1))
+    assert view.ok, view.status
+    assert set(view.predictions) == {"HiR-Fuse", "CLIBD"}
+    assert set(view.predictions["HiR-Fuse"].queries) == {"image", "dna", "avg", "fused"}
+    # The baseline's fusion head was never trained: its fused query is left out, with a note.
+    assert set(view.predictions["CLIBD"].queries) == {"image", "dna", "avg"}
+    assert "no trained fusion" in view.results["CLIBD"]
+    for prediction in view.predictions.values():
+        for result in prediction.queries.values():
+            assert all(1 <= len(result.levels[lvl]) <= 5 for lvl in LEVELS)
+            assert all(0.0 <= s <= 1.0 for ranked in result.levels.values() for _, s in ranked)
+            scores = [s for _, s in result.levels["species"]]
+            assert scores == sorted(scores, reverse=True)
+    # Baseline beside HiR-Fuse: one results table per model, each with the four query columns and names.
+    for name, prediction in view.predictions.items():
+        table = view.results[name]
+        assert name in table
+        for label in ("Image only", "DNA only", "Averaged", "Gated fusion", "deepest supported"):
+            assert label in table
+        top_order = prediction.queries["avg"].levels["order"][0][0]
+        assert top_order in table
+    assert isinstance(view.model_image, Image.Image)
+    assert "gate" in view.gate.layout.title.text.lower() and len(view.gate.data) == 2
+    assert len(view.neighbours) == 4 * 5 and set(view.neighbours["query"]) == {
+        figures.QUERY_LABELS[q] for q in ("image", "dna", "avg", "fused")}
+    assert view.neighbours["similarity"].between(-1.0001, 1.0001).all()
+    json.dumps(view.raw)  # the API returns it as JSON
+    assert view.status.startswith("✓")
+
+
+def test_single_modality_gives_its_query_only(engine, example):
+    from hirviz.ui import identify
+
+    image, barcode = example
+    only_dna = identify(engine, None, barcode)
+    assert only_dna.ok and set(only_dna.predictions["HiR-Fuse"].queries) == {"dna"}
+    assert "needs an image" in only_dna.results["HiR-Fuse"]
+    only_image = identify(engine, image, "")
+    assert only_image.ok and set(only_image.predictions["HiR-Fuse"].queries) == {"image"}
+
+
+def test_dna_noise_marks_every_edit_kind(engine, example):
+    from hirviz.degrade import DnaNoise
+    from hirviz.ui import EDIT_STYLES, NoiseSettings, identify
+
+    _, barcode = example
+    noise = NoiseSettings(dna=DnaNoise(substitution=0.05, n_mask=0.05, deletion=0.02, insertion=0.02), seed=3)
+    view = identify(engine, None, barcode, noise)
+    prediction = view.predictions["HiR-Fuse"]
+    kinds = {e.kind for e in prediction.barcode_edits}
+    assert kinds == set(EDIT_STYLES)  # the seed and rates above give every kind at least once
+    for kind in kinds:
+        assert f"class='{EDIT_STYLES[kind][0]}'" in view.barcode
+    assert prediction.degraded_barcode != prediction.barcode
+    # The same seed gives the same degraded barcode; another seed another one.
+    again = identify(engine, None, barcode, noise).predictions["HiR-Fuse"].degraded_barcode
+    other = identify(engine, None, barcode, NoiseSettings(dna=noise.dna, seed=4)).predictions["HiR-Fuse"]
+    assert again == prediction.degraded_barcode != other.degraded_barcode
+
+
+def test_barcode_html_positions_follow_the_edits():
+    from hirviz.degrade import DnaNoise, degrade_barcode_with_edits
+    from hirviz.ui import barcode_html
+
+    clean = "ACGT" * 50
+    degraded, edits = degrade_barcode_with_edits(clean, DnaNoise(substitution=0.1, n_run=0.0, truncation=0.1), 0)
+    page = barcode_html(clean, degraded, edits)
+    subs = [e for e in edits if e.kind == "substitution" and e.position < len(degraded)]  # not in the cut tail
+    assert subs
+    for edit in subs:
+        assert f"{edit.before}→{edit.after} at {edit.position + 1}" in page
+    tail = next(e for e in edits if e.kind == "truncation").before
+    assert f"class='hz-trunc' title='cut off ({len(tail)} bp)'>{tail}</span>" in page
+    assert "no DNA noise" in barcode_html(clean, None, [])
+
+
+@pytest.mark.parametrize("case", ["empty", "spaces", "not_dna", "protein", "binary_text", "huge_barcode",
+                                  "text_file", "corrupt_image", "truncated_image", "enormous_image", "bad_seed"])
+def test_every_bad_input_gets_a_message_not_an_exception(engine, example, tmp_path, case):
+    from hirviz.ui import NoiseSettings, identify
+
+    image, barcode = example
+    good = open(image, "rb").read()
+    inputs = {
+        "empty": (None, None),
+        "spaces": (None, "   \n  "),
+        "not_dna": (None, "hello, is this the barcode box?"),
+        "protein": (None, "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ" * 5),
+        "binary_text": (None, "\x00\x01\x02ACGT"),
+        "huge_barcode": (None, "ACGT" * 25_000),  # 100 kb
+        "text_file": (str(tmp_path / "notes.jpg"), None),
+        "corrupt_image": (str(tmp_path / "corrupt.png"), barcode),
+        "truncated_image": (str(tmp_path / "truncated.jpg"), None),
+        "enormous_image": (str(tmp_path / "enormous.png"), None),
+        "bad_seed": (None, barcode),
+    }[case]
+    (tmp_path / "notes.jpg").write_text("these are my field notes, not a photo")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    if case == "enormous_image":
+        # 9000 x 9000 = 81 megapixels; a 1-bit PNG of it is tiny on disk, so the limit must be read from the header.
+        Image.new("1", (9000, 9000)).save(tmp_path / "enormous.png")
+    if case == "bad_seed":
+        from hirviz.predict import InputError
+
+        with pytest.raises(InputError) as info:
+            NoiseSettings.from_controls(0, [0] * 6, -3)
+        assert "seed" in str(info.value)
+        return
+    view = identify(engine, *inputs)
+    assert not view.ok
+    assert view.status.startswith("✗") and len(view.status) > 30
+    assert set(view.results) == {"HiR-Fuse", "CLIBD"}  # the page still gets something to show
+    expected = {"empty": "nothing to identify", "spaces": "nothing to identify", "not_dna": "barcode",
+                "protein": "barcode", "binary_text": "binary", "huge_barcode": "limit", "text_file": "not an image",
+                "corrupt_image": "image", "truncated_image": "truncated", "enormous_image": "megapixels"}[case]
+    assert expected in view.status.lower()
+
+
+def test_gradio_wrapper_warns_and_keeps_outputs_shaped(engine, tiny):
+    from hirviz.ui import build_ui
+
+    demo = build_ui(engine.bundles, tiny["examples"], engine=engine)
+    fn = next(b.fn for b in demo.fns.values() if b.api_name == "identify")
+    n_outputs = len(next(b for b in demo.fns.values() if b.api_name == "identify").outputs)
+    with pytest.warns(UserWarning, match="(?i)seed"):
+        out = fn(None, "ACGT" * 100, 0, 0, 0, 0, 0, 0, 0, -1, "species")
+    assert len(out) == n_outputs and out[0].startswith("✗")
+    with pytest.warns(UserWarning, match="(?i)barcode"):
+        out = fn(None, "ACGT" * 25_000, 0, 0, 0, 0, 0, 0, 0, 0, "species")
+    assert out[0].startswith("✗")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+
+def test_maps_place_the_query_and_its_noise_path(engine, example):
+    from hirviz.geometry import DEFAULT_STRENGTHS
+    from hirviz.ui import NoiseSettings, geometry, identify
+
+    image, barcode = example
+    view = identify(engine, {"path": image}, barcode, NoiseSettings())
+    _, fused_maps = geometry(engine, view.session, "fused", "family", True)
+    # The baseline has no trained fusion, hence no fused map; it still has the others.
+    assert "never trained" in fused_maps["CLIBD"].layout.annotations[0].text
+    _, dna_maps = geometry(engine, view.session, "dna", "family", True)
+    for name, fig in {"HiR-Fuse": fused_maps["HiR-Fuse"], "CLIBD": dna_maps["CLIBD"]}.items():
+        space = "fused" if name == "HiR-Fuse" else "dna"
+        names = [t.name for t in fig.data]
+        assert names[-2:] == ["as noise rises", "your specimen"], names
+        assert len(fig.data[-2].x) == len(DEFAULT_STRENGTHS)
+        reference = engine.bundles[name].reference
+        plotted = sum(len(t.x) for t in fig.data[:-2])
+        assert plotted == int(np.isfinite(reference.layouts[space]).all(axis=1).sum())
+        # Hover tells the specimen's taxonomy.
+        assert "family" in fig.data[0].hovertemplate and fig.data[0].customdata.shape[1] == 1 + len(LEVELS)
+    # The clean end of the path is where the query itself is placed.
+    fig = fused_maps["HiR-Fuse"]
+    assert np.allclose([fig.data[-2].x[0], fig.data[-2].y[0]], [fig.data[-1].x[0], fig.data[-1].y[0]], atol=1e-5)
+    # A strong blur: the path stops where the blur would exceed the model's input grid, instead of failing.
+    blurred = identify(engine, {"path": image}, None, NoiseSettings(blur_kernel=20))
+    status, maps = geometry(engine, blurred.session, "image", "order", True)
+    limit = max(engine.predictor("HiR-Fuse").model.image_size)
+    assert status == "" and len(maps["HiR-Fuse"].data[-2].x) == sum(round(s * 20) <= limit for s in DEFAULT_STRENGTHS)
+    # Without a specimen: the reference only, no query traces.
+    _, empty_maps = geometry(engine, {}, "dna", "order", True)
+    assert all("your specimen" not in [t.name for t in f.data] for f in empty_maps.values())
+    # An image-only specimen has no place in the DNA space: the maps say so instead of failing.
+    image_only = identify(engine, image, None)
+    status, maps = geometry(engine, image_only.session, "dna", "order", False)
+    assert "needs a barcode" in status
+
+
+def test_score_chart_and_robustness_figures(engine, example):
+    from hirviz.ui import identify, robustness, score_chart
+
+    view = identify(engine, *example)
+    chart = score_chart(engine, view.session, "genus")
+    assert [t.name for t in chart.data] == [figures.QUERY_LABELS[q] for q in ("image", "dna", "avg", "fused")]
+    top = view.predictions["HiR-Fuse"].queries["fused"].levels["genus"][0]
+    assert top[0] in chart.data[3].y
+    dna_fig, blur_fig = robustness(engine, "order")
+    for fig, kind in ((dna_fig, "dna"), (blur_fig, "blur")):
+        names = {t.name for t in fig.data}
+        assert {"HiR-Fuse · Averaged", "HiR-Fuse · Gated fusion", "CLIBD · Averaged"} <= names
+        sweep = [r for r in engine.bundles["HiR-Fuse"].eval_results["sweep"]
+                 if r["kind"] == kind and r["query"] == "avg" and r["level"] == "order"]
+        trace = next(t for t in fig.data if t.name == "HiR-Fuse · Averaged")
+        assert list(trace.y) == [r["top1"] for r in sorted(sweep, key=lambda r: r["strength"])]
+
+
+def test_robustness_says_not_evaluated_without_a_sweep():
+    fig = figures.robustness_figure({"A": [], "B": None}, "dna", "species")
+    assert not fig.data and "not evaluated" in fig.layout.annotations[0].text
+
+
+def test_umap_figure_legend_and_unknowns():
+    rng = np.random.default_rng(0)
+    n = 500
+    genera = rng.integers(0, 40, n)
+    ranks = np.array([["O1", f"F{g % 7}", f"G{g}" if g % 5 else "", ""] for g in genera])
+    fig = figures.umap_figure(rng.normal(size=(n, 2)), ranks, "genus", legend_taxa=10)
+    names = [t.name for t in fig.data]
+    assert len(names) == 10 + 2 and names[-2].startswith("other genus") and names[-1] == "genus unknown"
+    assert sum(len(t.x) for t in fig.data) == n
+    assert len(fig.data[-1].x) == int((genera % 5 == 0).sum())
+
+
+def test_gate_figure_shares_sum_to_one():
+    fig = figures.gate_figure(0.25, np.array([0.1, 0.4]))
+    assert [t.name for t in fig.data] == ["image", "DNA"]
+    assert fig.data[0].x[0] + fig.data[1].x[0] == pytest.approx(1.0) and fig.data[0].x[0] == pytest.approx(0.25)
+    assert not figures.gate_figure(None).data
+
+
+# ----------------------------------------------------------------------------------------------- the Blocks
+
+
+def test_every_event_has_an_api_name_and_sliders_do_not_flood(engine, tiny):
+    from hirviz.ui import API_NAMES, build_ui
+
+    demo = build_ui(engine.bundles, tiny["examples"], engine=engine)
+    config = demo.get_config_file()
+    names = [d["api_name"] for d in config["dependencies"]]
+    assert set(names) - {"load_example"} == set(API_NAMES), names
+    assert len(names) == len(set(names))  # no name was silently suffixed
+    identify_dep = next(d for d in config["dependencies"] if d["api_name"] == "identify")
+    triggers = {event for _, event in identify_dep["targets"]}
+    assert triggers == {"click", "release", "submit"}  # sliders fire on release, not on every move
+    assert identify_dep["trigger_mode"] == "always_last"
+    block = next(b for b in demo.fns.values() if b.api_name == "identify")
+    assert block.concurrency_limit == 2
+    public = {d["api_name"] for d in config["dependencies"] if d["api_visibility"] == "public"}
+    assert {"identify", "geometry", "score_chart", "robustness"} <= public
+
+
+def test_examples_are_listed(engine, tiny):
+    from hirviz.ui import read_examples
+
+    rows, labels = read_examples(tiny["examples"])
+    assert len(rows) == 3 and all(Path(r[0]).is_file() and set(r[1]) <= set("ACGTN") for r in rows)
+    assert all(labels)
+    assert read_examples(tiny["examples"] / "missing") == ([], [])
+
+
+def test_app_needs_a_bundle(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[1] / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    monkeypatch.setenv("HIRVIZ_BUNDLES", f"{tmp_path / 'nope'},{tmp_path / 'neither'}")
+    with pytest.raises(SystemExit) as info:
+        app.load_bundles()
+    assert "no model bundle" in str(info.value).lower() and "nope" in str(info.value)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    assert app.server_address() == ("127.0.0.1", 7860)
+    monkeypatch.setenv("SPACE_ID", "someone/hirviz")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7861")
+    assert app.server_address() == ("0.0.0.0", 7861)
+
+
+def test_app_loads_the_bundles_it_is_given(tiny, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[1] / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    monkeypatch.setenv("HIRVIZ_BUNDLES", f"{tiny['hir']},{tiny['clibd']}")
+    bundles = app.load_bundles()
+    assert list(bundles) == ["tiny-clibd-hir-fuse", "tiny-clibd"]
+
+
+def test_image_formats_are_read(engine, example, tmp_path):
+    from hirviz.ui import identify
+
+    image, _ = example
+    rgb = Image.open(image).convert("RGB")
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    files = [
+        _image_file(tmp_path, "a.png", rgb.convert("RGBA")),
+        _image_file(tmp_path, "b.webp", rgb),
+        _image_file(tmp_path, "c.tiff", grey16),
+        _image_file(tmp_path, "d.png", rgb.convert("L")),
+    ]
+    top = []
+    for path in files:
+        view = identify(engine, path, None)
+        assert view.ok, (path, view.status)
+        top.append(view.predictions["HiR-Fuse"].queries["image"].levels["order"][0][0])
+    assert top  # every format gave an answer

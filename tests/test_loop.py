@@ -125,3 +125,10 @@ def test_torchrun_two_ranks_on_cpu(synth, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] == 3
+
+
+def test_tensorboard_logging_is_optional(synth, tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = load_config(CI_CONFIG, _overrides(synth, tmp_path / "tb", "run.tensorboard=true", "run.log_every=1"))
+    run = fit(cfg, max_steps=2)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

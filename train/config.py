@@ -57,7 +57,7 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = 200  # steps; a checkpoint is also written at every epoch end
     log_every: int = 10
-    tensorboard: bool = False
+    tensorboard: bool = False  # also log to out_dir/tensorboard (needs the tensorboard package)
     device: str = "auto"  # "auto", "cpu", "cuda"
 
 

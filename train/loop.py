@@ -200,6 +200,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         return loss.detach(), parts
 
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist.is_main else None
+    board = _tensorboard(out) if cfg.run.tensorboard and dist.is_main else None
     net.train()
     try:
         while epoch < cfg.optim.epochs and (max_steps is None or step < max_steps):
@@ -233,6 +234,10 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                                   "samples_per_s": rate, "data_s": data_time, "step_s": step_time}
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
+                        if board is not None:
+                            for key, value in record.items():
+                                if key not in ("step", "epoch"):
+                                    board.add_scalar(f"train/{key}", value, step)
                     if step % cfg.run.checkpoint_every == 0 and batches_done < len(sampler):
                         save_checkpoint()
                     if max_steps is not None and step >= max_steps:
@@ -245,8 +250,19 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     finally:
         if metrics is not None:
             metrics.close()
+        if board is not None:
+            board.close()
         distributed.teardown()
     return out
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer in ``out/tensorboard`` (``run.tensorboard=true``; needs ``pip install tensorboard``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise SystemExit("run.tensorboard=true needs the tensorboard package: pip install tensorboard") from err
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _autocast(precision: str, device: torch.device):

@@ -376,7 +376,16 @@ class HirvizModel(nn.Module):
         if ("dna_input_ids" in batch) != ("dna_attention_mask" in batch):
             raise ValueError("a DNA batch needs both 'dna_input_ids' and 'dna_attention_mask'")
         if "dna_input_ids" in batch:
-            out["dna"] = self.encode_dna(batch["dna_input_ids"], batch["dna_attention_mask"])
+            ids, mask = batch["dna_input_ids"], batch["dna_attention_mask"]
+            if ids.dim() == 3:
+                # [B, V, T]: V views of each barcode in one pass; they differ through the encoder's dropout
+                # (the DNA counterpart of two augmented image views, for HiR on DNA embeddings).
+                b, v = ids.shape[:2]
+                z = self.encode_dna(ids.flatten(0, 1), mask.flatten(0, 1)).view(b, v, -1)
+                out["dna_views"] = z
+                out["dna"] = z[:, 0]
+            else:
+                out["dna"] = self.encode_dna(ids, mask)
 
         if "text_tokens" in batch:
             out["text"] = self.encode_text(batch["text_tokens"])

@@ -104,6 +104,13 @@ def test_barcode_only_data_trains_dna_and_text(tmp_path, synth):
     assert record["step"] == 4
     assert "dna_text" in record and "image_text" not in record and "image_dna" not in record
 
+    # HiR on the DNA embeddings (no images to take views of): two dropout views of each barcode.
+    cfg = load_config(CI_CONFIG, [f"data.metadata={tsv}", f"run.out_dir={tmp_path / 'hir'}", "data.batch_size=10",
+                                  "optim.epochs=1", "loss.objective=clibd-hir", "loss.hir_modality=dna",
+                                  "model.dna_dropout=0.1", "run.log_every=1"])
+    record = json.loads((fit(cfg, max_steps=2) / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["hir"] > 0 and "dna_text" in record
+
 
 def _free_port() -> int:
     import socket

@@ -476,3 +476,19 @@ def test_auto_dna_path_rejects_a_tokenizer_larger_than_the_vocabulary(tmp_path):
     _save_tiny_bert(tmp_path / "small_vocab", vocab_size=100)
     with pytest.raises(ValueError, match="DNA tokenizer has 1027 tokens"):
         build_model(tiny_config(dna_encoder="auto", dna_model=str(tmp_path / "small_vocab")))
+
+
+def test_dna_views_come_from_one_pass_and_differ_only_by_dropout():
+    model = build_model(ModelConfig(embed_dim=16, dna_hidden=16, dna_layers=1, dna_heads=2, dna_intermediate=32,
+                                    dna_dropout=0.3))
+    tokens = model.tokenize_dna(["ACGT" * 40, "TTGCA" * 30])
+    ids = tokens["input_ids"].unsqueeze(1).expand(-1, 2, -1)
+    mask = tokens["attention_mask"].unsqueeze(1).expand(-1, 2, -1)
+    model.train()
+    out = model({"dna_input_ids": ids, "dna_attention_mask": mask})
+    assert out["dna_views"].shape == (2, 2, 16)
+    assert not torch.allclose(out["dna_views"][:, 0], out["dna_views"][:, 1])
+    model.eval()
+    out = model({"dna_input_ids": ids, "dna_attention_mask": mask})
+    torch.testing.assert_close(out["dna_views"][:, 0], out["dna_views"][:, 1])
+    torch.testing.assert_close(out["dna"], model.encode_dna(tokens["input_ids"], tokens["attention_mask"]))

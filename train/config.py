@@ -30,7 +30,7 @@ class DataConfig:
     batch_size: int = 250  # per rank
     group_size: int = 5  # anchor + relatives at species, genus, family, order
     sampler: str = "hierarchical"  # or "random"
-    views: int = 2  # augmented image views per specimen (HiR needs 2)
+    views: int = 2  # views per specimen for HiR: augmented images, or (hir_modality=dna) dropout views of DNA
     num_workers: int = 2
 
 

@@ -116,8 +116,9 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
     model: HirvizModel = build_model(cfg.model).to(dist.device)
     images = open_images(cfg.data.images) if cfg.data.images else None
-    use_image_hir = cfg.loss.uses_hir and cfg.loss.hir_modality == "image"
-    views = cfg.data.views if use_image_hir else 1
+    hir_on = cfg.loss.hir_modality if cfg.loss.uses_hir else None
+    views = cfg.data.views if hir_on == "image" else 1
+    dna_views = cfg.data.views if hir_on == "dna" else 1
     transform = train_transform(model.image_size[0], model.image_mean, model.image_std)
     dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed)
     if dist.is_main:
@@ -188,6 +189,9 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         if len(batch["index"]) == 0:
             return None, {}
         inputs = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
+        if dna_views > 1 and "dna_input_ids" in inputs:
+            for key in ("dna_input_ids", "dna_attention_mask"):
+                inputs[key] = inputs[key].unsqueeze(1).expand(-1, dna_views, -1)
         with autocast:
             outputs = net(inputs)
         if text_bank is not None:

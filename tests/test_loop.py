@@ -139,3 +139,28 @@ def test_tensorboard_logging_is_optional(synth, tmp_path):
     cfg = load_config(CI_CONFIG, _overrides(synth, tmp_path / "tb", "run.tensorboard=true", "run.log_every=1"))
     run = fit(cfg, max_steps=2)
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_gradient_accumulation_steps_once_per_group_of_batches(synth, tmp_path):
+    one = fit(load_config(CI_CONFIG, _overrides(synth, tmp_path / "a1", "optim.epochs=1", "run.log_every=1")))
+    two = fit(load_config(CI_CONFIG, _overrides(synth, tmp_path / "a2", "optim.epochs=1", "run.log_every=1",
+                                                "optim.grad_accum=2")))
+    steps = lambda run: torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)["step"]  # noqa: E731
+    assert steps(two) == -(-steps(one) // 2)
+
+
+def test_frozen_text_tower_is_cached_and_stays_fixed(synth, tmp_path):
+    from hirviz.model import build_model
+
+    cfg = load_config(CI_CONFIG, _overrides(synth, tmp_path / "frozen", "model.freeze_text=true"))
+    torch.manual_seed(cfg.run.seed)
+    initial = {k: v.clone() for k, v in build_model(cfg.model).state_dict().items()}
+    run = fit(cfg, max_steps=3)
+    trained = _weights(run)
+    text_keys = [k for k in trained if k.startswith("clip.") and not k.startswith("clip.visual.")
+                 and "logit" not in k]
+    image_keys = [k for k in trained if k.startswith("clip.visual.")]
+    assert text_keys and image_keys
+    for key in text_keys:
+        torch.testing.assert_close(trained[key], initial[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(trained[k], initial[k]) for k in image_keys)

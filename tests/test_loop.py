@@ -103,6 +103,11 @@ def test_barcode_only_data_trains_dna_and_text(tmp_path, synth):
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 4
     assert "dna_text" in record and "image_text" not in record and "image_dna" not in record
+    # A format without sample ids still round-trips through the split check of export.
+    from train.export import export
+
+    bundle = export(run, tmp_path / "bundle", max_reference=50, umap=False)
+    assert (bundle / "model.safetensors").exists()
 
     # HiR on the DNA embeddings (no images to take views of): two dropout views of each barcode.
     cfg = load_config(CI_CONFIG, [f"data.metadata={tsv}", f"run.out_dir={tmp_path / 'hir'}", "data.batch_size=10",

@@ -62,7 +62,7 @@ from hirviz.taxonomy import LEVELS
 from train.config import TrainConfig
 from train.data import ImageStore, open_images, read_metadata, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
-from train.loop import load_training_split
+from train.loop import load_training_split, split_ids
 
 if TYPE_CHECKING:
     from hirviz.bundle import Bundle, Reference
@@ -201,9 +201,19 @@ def classification_scores(
     Returns ``({level: {"top1": acc, "top5": acc}}, {level: n labelled})``; an accuracy is None where no
     query is labelled at that level.
     """
-    kmax = max(ks)
-    ranked = top_k(queries, candidates, kmax)
-    hits = hits_at_k(cand_codes[ranked], truth)  # [N, k', 5]
+    ranked = top_k(queries, candidates, max(ks))
+    return ranked_scores(cand_codes[ranked], truth, ks)
+
+
+def ranked_scores(
+    ranked_codes: np.ndarray, truth: np.ndarray, ks: Sequence[int] = TOP_KS,
+) -> tuple[dict[str, dict[str, float | None]], dict[str, int]]:
+    """Top-k accuracy per level from each query's ranked predictions (``[N, k, 5]`` label codes, best first).
+
+    Whatever ranked them (text candidates, reference specimens, k-mer neighbours), a query scores at a level when
+    its true label is among the level labels of its first k predictions; only queries labelled at a level count.
+    """
+    hits = hits_at_k(ranked_codes, truth)  # [N, k', 5]
     labelled = (truth >= 0).sum(axis=0)
     scores: dict[str, dict[str, float | None]] = {}
     for j, level in enumerate(EVAL_LEVELS):
@@ -644,7 +654,7 @@ def select_rows(
     if len(frame) != n_split:
         raise ValueError(f"{metadata} has {len(frame)} specimens but the split in {npz} was made on {n_split}; "
                          "pass the run directory (its config.yaml says how the run subset the metadata)")
-    if saved_ids is not None and not np.array_equal(frame["sampleid"].astype(str).to_numpy(dtype=str), saved_ids):
+    if saved_ids is not None and not np.array_equal(split_ids(frame), saved_ids):
         raise ValueError(f"the sample ids of {metadata} differ from those saved with {npz}: a different file or order")
     rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[subset]
     info = {"metadata": str(metadata), "format": frame.attrs.get("format"), "subset": subset, "split": str(npz),

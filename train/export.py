@@ -38,7 +38,7 @@ from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
-from train.loop import CHECKPOINT, load_training_split
+from train.loop import CHECKPOINT, load_training_split, split_ids
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def check_split(run_dir: Path, frame: pd.DataFrame, train_idx: np.ndarray, test_
     with np.load(npz, allow_pickle=True) as saved:
         same = np.array_equal(saved["train"], train_idx) and np.array_equal(saved["test"], test_idx)
         if same and "sampleid" in saved.files:
-            same = np.array_equal(saved["sampleid"].astype(str), frame["sampleid"].astype(str).to_numpy(dtype=str))
+            same = np.array_equal(saved["sampleid"].astype(str), split_ids(frame))
     if not same:
         raise ValueError(f"re-reading the metadata does not give the split saved in {npz}: the metadata file "
                          "changed since training, or --metadata names another file")

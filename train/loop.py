@@ -84,6 +84,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def split_ids(frame) -> np.ndarray:
+    """The sample ids saved with a split (``""`` where a format has none), to check a re-read gives the same rows."""
+    return frame["sampleid"].fillna("").to_numpy(dtype=str)
+
+
 def load_training_split(cfg: TrainConfig, out_dir: Path | None = None):
     """The metadata, and the seeded closed-set split of it (saved in the run dir when ``out_dir`` is given)."""
     frame = read_metadata(cfg.data.metadata)
@@ -93,7 +98,7 @@ def load_training_split(cfg: TrainConfig, out_dir: Path | None = None):
     train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
     if out_dir is not None:
         np.savez(out_dir / "split.npz", train=train_idx, test=test_idx,
-                 sampleid=frame["sampleid"].fillna("").to_numpy(dtype=str))
+                 sampleid=split_ids(frame))
     return frame, train_idx, test_idx
 
 

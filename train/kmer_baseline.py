@@ -1,0 +1,282 @@
+"""A BOLD-style identification baseline: nearest neighbour on k-mer profiles of the barcodes.
+
+Identification engines for DNA barcodes (BOLD's among them) answer a query with the names of the most similar
+reference barcodes. This module does the alignment-free version of that: each barcode becomes its vector of
+k-mer counts (k = 6 by default, 4**k dimensions), L2-normalised, and a query takes the ranks of its nearest
+reference profiles by cosine similarity (a FAISS flat inner-product index, i.e. exact search). No training is
+involved, so it is the yardstick a learned DNA encoder has to beat on the same split.
+
+``python -m train kmer-baseline --metadata TSV --split RUN_DIR --out results.json`` scores the test rows of a
+run's split against its training rows, clean and with :class:`hirviz.degrade.DnaNoise`, in the results schema
+of :mod:`train.evaluate` (query ``"dna"``, conditions ``clean`` and ``noisy_dna``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hirviz.degrade import DnaNoise, degrade_barcodes
+from hirviz.taxonomy import LEVELS
+from train.evaluate import EVAL_LEVELS, TOP_KS, label_codes, ranked_scores, select_rows
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_K = 6
+_INVALID = 4  # base code of N and of the IUPAC ambiguity letters: any k-mer covering one is skipped
+_DROPPED = 255  # gaps and whitespace: removed before k-mers are read, as hirviz.barcode.parse_barcode does
+_CODES = np.full(256, 254, dtype=np.uint8)  # 254 = not DNA: an error
+for _i, _base in enumerate("ACGT"):
+    _CODES[ord(_base)] = _CODES[ord(_base.lower())] = _i
+for _base in "NRYSWKMBDHV":
+    _CODES[ord(_base)] = _CODES[ord(_base.lower())] = _INVALID
+_CODES[ord("U")] = _CODES[ord("u")] = 3  # RNA
+for _char in "-. \t\r\n":
+    _CODES[ord(_char)] = _DROPPED
+# Profiles are built this many sequences at a time so the bincount buffer stays near 32 MB for k = 6.
+_ROWS_PER_CHUNK = 1024
+
+
+class KmerProfiler:
+    """Barcodes -> L2-normalised k-mer count vectors (float32 ``[N, 4**k]``).
+
+    A k-mer's index is its bases read as a base-4 number (A=0, C=1, G=2, T=3, first base most significant), so
+    with k = 2 ``"AC"`` is column 1 and ``"TT"`` column 15. K-mers overlapping an N (or an IUPAC ambiguity code)
+    are skipped; gaps (``-``, ``.``) and whitespace are removed first. A barcode without a single valid k-mer
+    (missing, empty, shorter than k, all N) gets the zero vector.
+    """
+
+    def __init__(self, k: int = DEFAULT_K) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= 12:
+            raise ValueError(f"k must be an integer from 1 to 12 (4**k dimensions), got {k!r}")
+        self.k = int(k)
+        self.dim = 4 ** self.k
+
+    def __repr__(self) -> str:
+        return f"KmerProfiler(k={self.k})"
+
+    def counts(self, barcodes: Sequence[str | None]) -> np.ndarray:
+        """Raw k-mer counts, int32 ``[N, 4**k]``."""
+        if isinstance(barcodes, str):
+            raise TypeError("pass a list of barcodes, not a single string")
+        out = np.zeros((len(barcodes), self.dim), dtype=np.int32)
+        for start in range(0, len(barcodes), _ROWS_PER_CHUNK):
+            chunk = barcodes[start:start + _ROWS_PER_CHUNK]
+            rows, index = self._kmers(chunk, start)
+            flat = np.bincount(rows * self.dim + index, minlength=len(chunk) * self.dim)
+            out[start:start + len(chunk)] = flat.reshape(len(chunk), self.dim)
+        return out
+
+    def __call__(self, barcodes: Sequence[str | None]) -> np.ndarray:
+        """L2-normalised profiles, float32 ``[N, 4**k]`` (zero rows where a barcode has no valid k-mer)."""
+        profiles = self.counts(barcodes).astype(np.float32)
+        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
+        return np.divide(profiles, norms, out=profiles, where=norms > 0)
+
+    def _kmers(self, barcodes: Sequence[str | None], offset: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row within the chunk, k-mer index) of every valid k-mer of the chunk's barcodes."""
+        codes = [self._encode(seq, offset + i) for i, seq in enumerate(barcodes)]
+        lengths = np.array([len(c) for c in codes], dtype=np.int64)
+        # One concatenated array with an invalid base after each sequence: no window spans two barcodes.
+        joined = np.concatenate([np.append(c, np.uint8(_INVALID)) for c in codes]) if codes else \
+            np.zeros(0, np.uint8)
+        if len(joined) < self.k:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        windows = np.lib.stride_tricks.sliding_window_view(joined, self.k)
+        valid = (windows < 4).all(axis=1)
+        weights = 4 ** np.arange(self.k - 1, -1, -1, dtype=np.int64)
+        index = windows[valid].astype(np.int64) @ weights
+        rows = np.repeat(np.arange(len(codes), dtype=np.int64), lengths + 1)[:len(windows)][valid]
+        return rows, index
+
+    @staticmethod
+    def _encode(seq: str | None, row: int) -> np.ndarray:
+        if seq is None or (isinstance(seq, float) and np.isnan(seq)):
+            return np.zeros(0, np.uint8)
+        if not isinstance(seq, str):
+            raise TypeError(f"barcode {row} must be a str or None, got {type(seq).__name__}")
+        codes = _CODES[np.frombuffer(seq.encode("latin-1", "replace"), dtype=np.uint8)]
+        if (codes == 254).any():
+            bad = sorted({ch for ch in seq if _CODES[min(ord(ch), 255)] == 254 or ord(ch) > 255})
+            raise ValueError(f"barcode {row} has characters that are not DNA: {''.join(bad[:10])!r}")
+        return codes[codes != _DROPPED]
+
+
+class KmerNearestNeighbour:
+    """Nearest-neighbour identification on k-mer profiles (exact cosine search with FAISS).
+
+    ``fit`` stores reference barcodes with their ranks; ``predict`` answers each query with the ranks of its
+    nearest references. References without a single valid k-mer are left out of the index (they could never be
+    a meaningful answer).
+    """
+
+    def __init__(self, k: int = DEFAULT_K) -> None:
+        self.profiler = KmerProfiler(k)
+        self.index = None
+        self.ranks: np.ndarray | None = None
+        self.reference_rows: np.ndarray | None = None
+
+    def fit(self, barcodes: Sequence[str | None], ranks: np.ndarray | Sequence[Sequence[Any]]) -> KmerNearestNeighbour:
+        """Index reference ``barcodes`` with their ``ranks`` (``[N, 4]`` names or ids, order to species).
+
+        Raises ValueError when the two disagree in length or no barcode has a valid k-mer.
+        """
+        import faiss
+
+        ranks = np.asarray(ranks, dtype=object)
+        if ranks.ndim != 2 or ranks.shape[1] != len(LEVELS) or len(ranks) != len(barcodes):
+            raise ValueError(f"ranks must be [{len(barcodes)}, {len(LEVELS)}] (one row per barcode, "
+                             f"{', '.join(LEVELS)}), got shape {ranks.shape}")
+        profiles = self.profiler(barcodes)
+        usable = np.flatnonzero(profiles.any(axis=1))
+        if not len(usable):
+            raise ValueError(f"none of the {len(barcodes)} reference barcodes has a valid {self.profiler.k}-mer")
+        if len(usable) < len(barcodes):
+            logger.info("left %d of %d references without a valid k-mer out of the index",
+                        len(barcodes) - len(usable), len(barcodes))
+        self.index = faiss.IndexFlatIP(self.profiler.dim)
+        self.index.add(np.ascontiguousarray(profiles[usable]))
+        self.ranks, self.reference_rows = ranks[usable], usable
+        return self
+
+    def search(self, barcodes: Sequence[str | None], k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarities and reference rows (positions in the fitted barcodes) of the k nearest, ``[N, k]``.
+
+        ``k`` is capped at the number of indexed references. A query without a valid k-mer is as similar (0) to
+        every reference, so its neighbours are arbitrary: scored, it counts as a guess.
+        """
+        if self.index is None:
+            raise RuntimeError("call fit() with reference barcodes before searching")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), self.index.ntotal)
+        scores, found = self.index.search(self.profiler(barcodes), k)
+        return scores, found
+
+    def neighbours(self, barcodes: Sequence[str | None], k: int = 1) -> np.ndarray:
+        """Positions ``[N, k]`` among the indexed references (rows of :attr:`ranks`) of the k nearest, best first."""
+        return self.search(barcodes, k)[1] if len(barcodes) else np.zeros((0, min(k, self.index.ntotal)), np.int64)
+
+    def predict(self, barcodes: Sequence[str | None], k: int = 1) -> np.ndarray:
+        """Ranks of the k nearest references, object array ``[N, k, 4]`` (``[:, 0]`` is the nearest)."""
+        found = self.search(barcodes, k)[1]
+        return self.ranks[found]
+
+
+def evaluate_kmer_baseline(
+    train_frame: pd.DataFrame,
+    test_frame: pd.DataFrame,
+    noise: DnaNoise | None = None,
+    seed: int = 0,
+    k: int = DEFAULT_K,
+    ks: Sequence[int] = TOP_KS,
+) -> tuple[dict[str, dict[str, float | None]], dict[str, int]]:
+    """Top-k accuracy (percent) per level of nearest-neighbour identification of ``test_frame``'s barcodes.
+
+    The semantics of :func:`train.evaluate.classification_scores`, with the training specimens' ranks in place
+    of the candidates: at a level, over the test specimens labelled there, a hit when the true name is among the
+    level names of the top-k neighbours; ``global`` when the whole taxonomy string equals a neighbour's. Only
+    test specimens with a barcode are scored (as the model's ``dna`` query). With ``noise`` the queries are
+    degraded exactly as ``python -m train eval`` degrades them (``seed``, key = position in ``test_frame``), so
+    the two can be compared on the same noisy barcodes.
+
+    Returns ``({level: {"top1": acc, "top5": acc}}, {level: n labelled})`` as ``classification_scores`` does.
+    """
+    for name, frame in (("train_frame", train_frame), ("test_frame", test_frame)):
+        missing = [c for c in (*LEVELS, "barcode", "taxonomy") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{name} lacks column(s) {missing}: pass frames from train.data.read_metadata")
+    test_frame = test_frame.reset_index(drop=True)
+    barcodes = test_frame["barcode"].tolist()
+    if noise is not None and not noise.is_off():
+        present = [i for i, seq in enumerate(barcodes) if isinstance(seq, str)]
+        noisy = degrade_barcodes([barcodes[i] for i in present], noise, seed, keys=present)
+        for i, seq in zip(present, noisy):
+            barcodes[i] = seq or "N"  # as train.embed does: a barcode degraded to nothing is still a query
+    has_dna = test_frame["barcode"].notna().to_numpy() & (test_frame["barcode"].fillna("") != "").to_numpy()
+    train_has = train_frame["barcode"].notna() & (train_frame["barcode"].fillna("") != "")
+    refs = train_frame[train_has.to_numpy()]
+
+    model = KmerNearestNeighbour(k).fit(refs["barcode"].tolist(), refs[list(LEVELS)].to_numpy(dtype=object))
+    kept = refs.iloc[model.reference_rows]
+    truth, ref_codes = label_codes(test_frame[list(LEVELS)].to_numpy(dtype=object), test_frame["taxonomy"].tolist(),
+                                   kept[list(LEVELS)].to_numpy(dtype=object), kept["taxonomy"].tolist())
+    truth = truth[has_dna]
+    found = model.neighbours([b for b, h in zip(barcodes, has_dna) if h], max(ks))
+    return ranked_scores(ref_codes[found], truth, ks)
+
+
+def evaluate_split(
+    metadata: str | Path, split: str | Path, noise: DnaNoise | None = None, seed: int = 0, k: int = DEFAULT_K,
+) -> dict[str, Any]:
+    """Both conditions (``clean``, ``noisy_dna``) on a run's split, in :mod:`train.evaluate`'s results schema."""
+    started = time.perf_counter()
+    test, info = select_rows(metadata, split, "test")
+    train, _ = select_rows(metadata, split, "train")
+    noise = DnaNoise() if noise is None else noise
+    results: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    for condition, degrade in (("clean", None), ("noisy_dna", noise)):
+        results[condition] = {}
+        results[condition]["dna"], counts = evaluate_kmer_baseline(train, test, degrade, seed, k)
+    results["_meta"] = {
+        "method": f"k-mer nearest neighbour (k={k}, cosine, exact)",
+        "format": test.attrs.get("format"),
+        "specimens": int(len(test)),
+        "references": int(train["barcode"].notna().sum()),
+        "queries": ["dna"],
+        "n_labelled": {"dna": counts},
+        "conditions": ["clean", "noisy_dna"],
+        "dna_noise": asdict(noise),
+        "noise_seed": int(seed),
+        "levels": list(EVAL_LEVELS),
+        "data": info,
+        "metric": "top-k accuracy in percent over the specimens labelled at each level (a hit when the true name "
+                  "is among the names of the k nearest references); global = exact match of the whole taxonomy "
+                  "string",
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m train kmer-baseline``."""
+    parser.add_argument("--metadata", required=True, help="metadata file the run was trained on")
+    parser.add_argument("--split", required=True, help="run directory (or its split.npz): test rows are queried "
+                                                       "against the training rows")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--k", type=int, default=DEFAULT_K, help="k-mer length (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the DNA noise (default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the baseline on a split and print (and optionally save) the per-level table."""
+    results = evaluate_split(args.metadata, args.split, seed=args.seed, k=args.k)
+    print(format_results(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """A markdown table: condition rows, ``top1 / top5`` per level."""
+    lines = ["| condition | " + " | ".join(EVAL_LEVELS) + " |", "|---" * (len(EVAL_LEVELS) + 1) + "|"]
+    for condition in ("clean", "noisy_dna"):
+        if condition not in results:
+            continue
+        cells = []
+        for level in EVAL_LEVELS:
+            s = results[condition]["dna"][level]
+            cells.append("-" if s["top1"] is None else f"{s['top1']:.1f} / {s['top5']:.1f}")
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Training throughput: samples/s and seconds per step split into data wait, forward and backward + optimizer.
 
 Two set-ups, both built from the trainer's own pieces (``hirviz.model.build_model``, ``train.data``'s dataset,
-hierarchical sampler, collate and augmentations, ``train.losses.compute_loss``, AdamW):
+hierarchical sampler, collate and augmentations, the trainer's ``train.loop.batch_loss``, AdamW):
 
 * ``python bench/bench_train.py --config train/configs/demo.yaml`` -- the config's model, loss and data settings on
   a synthetic BIOSCAN-format benchmark generated into a temporary directory (or ``--data DIR``, the output of
@@ -19,7 +19,6 @@ the split is exact (this costs a little throughput).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import shutil
@@ -53,12 +52,11 @@ from train.data import (  # noqa: E402
     train_transform,
 )
 from train.embed import embed_texts  # noqa: E402
-from train.losses import compute_loss  # noqa: E402
+from train.loop import autocast_for, batch_loss  # noqa: E402
 from train.synthetic import SynthConfig, generate  # noqa: E402
 
 DEMO_CONFIG = ROOT / "train" / "configs" / "demo.yaml"
 PAPER_CONFIG = ROOT / "train" / "configs" / "paper_bioclip.yaml"
-MODEL_INPUTS = ("image_views", "dna_input_ids", "dna_attention_mask", "text_tokens")
 H100_SXM_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM
 
 
@@ -199,13 +197,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA under ``auto`` (as the trainer), or as asked."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def time_steps(model: HirvizModel, cfg: TrainConfig, source: Iterator[dict[str, Any]], device: torch.device,
                warmup: int, steps: int, text_bank: torch.Tensor | None, precision: str,
                compile_model: bool = False, fused_adamw: bool = False) -> dict[str, float]:
@@ -219,17 +210,9 @@ def time_steps(model: HirvizModel, cfg: TrainConfig, source: Iterator[dict[str, 
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         batch = next(source)
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
-        text_ids = batch["text_ids"].to(device, non_blocking=True)
-        labels = batch["labels"].to(device, non_blocking=True)
         _sync(device)
         t1 = time.perf_counter()
-        with _autocast(precision, device):
-            outputs = net(inputs)
-        if text_bank is not None:
-            outputs["text"] = text_bank[text_ids]
-        outputs = {k: v.float() for k, v in outputs.items()}  # the losses run in fp32, as in the trainer
-        loss, _ = compute_loss(outputs, text_ids, labels, cfg.loss, logit_scale=outputs.get("logit_scale"))
+        loss, _ = batch_loss(net, batch, cfg, device, autocast_for(precision, device), text_bank)
         _sync(device)
         t2 = time.perf_counter()
         loss.backward()

@@ -164,7 +164,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         optimizer, max_lr=cfg.optim.max_lr, total_steps=total_steps + 1, pct_start=cfg.optim.pct_start,
         anneal_strategy="cos", cycle_momentum=False, div_factor=cfg.optim.div_factor,
         final_div_factor=cfg.optim.final_div_factor)
-    autocast = _autocast(cfg.optim.precision, dist.device)
+    autocast = autocast_for(cfg.optim.precision, dist.device)
 
     step, epoch, batches_done = 0, 0, 0
     if resume and (out / CHECKPOINT).exists():
@@ -193,18 +193,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         """Loss of one (micro-)batch, back-propagated; ``None`` when every sample of it was dropped."""
         if len(batch["index"]) == 0:
             return None, {}
-        inputs = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
-        if dna_views > 1 and "dna_input_ids" in inputs:
-            for key in ("dna_input_ids", "dna_attention_mask"):
-                inputs[key] = inputs[key].unsqueeze(1).expand(-1, dna_views, -1)
-        with autocast:
-            outputs = net(inputs)
-        if text_bank is not None:
-            outputs["text"] = text_bank[batch["text_ids"].to(dist.device)]
-        # The losses run in fp32 whatever the encoders ran in.
-        outputs = {k: v.float() for k, v in outputs.items()}
-        loss, parts = compute_loss(outputs, batch["text_ids"].to(dist.device), batch["labels"].to(dist.device),
-                                   cfg.loss, logit_scale=outputs.get("logit_scale"))
+        loss, parts = batch_loss(net, batch, cfg, dist.device, autocast, text_bank, dna_views)
         (loss / cfg.optim.grad_accum).backward()
         return loss.detach(), parts
 
@@ -274,7 +263,29 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _autocast(precision: str, device: torch.device):
+def batch_loss(net: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig, device: torch.device, autocast: Any,
+               text_bank: torch.Tensor | None = None, dna_views: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective of one collated batch: encode (under ``autocast``), then the losses in fp32.
+
+    ``text_bank`` holds a frozen text tower's cached embeddings, looked up by taxonomy-string id; ``dna_views``
+    > 1 feeds each barcode that many times (dropout views, for HiR on DNA embeddings).
+    """
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
+    if dna_views > 1 and "dna_input_ids" in inputs:
+        for key in ("dna_input_ids", "dna_attention_mask"):
+            inputs[key] = inputs[key].unsqueeze(1).expand(-1, dna_views, -1)
+    text_ids = batch["text_ids"].to(device, non_blocking=True)
+    with autocast:
+        outputs = net(inputs)
+    if text_bank is not None:
+        outputs["text"] = text_bank[text_ids]
+    outputs = {k: v.float() for k, v in outputs.items()}
+    return compute_loss(outputs, text_ids, batch["labels"].to(device, non_blocking=True), cfg.loss,
+                        logit_scale=outputs.get("logit_scale"))
+
+
+def autocast_for(precision: str, device: torch.device):
+    """bf16 autocast on GPUs under ``auto`` (or with ``bf16``); nothing (fp32) otherwise."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     if precision not in ("auto", "fp32"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Callable
 
 # Hub look-ups must fail at once instead of retrying for a minute: tests never download anything.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,3 +29,15 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set HIRVIZ_SHARED_DATA)")
     return path
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a currently free TCP port on 127.0.0.1 (servers and torchrun rendezvous in tests)."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -26,12 +25,6 @@ if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
                 allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _load_app_module():
     spec = importlib.util.spec_from_file_location("hirviz_app", REPO / "app.py")
     module = importlib.util.module_from_spec(spec)
@@ -40,7 +33,7 @@ def _load_app_module():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     from test_ui import build_tiny_bundles
 
     tiny = build_tiny_bundles(tmp_path_factory.getbasetemp() / "ui-bundles")
@@ -48,7 +41,7 @@ def server(tmp_path_factory):
     before_cwd = os.getcwd()
     os.chdir(workdir)  # the app must write nothing where it runs: checked at the end
     app = _load_app_module()
-    port = _free_port()
+    port = free_port()
     os.environ.pop("SPACE_ID", None)
     os.environ["GRADIO_SERVER_PORT"] = str(port)
     try:

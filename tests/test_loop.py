@@ -117,18 +117,10 @@ def test_barcode_only_data_trains_dna_and_text(tmp_path, synth):
     assert record["hir"] > 0 and "dna_text" in record
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_torchrun_two_ranks_on_cpu(synth, tmp_path):
+def test_torchrun_two_ranks_on_cpu(synth, tmp_path, free_port):
     # Data-parallel under torchrun with gloo: both ranks step in lock-step and rank 0 writes the run.
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "train", "fit", "--config", str(CI_CONFIG), "--max-steps", "3",
            *_overrides(synth, out, "run.log_every=1", "loss.objective=clibd")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

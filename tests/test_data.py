@@ -282,6 +282,34 @@ def test_seeded_views_are_reproducible(bioscan1m_tsv: Path, images_h5: Path) -> 
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is left untouched
 
 
+def test_identical_views_repeat_one_random_view(bioscan1m_tsv: Path, images_h5: Path) -> None:
+    frame = read_metadata(bioscan1m_tsv)
+    ds = SpecimenDataset(frame, open_images(images_h5), train_transform(24), views=2, seed=7, identical_views=True)
+    views = ds[0]["image_views"]
+    assert views.shape == (2, 3, 24, 24) and torch.equal(views[0], views[1])
+    # still a random augmentation: another epoch draws another one
+    ds.set_epoch(1)
+    assert not torch.allclose(ds[0]["image_views"][0], views[0])
+
+
+def test_dna_augment_degrades_training_barcodes_reproducibly() -> None:
+    rng = np.random.default_rng(0)
+    barcodes = ["".join(rng.choice(list("ACGT"), 600)) for _ in range(20)]
+    frame = pd.DataFrame({"order": ["Diptera"] * 20, "family": None, "genus": None, "species": None,
+                          "barcode": barcodes, "image_file": None, "sampleid": [str(i) for i in range(20)],
+                          "processid": None})
+    frame["taxonomy"] = "Diptera"
+    ds = SpecimenDataset(frame, dna_augment=4.0, seed=3)
+    first = [ds[i]["barcode"] for i in range(20)]
+    assert sum(b != clean for b, clean in zip(first, barcodes)) >= 15  # a scale near 0 may leave one clean
+    assert first == [SpecimenDataset(frame, dna_augment=4.0, seed=3)[i]["barcode"] for i in range(20)]
+    ds.set_epoch(1)
+    assert [ds[i]["barcode"] for i in range(20)] != first  # fresh noise every epoch
+    assert SpecimenDataset(frame, seed=3)[0]["barcode"] == barcodes[0]  # off by default
+    with pytest.raises(ValueError, match="needs a seed"):
+        SpecimenDataset(frame, dna_augment=1.0)
+
+
 def test_dataset_without_images_uses_given_taxonomy(shared_data: Path) -> None:
     frame = read_metadata(shared_data / "real_dna" / "barcodes.tsv")
     train_idx, test_idx = closed_set_split(frame, seed=0)

@@ -31,7 +31,18 @@ class DataConfig:
     group_size: int = 5  # anchor + relatives at species, genus, family, order
     sampler: str = "hierarchical"  # or "random"
     views: int = 2  # views per specimen for HiR: augmented images, or (hir_modality=dna) dropout views of DNA
+    hir_views: str = "augmented"  # or "identical": one augmented image repeated (what the authors' code feeds HiR)
+    # Not in the papers (their degradations are inference-only): each training barcode is degraded afresh every
+    # epoch at a scale drawn uniformly from [0, dna_augment] times METHOD.md's rates; 0 = off (the paper).
+    dna_augment: float = 0.0
     num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.hir_views not in ("augmented", "identical"):
+            raise ValueError(f"data.hir_views must be 'augmented' or 'identical', got {self.hir_views!r}")
+        if isinstance(self.dna_augment, bool) or not isinstance(self.dna_augment, (int, float)) \
+                or not 0 <= self.dna_augment <= 100:
+            raise ValueError(f"data.dna_augment must be a number between 0 and 100, got {self.dna_augment!r}")
 
 
 @dataclass

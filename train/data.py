@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 
+from hirviz.degrade import DnaNoise, degrade_barcode
 from hirviz.taxonomy import LEVELS, UNKNOWN_ID, Taxonomy, clean_rank, taxonomy_string
 
 logger = logging.getLogger(__name__)
@@ -455,6 +456,10 @@ class SpecimenDataset(Dataset):
             (seed, e, i), so they do not depend on which DataLoader worker loads the item, and a resumed run sees
             the same views as an uninterrupted one. Call :meth:`set_epoch` each epoch. When None, the
             augmentations use torch's global random state.
+        identical_views: draw one augmented view and repeat it ``views`` times (the authors' code gives HiR two
+            identical views; the ablation compares it with independent views).
+        dna_augment: when > 0, each item's barcode is degraded with :class:`hirviz.degrade.DnaNoise` scaled by a
+            factor drawn uniformly from ``[0, dna_augment]``, afresh per (seed, epoch, item) (needs ``seed``).
 
     Attributes:
         labels: int64 [N, 4] rank ids, -1 unknown (what :class:`HierarchicalBatchSampler` needs).
@@ -469,12 +474,18 @@ class SpecimenDataset(Dataset):
         views: int = 2,
         taxonomy: Taxonomy | None = None,
         seed: int | None = None,
+        identical_views: bool = False,
+        dna_augment: float = 0.0,
     ) -> None:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise ValueError(f"the frame lacks columns {missing}; build it with read_metadata()")
         if views < 1:
             raise ValueError(f"views must be >= 1, got {views}")
+        if dna_augment < 0 or (dna_augment > 0 and seed is None):
+            raise ValueError(f"dna_augment must be >= 0 and needs a seed, got {dna_augment!r} with seed {seed!r}")
+        self.identical_views = identical_views
+        self.dna_augment = float(dna_augment)
         self.frame = frame.reset_index(drop=True)
         self.images = images
         self.transform = transform if transform is not None else eval_transform()
@@ -511,14 +522,27 @@ class SpecimenDataset(Dataset):
         """Draw this epoch's augmentations (only matters with a ``seed``)."""
         self.epoch = epoch
 
+    def _item_seed(self, i: int, *stream: int) -> int:
+        return int(np.random.SeedSequence([self.seed, self.epoch, i, *stream]).generate_state(1)[0])
+
     def _views(self, image: Image.Image, i: int) -> torch.Tensor:
+        draws = 1 if self.identical_views else self.views
         if self.seed is None:
-            return torch.stack([self.transform(image) for _ in range(self.views)])
-        # torchvision's transforms draw from torch's global generator: seed a private copy of it for this item
-        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            return torch.stack([self.transform(image) for _ in range(self.views)])
+            views = [self.transform(image) for _ in range(draws)]
+        else:
+            # torchvision's transforms draw from torch's global generator: seed a private copy of it for this item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self._item_seed(i))
+                views = [self.transform(image) for _ in range(draws)]
+        return torch.stack(views * self.views if self.identical_views else views)
+
+    def _barcode(self, i: int) -> str | None:
+        barcode = self._barcodes[i]
+        if barcode is None or self.dna_augment == 0:
+            return barcode
+        seed = self._item_seed(i, 1)
+        scale = np.random.default_rng(seed).uniform(0.0, self.dna_augment)
+        return degrade_barcode(barcode, DnaNoise().scaled(scale), seed) or barcode
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -526,7 +550,7 @@ class SpecimenDataset(Dataset):
             "labels": torch.from_numpy(self.labels[i]),
             "text_id": int(self.text_ids[i]),
             "taxonomy": self.texts[self.text_ids[i]],
-            "barcode": self._barcodes[i],
+            "barcode": self._barcode(i),
         }
         if self.has_images:
             name = self._image_files[i]

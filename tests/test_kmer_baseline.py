@@ -215,3 +215,31 @@ def test_cli_scores_a_split_in_the_evaluate_schema(hierarchy, tmp_path):
     assert list(results["clean"]["dna"]) == list(EVAL_LEVELS)
     assert results["clean"]["dna"]["species"]["top1"] == 100.0
     assert results["_meta"]["n_labelled"]["dna"]["species"] == len(queries)
+
+
+def test_cli_queries_another_file_and_sweeps_noise(hierarchy, tmp_path):
+    import argparse
+    import json
+
+    from train.evaluate import SWEEP_DNA_SCALES
+    from train.kmer_baseline import add_arguments, run
+
+    refs, queries = hierarchy
+    for name, df in (("refs.tsv", refs), ("queries.tsv", queries)):
+        table = df.rename(columns={"barcode": "dna_barcode"}).drop(columns="taxonomy")
+        table.insert(0, "processid", [f"{name[0]}{i}" for i in range(len(table))])
+        table.to_csv(tmp_path / name, sep="\t", index=False)
+    np.savez(tmp_path / "split.npz", train=np.arange(len(refs) - 6), test=np.arange(len(refs) - 6, len(refs)))
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--metadata", str(tmp_path / "refs.tsv"), "--split", str(tmp_path), "--queries",
+                              str(tmp_path / "queries.tsv"), "--sweep", "--out", str(tmp_path / "out.json")])
+    assert run(args) == 0
+    results = json.loads((tmp_path / "out.json").read_text())
+    assert results["_meta"]["specimens"] == len(queries)  # every row of the query file, not the split's test rows
+    assert results["clean"]["dna"]["order"]["top1"] == 100.0
+    sweep = [r for r in results["sweep"] if r["level"] == "global"]
+    assert [r["strength"] for r in sweep] == list(SWEEP_DNA_SCALES)
+    assert sweep[0]["top1"] == results["clean"]["dna"]["global"]["top1"]
+    assert sweep[-1]["top1"] < sweep[0]["top1"]  # x8 the paper's noise costs accuracy

@@ -26,7 +26,8 @@ import pandas as pd
 
 from hirviz.degrade import DnaNoise, degrade_barcodes
 from hirviz.taxonomy import LEVELS
-from train.evaluate import EVAL_LEVELS, TOP_KS, label_codes, ranked_scores, select_rows
+from train.data import read_metadata
+from train.evaluate import EVAL_LEVELS, SWEEP_DNA_SCALES, TOP_KS, label_codes, ranked_scores, select_rows
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +217,20 @@ def evaluate_kmer_baseline(
 
 def evaluate_split(
     metadata: str | Path, split: str | Path, noise: DnaNoise | None = None, seed: int = 0, k: int = DEFAULT_K,
+    queries: str | Path | None = None, sweep_scales: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Both conditions (``clean``, ``noisy_dna``) on a run's split, in :mod:`train.evaluate`'s results schema."""
+    """Both conditions (``clean``, ``noisy_dna``) on a run's split, in :mod:`train.evaluate`'s results schema.
+
+    The references are the split's training rows; the queries its test rows, or every row of the file
+    ``queries`` (another barcode table, e.g. partial reads of unseen taxa). ``sweep_scales`` adds a ``sweep``:
+    top-1 per level with ``noise`` scaled by each factor, in the records of :func:`train.evaluate.noise_sweep`.
+    """
     started = time.perf_counter()
-    test, info = select_rows(metadata, split, "test")
+    if queries is None:
+        test, info = select_rows(metadata, split, "test")
+    else:
+        test = read_metadata(queries)
+        info = {"queries": str(queries)}
     train, _ = select_rows(metadata, split, "train")
     noise = DnaNoise() if noise is None else noise
     results: dict[str, Any] = {}
@@ -227,6 +238,12 @@ def evaluate_split(
     for condition, degrade in (("clean", None), ("noisy_dna", noise)):
         results[condition] = {}
         results[condition]["dna"], counts = evaluate_kmer_baseline(train, test, degrade, seed, k)
+    if sweep_scales:
+        results["sweep"] = [
+            {"kind": "dna", "strength": float(scale), "query": "dna", "level": level, "top1": scores["top1"]}
+            for scale in sweep_scales
+            for level, scores in evaluate_kmer_baseline(train, test, noise.scaled(scale), seed, k, ks=(1,))[0].items()
+        ]
     results["_meta"] = {
         "method": f"k-mer nearest neighbour (k={k}, cosine, exact)",
         "format": test.attrs.get("format"),
@@ -255,11 +272,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help="k-mer length (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the DNA noise (default %(default)s)")
+    parser.add_argument("--queries", default=None,
+                        help="query every barcode of this file instead of the split's test rows")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also score DNA noise x " + ", ".join(f"{s:g}" for s in SWEEP_DNA_SCALES))
 
 
 def run(args: argparse.Namespace) -> int:
     """Score the baseline on a split and print (and optionally save) the per-level table."""
-    results = evaluate_split(args.metadata, args.split, seed=args.seed, k=args.k)
+    results = evaluate_split(args.metadata, args.split, seed=args.seed, k=args.k, queries=args.queries,
+                             sweep_scales=SWEEP_DNA_SCALES if args.sweep else ())
     print(format_results(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

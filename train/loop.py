@@ -125,7 +125,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     views = cfg.data.views if hir_on == "image" else 1
     dna_views = cfg.data.views if hir_on == "dna" else 1
     transform = train_transform(model.image_size[0], model.image_mean, model.image_std)
-    dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed)
+    dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed,
+                              identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment)
     if dist.is_main:
         dataset.taxonomy.save(str(out / "taxonomy.json"))
         with open(out / "config.yaml", "w", encoding="utf-8") as fh:
@@ -309,6 +310,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (train/configs/*.yaml); defaults when omitted")
     parser.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument("--export", metavar="BUNDLE_DIR", default=None,
+                        help="after training, export the run as a bundle here (as `python -m train export` does)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, values parsed as YAML (e.g. optim.epochs=3 run.out_dir=runs/x)")
 
@@ -319,4 +322,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
     out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
     print(out)
+    if args.export and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank exports
+        from train.export import export
+
+        print(export(out, args.export))
     return 0

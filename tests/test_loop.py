@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import hirviz  # noqa: F401  (torchvision shim first)
+from hirviz.bundle import load_bundle
 from train.config import load_config
 from train.loop import CHECKPOINT, fit
 from train.synthetic import SynthConfig, generate
@@ -161,3 +162,25 @@ def test_frozen_text_tower_is_cached_and_stays_fixed(synth, tmp_path):
     for key in text_keys:
         torch.testing.assert_close(trained[key], initial[key], rtol=0, atol=0, msg=key)
     assert any(not torch.equal(trained[k], initial[k]) for k in image_keys)
+
+
+def test_fit_export_flag_trains_and_writes_a_bundle_in_one_command(synth, tmp_path):
+    import argparse
+
+    from train.loop import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(CI_CONFIG), "--max-steps", "2", "--export", str(tmp_path / "bundle"),
+                              *_overrides(synth, tmp_path / "run", "optim.epochs=1", "data.hir_views=identical")])
+    assert run(args) == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.config["training"]["data"]["hir_views"] == "identical"
+    assert (tmp_path / "bundle" / "model.safetensors").is_file()
+
+
+def test_bad_data_options_are_refused_with_the_valid_choices():
+    with pytest.raises(ValueError, match="'augmented' or 'identical'"):
+        load_config(CI_CONFIG, ["data.hir_views=same"])
+    with pytest.raises(ValueError, match="dna_augment"):
+        load_config(CI_CONFIG, ["data.dna_augment=-1"])

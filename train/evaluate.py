@@ -715,9 +715,17 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def _cell(scores: Mapping[str, Any] | None, keys: Sequence[str] = ("top1", "top5")) -> str:
+    """"top-1 / top-5"; with a ``<key>_sd`` beside a score (results aggregated over seeds) "mean ± sd"."""
     if not scores:
         return "–"
-    return " / ".join("–" if scores.get(k) is None else f"{float(scores[k]):.1f}" for k in keys)
+
+    def one(k: str) -> str:
+        if scores.get(k) is None:
+            return "–"
+        sd = scores.get(f"{k}_sd")
+        return f"{float(scores[k]):.1f}" + ("" if sd is None else f"±{float(sd):.1f}")
+
+    return " / ".join(one(k) for k in keys)
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> str:

@@ -1,0 +1,65 @@
+"""Studies: every (arm, seed) trained once through the CLI, resumable, summarised as mean ± sd over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from train.evaluate import format_table1
+from train.study import Arm, Study, aggregate, global_top1, run_arms
+from train.synthetic import SynthConfig, generate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _results(top1: float, sweep_top1: float) -> dict:
+    level = {"top1": top1, "top5": top1 + 10}
+    return {"clean": {"dna": {"order": level, "global": {"top1": top1 / 2, "top5": None}}},
+            "_meta": {"specimens": 10, "train_seconds": 5.0},
+            "sweep": [{"kind": "dna", "strength": 1.0, "query": "dna", "level": "global", "top1": sweep_top1}]}
+
+
+def test_aggregate_gives_mean_and_sample_sd_in_the_same_layout():
+    agg = aggregate([_results(60.0, 10.0), _results(70.0, 20.0), _results(80.0, 30.0)])
+    order = agg["clean"]["dna"]["order"]
+    assert order["top1"] == pytest.approx(70.0) and order["top1_sd"] == pytest.approx(10.0)
+    assert order["top5"] == pytest.approx(80.0)
+    assert agg["clean"]["dna"]["global"]["top5"] is None  # no value in any seed stays missing
+    assert agg["_meta"]["n_seeds"] == 3 and agg["_meta"]["train_seconds"] == [5.0, 5.0, 5.0]
+    assert agg["sweep"] == [{"kind": "dna", "strength": 1.0, "query": "dna", "level": "global",
+                             "top1": pytest.approx(20.0), "top1_sd": pytest.approx(10.0)}]
+    assert global_top1(agg, "clean", "dna") == "35.0 ± 5.0"
+    # the paper-layout tables print the spread beside each mean
+    assert "70.0±10.0 / 80.0±10.0" in format_table1({"m": agg})
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+def test_sweep_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from studies.plots import plot_sweeps
+
+    agg = aggregate([_results(60.0, 10.0), _results(70.0, 20.0)])
+    paths = plot_sweeps({"m": agg}, tmp_path / "study", images=False, extra_dna={"k-mer": _results(1, 5)["sweep"]})
+    assert [p.name for p in paths] == ["study_dna_noise.png"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_study_trains_each_arm_once_and_a_rerun_reuses_it(tmp_path):
+    synth = tmp_path / "synth"
+    generate(synth, SynthConfig(specimens=150, seed=1, image_height=32, workers=1))
+    study = Study(work=tmp_path / "work", config=REPO / "train" / "configs" / "ci.yaml",
+                  metadata=synth / "metadata.tsv", images=synth / "images.hdf5", lanes=1,
+                  common=("optim.epochs=1", "data.batch_size=10"), eval_args=("--conditions", "clean,noisy_dna"))
+    arm = Arm("tiny", ("loss.objective=clibd",))
+    first = run_arms(study, [arm], [0])["tiny"][0]
+    assert set(first) >= {"clean", "noisy_dna", "_meta"} and first["_meta"]["train_seconds"] > 0
+    assert (study.bundle_dir(arm, 0) / "model.safetensors").is_file()
+    saved = json.loads(study.results_file(arm, 0).read_text())
+    assert saved == first
+    # a finished run is not trained again (its bundle could even be gone)
+    (study.run_dir(arm, 0) / "checkpoint.pt").unlink()
+    assert run_arms(study, [arm], [0])["tiny"][0] == first
+    assert not (study.run_dir(arm, 0) / "checkpoint.pt").exists()

@@ -1,0 +1,198 @@
+"""Run a study: many (arm, seed) trainings through the documented CLI, then mean and spread over seeds.
+
+A study script (``studies/*.py``) lists its arms (a name and ``section.key=value`` overrides of one config);
+:func:`run_arms` trains, exports and evaluates every arm for every seed with ``python -m train fit / export /
+eval``, a few at a time on one CPU thread each. Each finished run leaves its results JSON, and a re-run skips
+it, so a killed study resumes where it stopped. :func:`aggregate` turns the per-seed results into the same
+nested layout with means and sample standard deviations, which :func:`train.evaluate.format_table1` and
+:func:`~train.evaluate.format_table2` print as ``mean ± sd``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCORE_KEYS = ("top1", "top3", "top5")
+
+
+def run_step(cmd: Sequence[str], log: Path) -> None:
+    """Run one pipeline command with one CPU thread, its output appended to ``log``; a failure names the log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("$ " + " ".join(map(str, cmd)) + "\n")
+        fh.flush()
+        done = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"step failed ({' '.join(map(str, cmd[2:5]))}...): see {log}")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of a study: a name and the overrides that make it differ from the study's config."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    eval_args: tuple[str, ...] = ()  # extra ``python -m train eval`` arguments, e.g. ("--sweep",)
+    seeds: tuple[int, ...] | None = None  # only these of the study's seeds (a side arm on a smaller budget)
+
+
+@dataclass
+class Study:
+    """Where a study's runs go and how each is trained and scored.
+
+    ``metadata`` / ``images``: the data (``images`` None for DNA-only data); ``config``: the YAML every arm
+    starts from; ``common``: overrides for every arm; ``lanes``: runs in parallel (one thread each).
+    """
+
+    work: Path
+    config: Path
+    metadata: Path
+    images: Path | None = None
+    common: tuple[str, ...] = ()
+    lanes: int = 2
+    eval_args: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run_dir(self, arm: Arm, seed: int) -> Path:
+        return self.work / "runs" / f"{arm.name}-s{seed}"
+
+    def bundle_dir(self, arm: Arm, seed: int) -> Path:
+        return self.work / "bundles" / f"{arm.name}-s{seed}"
+
+    def results_file(self, arm: Arm, seed: int) -> Path:
+        return self.work / "results" / f"{arm.name}-s{seed}.json"
+
+    def run_one(self, arm: Arm, seed: int) -> dict[str, Any]:
+        """fit -> export -> eval for one arm and seed; reuses a finished run's results."""
+        out = self.results_file(arm, seed)
+        if out.is_file():
+            return json.loads(out.read_text(encoding="utf-8"))
+        for sub in ("runs", "bundles", "results", "logs"):
+            (self.work / sub).mkdir(parents=True, exist_ok=True)
+        run, bundle, log = self.run_dir(arm, seed), self.bundle_dir(arm, seed), self.work / "logs" / f"{arm.name}-s{seed}.log"
+        py = [sys.executable, "-m", "train"]
+        data = [f"data.metadata={self.metadata}", f"data.images={self.images if self.images else 'null'}"]
+        t0 = time.time()
+        fit = [*py, "fit", "--config", self.config, *data, f"run.out_dir={run}", f"run.seed={seed}",
+               *self.common, *arm.overrides]
+        # a killed study leaves a checkpoint: resume it rather than start over
+        run_step(fit + (["--resume"] if (run / "checkpoint.pt").is_file() else []), log)
+        trained = time.time() - t0
+        run_step([*py, "export", "--run", run, "--out", bundle, "--name", f"{arm.name}-s{seed}",
+                  "--max-reference", "2000", "--no-umap"], log)
+        images = ["--images", self.images] if self.images else []
+        results = _evaluate(bundle, out, log, ["--metadata", self.metadata, *images, "--split", run,
+                                               *self.eval_args, *arm.eval_args])
+        results.setdefault("_meta", {})["train_seconds"] = round(trained, 1)
+        results["_meta"]["total_seconds"] = round(time.time() - t0, 1)
+        out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        logger.info("%s seed %d: %.0f s (training %.0f s)", arm.name, seed, time.time() - t0, trained)
+        return results
+
+    def score_on(self, arm: Arm, seed: int, tag: str, eval_args: Sequence[str]) -> dict[str, Any]:
+        """Evaluate a trained arm's bundle on other data (``eval_args``: ``--metadata FILE`` ...), cached by ``tag``."""
+        out = self.work / "results" / f"{arm.name}-s{seed}-{tag}.json"
+        if out.is_file():
+            return json.loads(out.read_text(encoding="utf-8"))
+        return _evaluate(self.bundle_dir(arm, seed), out, self.work / "logs" / f"{arm.name}-s{seed}.log", eval_args)
+
+
+def _evaluate(bundle: Path, out: Path, log: Path, eval_args: Sequence[Any]) -> dict[str, Any]:
+    """``python -m train eval`` on one thread into ``out``, written only when complete."""
+    tmp = out.with_suffix(".partial.json")
+    run_step([sys.executable, "-m", "train", "eval", "--bundle", bundle, "--threads", "1", *eval_args, "--out", tmp],
+             log)
+    results = json.loads(tmp.read_text(encoding="utf-8"))
+    out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    tmp.unlink()
+    return results
+
+
+def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Every arm for every seed, ``study.lanes`` at a time; returns ``{arm name: [results per seed]}``."""
+    # seed-major: a partial study has every arm once
+    jobs = [(arm, seed) for seed in seeds for arm in arms if arm.seeds is None or seed in arm.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, study.lanes)) as pool:
+        futures = {(arm.name, seed): pool.submit(study.run_one, arm, seed) for arm, seed in jobs}
+        results: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
+        for (name, _), future in futures.items():
+            results[name].append(future.result())
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mean and spread over seeds
+
+
+def _is_score(node: Any) -> bool:
+    return isinstance(node, Mapping) and "top1" in node and not isinstance(node["top1"], Mapping)
+
+
+def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    kept = np.array([v for v in values if v is not None], dtype=float)
+    if kept.size == 0:
+        return None, None
+    return float(kept.mean()), float(kept.std(ddof=1)) if kept.size > 1 else None  # one seed: no spread
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-seed results (the ``eval`` JSON) -> one dict of the same layout holding means, with ``<key>_sd`` beside
+    every score (sample standard deviation over seeds) and ``n_seeds`` in ``_meta``; sweeps are averaged per point.
+    """
+    if not runs:
+        raise ValueError("no runs to aggregate")
+
+    def merge(nodes: Sequence[Any]) -> Any:
+        if _is_score(nodes[0]):
+            out: dict[str, Any] = {}
+            for key in SCORE_KEYS:
+                if key in nodes[0]:
+                    out[key], out[f"{key}_sd"] = _mean_sd([n.get(key) for n in nodes])
+            return out
+        if isinstance(nodes[0], Mapping):
+            common = [k for k in nodes[0] if all(isinstance(n, Mapping) and k in n for n in nodes)]
+            return {k: merge([n[k] for n in nodes]) for k in common}
+        return nodes[0]
+
+    result = {k: merge([r[k] for r in runs]) for k in runs[0] if k not in ("_meta", "sweep") and all(k in r for r in runs)}
+    result["_meta"] = {**runs[0].get("_meta", {}), "n_seeds": len(runs),
+                       "train_seconds": [r.get("_meta", {}).get("train_seconds") for r in runs]}
+    if all(r.get("sweep") for r in runs):
+        result["sweep"] = aggregate_sweep([r["sweep"] for r in runs])
+    return result
+
+
+def aggregate_sweep(sweeps: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Sweep records of several seeds -> one record per (kind, strength, query, level) with ``top1`` / ``top1_sd``."""
+    points: dict[tuple, list[float | None]] = {}
+    for records in sweeps:
+        for r in records:
+            points.setdefault((r["kind"], r["strength"], r["query"], r["level"]), []).append(r["top1"])
+    out = []
+    for (kind, strength, query, level), values in points.items():
+        mean, sd = _mean_sd(values)
+        out.append({"kind": kind, "strength": strength, "query": query, "level": level, "top1": mean, "top1_sd": sd})
+    return out
+
+
+def global_top1(results: Mapping[str, Any], condition: str, query: str, level: str = "global") -> str:
+    """``mean ± sd`` of one cell of aggregated results, for prose and small tables."""
+    cell = ((results.get(condition) or {}).get(query) or {}).get(level) or {}
+    if cell.get("top1") is None:
+        return "–"
+    sd = cell.get("top1_sd")
+    return f"{cell['top1']:.1f}" + ("" if sd is None else f" ± {sd:.1f}")

@@ -135,7 +135,7 @@ def test_top_k_agrees_with_a_full_sort_across_chunks(monkeypatch):
 def _brute_force_retrieval(q, q_codes, k, k_codes, q_ids, k_ids, ks=(1, 3, 5)):
     species = {c for c in k_codes[:, 3] if c >= 0}
     out = {"seen": {}, "unseen": {}}
-    groups = {"seen": [], "unseen": []}
+    groups = {"seen": [], "unseen": [], "all": list(range(len(q)))}
     for i in range(len(q)):
         groups["seen" if q_codes[i, 3] >= 0 and q_codes[i, 3] in species else "unseen"].append(i)
     for group, members in groups.items():
@@ -174,7 +174,8 @@ def test_retrieval_micro_macro_match_a_brute_force_loop():
     got = ev.retrieval_scores(q, q_codes, k, k_codes, q_ids, k_ids)
     want = _brute_force_retrieval(q, q_codes, k, k_codes, q_ids, k_ids)
     assert got["seen"]["n"] == want["seen"]["n"] > 0 and got["unseen"]["n"] == want["unseen"]["n"] > 0
-    for group in ("seen", "unseen"):
+    assert got["all"]["n"] == 60
+    for group in ("seen", "unseen", "all"):
         for average in ("micro", "macro"):
             for level in LEVELS:
                 for key, value in want[group][average][level].items():

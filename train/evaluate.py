@@ -82,7 +82,7 @@ SWEEP_BLUR_KERNELS: tuple[int, ...] = (1, 3, 5, 7, 9, 11)
 SUBSETS = ("test", "train", "all")
 SEEN_DEFINITION = ("seen: the query's species is known and is the species of at least one key of the searched "
                    "space; unseen: every other query (species absent from the keys, or unknown species, which "
-                   "then counts only at the levels it is labelled at)")
+                   "then counts only at the levels it is labelled at); all: every query")
 # Query modalities a condition degrades: (image blurred, DNA noisy).
 _CONDITION_NOISE = {"clean": (False, False), "noisy_dna": (False, True),
                     "noisy_image": (True, False), "noisy_both": (True, True)}
@@ -244,7 +244,7 @@ def retrieval_scores(
         keys: ``[M, d]`` L2-normalised key embeddings; ``key_codes`` ``[M, 4]``, in the same code space.
         query_ids, key_ids: a key whose id equals the query's is skipped (None ids never match).
 
-    Returns ``{"seen"|"unseen": {"n": int, "micro"|"macro": {level: {"top1", "top3", "top5"}}}}``.
+    Returns ``{"seen"|"unseen"|"all": {"n": int, "micro"|"macro": {level: {"top1", "top3", "top5"}}}}``.
     """
     import faiss
 
@@ -269,8 +269,9 @@ def retrieval_scores(
     species = len(LEVELS) - 1
     key_species = np.unique(key_codes[:, species][key_codes[:, species] >= 0])
     seen = (query_codes[:, species] >= 0) & np.isin(query_codes[:, species], key_species)
+    everyone = np.ones(len(seen), dtype=bool)  # "all": the nearest-neighbour identification of every query
     return {group: _retrieval_group(hits[mask], query_codes[mask], ks)
-            for group, mask in (("seen", seen), ("unseen", ~seen))}
+            for group, mask in (("seen", seen), ("unseen", ~seen), ("all", everyone))}
 
 
 def _retrieval_group(hits: np.ndarray, codes: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:

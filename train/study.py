@@ -65,6 +65,7 @@ class Study:
     common: tuple[str, ...] = ()
     lanes: int = 2
     eval_args: tuple[str, ...] = ()
+    max_reference: int = 2000  # training specimens in each bundle's reference bank (retrieval keys)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def run_dir(self, arm: Arm, seed: int) -> Path:
@@ -93,7 +94,7 @@ class Study:
         run_step(fit + (["--resume"] if (run / "checkpoint.pt").is_file() else []), log)
         trained = time.time() - t0
         run_step([*py, "export", "--run", run, "--out", bundle, "--name", f"{arm.name}-s{seed}",
-                  "--max-reference", "2000", "--no-umap"], log)
+                  "--max-reference", self.max_reference, "--no-umap"], log)
         images = ["--images", self.images] if self.images else []
         results = _evaluate(bundle, out, log, ["--metadata", self.metadata, *images, "--split", run,
                                                *self.eval_args, *arm.eval_args])

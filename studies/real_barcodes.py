@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from studies.plots import plot_sweeps  # noqa: E402
 from train.data import read_metadata  # noqa: E402
-from train.evaluate import EVAL_LEVELS, format_table1  # noqa: E402
+from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
 from train.study import Arm, Study, aggregate, run_arms, run_step  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
@@ -107,14 +107,7 @@ def _coverage(barcodes: Path, split_run: Path, partial: Path) -> dict[str, float
 
 
 def _row(name: str, per_level: dict | None, levels=EVAL_LEVELS) -> str:
-    def cell(level: str) -> str:
-        s = (per_level or {}).get(level) or {}
-        if s.get("top1") is None:
-            return "–"
-        sd = s.get("top1_sd")
-        return f"{s['top1']:.1f}" + ("" if sd is None else f"±{sd:.1f}")
-
-    return f"| {name} | " + " | ".join(cell(level) for level in levels) + " |"
+    return f"| {name} | " + " | ".join(score_cell((per_level or {}).get(level), ("top1",)) for level in levels) + " |"
 
 
 def report(agg, kmer, partial_agg, kmer_partial, coverage, args, minutes, plots) -> str:

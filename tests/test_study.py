@@ -30,7 +30,7 @@ def test_aggregate_gives_mean_and_sample_sd_in_the_same_layout():
     assert agg["_meta"]["n_seeds"] == 3 and agg["_meta"]["train_seconds"] == [5.0, 5.0, 5.0]
     assert agg["sweep"] == [{"kind": "dna", "strength": 1.0, "query": "dna", "level": "global",
                              "top1": pytest.approx(20.0), "top1_sd": pytest.approx(10.0)}]
-    assert global_top1(agg, "clean", "dna") == "35.0 ± 5.0"
+    assert global_top1(agg, "clean", "dna") == "35.0±5.0"
     # the paper-layout tables print the spread beside each mean
     assert "70.0±10.0 / 80.0±10.0" in format_table1({"m": agg})
     with pytest.raises(ValueError):

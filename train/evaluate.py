@@ -715,7 +715,7 @@ def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 # Markdown
 
 
-def _cell(scores: Mapping[str, Any] | None, keys: Sequence[str] = ("top1", "top5")) -> str:
+def score_cell(scores: Mapping[str, Any] | None, keys: Sequence[str] = ("top1", "top5")) -> str:
     """"top-1 / top-5"; with a ``<key>_sd`` beside a score (results aggregated over seeds) "mean ± sd"."""
     if not scores:
         return "–"
@@ -750,7 +750,7 @@ def format_table1(results_by_method: Mapping[str, Mapping[str, Any]]) -> str:
             for label, condition in (("Clean", "clean"), ("Noisy", noisy)):
                 per_level = (results.get(condition) or {}).get(query)
                 if per_level:
-                    rows.append([setting, method, label, *[_cell(per_level.get(lvl)) for lvl in EVAL_LEVELS]])
+                    rows.append([setting, method, label, *[score_cell(per_level.get(lvl)) for lvl in EVAL_LEVELS]])
     return _table(["Setting", "Method", "Cond.", *_LEVEL_HEADERS], rows)
 
 
@@ -766,7 +766,7 @@ def format_table2(results: Mapping[str, Any]) -> str:
         for label, condition in conditions:
             per_level = (results.get(condition) or {}).get(query)
             if per_level:
-                rows.append([method if first else "", label, *[_cell(per_level.get(lvl)) for lvl in EVAL_LEVELS]])
+                rows.append([method if first else "", label, *[score_cell(per_level.get(lvl)) for lvl in EVAL_LEVELS]])
                 first = False
     return _table(["Method", "Cond.", *_LEVEL_HEADERS], rows)
 
@@ -816,7 +816,7 @@ def _format_retrieval(per_query: Mapping[str, Any]) -> str:
             g = groups.get(group) or {}
             for average in ("micro", "macro"):
                 rows.append([query, f"{group} ({g.get('n', 0)})", average,
-                             *[_cell((g.get(average) or {}).get(lvl), ("top1", "top3", "top5")) for lvl in LEVELS]])
+                             *[score_cell((g.get(average) or {}).get(lvl), ("top1", "top3", "top5")) for lvl in LEVELS]])
     return _table(["Query", "Queries", "Average", *[lvl.capitalize() for lvl in LEVELS]], rows)
 
 

@@ -23,6 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from train.evaluate import score_cell
+
 logger = logging.getLogger(__name__)
 
 SCORE_KEYS = ("top1", "top3", "top5")
@@ -191,9 +193,5 @@ def aggregate_sweep(sweeps: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[
 
 
 def global_top1(results: Mapping[str, Any], condition: str, query: str, level: str = "global") -> str:
-    """``mean ± sd`` of one cell of aggregated results, for prose and small tables."""
-    cell = ((results.get(condition) or {}).get(query) or {}).get(level) or {}
-    if cell.get("top1") is None:
-        return "–"
-    sd = cell.get("top1_sd")
-    return f"{cell['top1']:.1f}" + ("" if sd is None else f" ± {sd:.1f}")
+    """Top-1 ``mean±sd`` of one cell of aggregated results, for prose and small tables."""
+    return score_cell(((results.get(condition) or {}).get(query) or {}).get(level), ("top1",))

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from studies.plots import plot_sweeps  # noqa: E402
 from train.data import read_metadata  # noqa: E402
 from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
-from train.study import Arm, Study, aggregate, run_arms, run_step  # noqa: E402
+from train.study import Arm, Study, aggregate, relative_paths, run_arms, run_step  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
 # --retrieval: each test barcode's nearest training barcode in the model's DNA space (CLIBD's protocol), the
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     partial_agg = {name: aggregate(r) for name, r in partial_runs.items()}
     plots = plot_sweeps(agg, out / "real_barcodes", images=False, extra_dna={"k-mer NN": kmer["sweep"]})
     coverage = _coverage(barcodes, split_run, partial) if partial_runs else None
-    (out / "real_barcodes.json").write_text(json.dumps(
+    (out / "real_barcodes.json").write_text(json.dumps(relative_paths(
         {"models": agg, "kmer": kmer, "partial_reads": partial_agg, "kmer_partial_reads": kmer_partial,
-         "partial_reads_coverage": coverage}, indent=1), encoding="utf-8")
+         "partial_reads_coverage": coverage}, ROOT), indent=1), encoding="utf-8")
     (out / "real_barcodes.md").write_text(
         report(agg, kmer, partial_agg, kmer_partial, coverage, args, minutes, plots), encoding="utf-8")
     print(out / "real_barcodes.md")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from studies.plots import plot_sweeps  # noqa: E402
 from train.evaluate import format_table1, format_table2  # noqa: E402
-from train.study import Arm, Study, aggregate, global_top1, run_arms  # noqa: E402
+from train.study import Arm, Study, aggregate, global_top1, relative_paths, run_arms  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
 MAIN = [
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - started) / 60
 
     plots = plot_sweeps(main_agg, out / "synthetic", images=True)
-    (out / "synthetic.json").write_text(json.dumps({"main": main_agg, "ablation": ablation_agg}, indent=1))
+    (out / "synthetic.json").write_text(json.dumps(relative_paths({"main": main_agg, "ablation": ablation_agg}, ROOT),
+                                                   indent=1))
     (out / "synthetic.md").write_text(report(main_agg, ablation_agg, args, minutes, plots), encoding="utf-8")
     print(out / "synthetic.md")
     return 0

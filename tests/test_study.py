@@ -63,3 +63,12 @@ def test_a_study_trains_each_arm_once_and_a_rerun_reuses_it(tmp_path):
     (study.run_dir(arm, 0) / "checkpoint.pt").unlink()
     assert run_arms(study, [arm], [0])["tiny"][0] == first
     assert not (study.run_dir(arm, 0) / "checkpoint.pt").exists()
+
+
+def test_results_name_no_absolute_paths(tmp_path):
+    from train.study import relative_paths
+
+    root = tmp_path / "repo"
+    got = relative_paths({"data": str(tmp_path / "shared" / "x.tsv"), "runs": [str(root / "runs" / "a")],
+                          "name": "clibd", "n": 3}, root)
+    assert got == {"data": "../shared/x.tsv", "runs": ["runs/a"], "name": "clibd", "n": 3}

@@ -195,3 +195,15 @@ def aggregate_sweep(sweeps: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[
 def global_top1(results: Mapping[str, Any], condition: str, query: str, level: str = "global") -> str:
     """Top-1 ``mean±sd`` of one cell of aggregated results, for prose and small tables."""
     return score_cell(((results.get(condition) or {}).get(query) or {}).get(level), ("top1",))
+
+
+def relative_paths(node: Any, root: str | os.PathLike) -> Any:
+    """``node`` with every absolute path string made relative to ``root``: results written into the repository
+    then name no machine-specific folder (``../shared/data/...`` instead of an absolute path)."""
+    if isinstance(node, Mapping):
+        return {k: relative_paths(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [relative_paths(v, root) for v in node]
+    if isinstance(node, str) and os.path.isabs(node) and "\n" not in node:
+        return os.path.relpath(node, root)
+    return node

@@ -14,9 +14,7 @@ import argparse
 import io
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,22 +24,13 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from train.study import run_step
+
 logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 # bundle name -> objective
 MODELS = {"demo-hir-fuse": "clibd-hir-fuse", "demo-clibd": "clibd"}
-
-
-def _run(cmd: list[str], log: Path) -> None:
-    """Run one pipeline step with its output in ``log``; a failure names the step and the log."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"step failed ({' '.join(cmd[2:5])}...): see {log}")
 
 
 def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None) -> Path:
@@ -59,10 +48,10 @@ def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | 
     if max_steps is not None:
         fit += ["--max-steps", str(max_steps)]
     t0 = time.time()
-    _run(fit, log)
+    run_step(fit, log)
     logger.info("%s: trained in %.0f s", name, time.time() - t0)
-    _run([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference", "2000"], log)
-    _run([*py, "eval", "--bundle", str(bundle_dir), "--metadata", str(work / "synth" / "metadata.tsv"),
+    run_step([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference", "2000"], log)
+    run_step([*py, "eval", "--bundle", str(bundle_dir), "--metadata", str(work / "synth" / "metadata.tsv"),
           "--images", str(work / "synth" / "images.hdf5"), "--split", str(run_dir), "--sweep",
           "--out", str(results), "--markdown", str(results.with_suffix(".md"))], log)
     load_bundle(bundle_dir).update_eval(json.loads(results.read_text(encoding="utf-8")))

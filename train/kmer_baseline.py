@@ -172,6 +172,16 @@ class KmerNearestNeighbour:
         return self.ranks[found]
 
 
+def _with_barcode(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["barcode"].notna() & (frame["barcode"].fillna("") != "")).to_numpy()]
+
+
+def fit_references(train_frame: pd.DataFrame, k: int = DEFAULT_K) -> KmerNearestNeighbour:
+    """The k-mer index of ``train_frame``'s barcodes, to pass to :func:`evaluate_kmer_baseline` for many query sets."""
+    refs = _with_barcode(train_frame)
+    return KmerNearestNeighbour(k).fit(refs["barcode"].tolist(), refs[list(LEVELS)].to_numpy(dtype=object))
+
+
 def evaluate_kmer_baseline(
     train_frame: pd.DataFrame,
     test_frame: pd.DataFrame,
@@ -179,6 +189,7 @@ def evaluate_kmer_baseline(
     seed: int = 0,
     k: int = DEFAULT_K,
     ks: Sequence[int] = TOP_KS,
+    index: KmerNearestNeighbour | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, int]]:
     """Top-k accuracy (percent) per level of nearest-neighbour identification of ``test_frame``'s barcodes.
 
@@ -188,6 +199,8 @@ def evaluate_kmer_baseline(
     test specimens with a barcode are scored (as the model's ``dna`` query). With ``noise`` the queries are
     degraded exactly as ``python -m train eval`` degrades them (``seed``, key = position in ``test_frame``), so
     the two can be compared on the same noisy barcodes.
+
+    ``index``: :func:`fit_references` of ``train_frame`` (with ``k``), reused instead of fitted again.
 
     Returns ``({level: {"top1": acc, "top5": acc}}, {level: n labelled})`` as ``classification_scores`` does.
     """
@@ -203,11 +216,8 @@ def evaluate_kmer_baseline(
         for i, seq in zip(present, noisy):
             barcodes[i] = seq or "N"  # as train.embed does: a barcode degraded to nothing is still a query
     has_dna = test_frame["barcode"].notna().to_numpy() & (test_frame["barcode"].fillna("") != "").to_numpy()
-    train_has = train_frame["barcode"].notna() & (train_frame["barcode"].fillna("") != "")
-    refs = train_frame[train_has.to_numpy()]
-
-    model = KmerNearestNeighbour(k).fit(refs["barcode"].tolist(), refs[list(LEVELS)].to_numpy(dtype=object))
-    kept = refs.iloc[model.reference_rows]
+    model = fit_references(train_frame, k) if index is None else index
+    kept = _with_barcode(train_frame).iloc[model.reference_rows]
     truth, ref_codes = label_codes(test_frame[list(LEVELS)].to_numpy(dtype=object), test_frame["taxonomy"].tolist(),
                                    kept[list(LEVELS)].to_numpy(dtype=object), kept["taxonomy"].tolist())
     truth = truth[has_dna]
@@ -235,14 +245,16 @@ def evaluate_split(
     noise = DnaNoise() if noise is None else noise
     results: dict[str, Any] = {}
     counts: dict[str, int] = {}
+    index = fit_references(train, k)  # one index for every condition and sweep point
     for condition, degrade in (("clean", None), ("noisy_dna", noise)):
         results[condition] = {}
-        results[condition]["dna"], counts = evaluate_kmer_baseline(train, test, degrade, seed, k)
+        results[condition]["dna"], counts = evaluate_kmer_baseline(train, test, degrade, seed, k, index=index)
     if sweep_scales:
         results["sweep"] = [
             {"kind": "dna", "strength": float(scale), "query": "dna", "level": level, "top1": scores["top1"]}
             for scale in sweep_scales
-            for level, scores in evaluate_kmer_baseline(train, test, noise.scaled(scale), seed, k, ks=(1,))[0].items()
+            for level, scores in evaluate_kmer_baseline(train, test, noise.scaled(scale), seed, k, ks=(1,),
+                                                        index=index)[0].items()
         ]
     results["_meta"] = {
         "method": f"k-mer nearest neighbour (k={k}, cosine, exact)",

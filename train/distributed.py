@@ -21,11 +21,16 @@ class DistInfo:
         return self.rank == 0
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when run as a single process)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes in the environment, or run as a single process."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)

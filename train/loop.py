@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
     out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
     print(out)
-    if args.export and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one rank exports
+    if args.export and distributed.launched_rank() == 0:  # under torchrun, one rank exports
         from train.export import export
 
         print(export(out, args.export))

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from studies.plots import plot_sweeps  # noqa: E402
 from train.data import read_metadata  # noqa: E402
 from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
-from train.study import Arm, Study, aggregate, relative_paths, run_arms, run_step  # noqa: E402
+from train.study import (Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms,  # noqa: E402
+                         run_step)
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
 # --retrieval: each test barcode's nearest training barcode in the model's DNA space (CLIBD's protocol), the
@@ -45,11 +46,7 @@ ARMS = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "real_dna"))
-    parser.add_argument("--work", default=str(ROOT / "data" / "studies" / "real_barcodes"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--lanes", type=int, default=2, help="runs in parallel, one CPU thread each")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra section.key=value for every arm")
+    add_study_arguments(parser, ROOT / "data" / "studies" / "real_barcodes", ROOT / "docs" / "results")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.time()
@@ -106,6 +103,12 @@ def _coverage(barcodes: Path, split_run: Path, partial: Path) -> dict[str, float
     return out
 
 
+def _nearest(results: dict, condition: str) -> dict | None:
+    """Per-rank scores of the DNA->DNA nearest-neighbour identification (retrieval, every query) in ``results``."""
+    found = (((results.get("retrieval") or {}).get(condition) or {}).get("dna") or {}).get("all") or {}
+    return found.get("micro")
+
+
 def _row(name: str, per_level: dict | None, levels=EVAL_LEVELS) -> str:
     return f"| {name} | " + " | ".join(score_cell((per_level or {}).get(level), ("top1",)) for level in levels) + " |"
 
@@ -140,9 +143,7 @@ def report(agg, kmer, partial_agg, kmer_partial, coverage, args, minutes, plots)
               "measures nearness in its learned DNA embedding, the k-mer search by cosine of 6-mer counts "
               "(no Global: retrieval is scored per rank).", "", header, rule]
     for condition, label in (("clean", "clean"), ("noisy_dna", "noisy DNA")):
-        for name, a in agg.items():
-            found = (((a.get("retrieval") or {}).get(condition) or {}).get("dna") or {}).get("all") or {}
-            lines.append(_row(f"{name} DNA->DNA, {label}", found.get("micro")))
+        lines += [_row(f"{name} DNA->DNA, {label}", _nearest(a, condition)) for name, a in agg.items()]
         lines.append(_row(f"k-mer NN, {label}", kmer[condition]["dna"]))
     if partial_agg:
         lines += ["", "## Partial reads (`partial_reads_313bp.tsv`): top-1 (%)", "",
@@ -153,8 +154,7 @@ def report(agg, kmer, partial_agg, kmer_partial, coverage, args, minutes, plots)
                       "–" if coverage.get(level) is None else f"{coverage[level]:.1f}" for level in EVAL_LEVELS[:4])
                   + " | – |"]
         lines += [_row(f"{name} DNA->text", (a.get("clean") or {}).get("dna")) for name, a in partial_agg.items()]
-        lines += [_row(f"{name} DNA->DNA", ((((a.get("retrieval") or {}).get("clean") or {}).get("dna") or {})
-                                            .get("all") or {}).get("micro")) for name, a in partial_agg.items()]
+        lines += [_row(f"{name} DNA->DNA", _nearest(a, "clean")) for name, a in partial_agg.items()]
         lines.append(_row("k-mer NN (k=6)", kmer_partial["clean"]["dna"]))
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)

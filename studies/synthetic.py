@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from studies.plots import plot_sweeps  # noqa: E402
 from train.evaluate import format_table1, format_table2  # noqa: E402
-from train.study import Arm, Study, aggregate, global_top1, relative_paths, run_arms  # noqa: E402
+from train.study import (Arm, Study, add_study_arguments, aggregate, global_top1, relative_paths,  # noqa: E402
+                         run_arms)
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
 MAIN = [
@@ -45,14 +46,9 @@ ABLATION = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", default=str(ROOT / "data" / "studies" / "synthetic"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    add_study_arguments(parser, ROOT / "data" / "studies" / "synthetic", ROOT / "docs" / "results")
     parser.add_argument("--specimens", type=int, default=5000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablation-seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--lanes", type=int, default=2, help="runs in parallel, one CPU thread each")
-    parser.add_argument("--overrides", nargs="*", default=[], help="extra section.key=value for every arm "
-                                                                     "(e.g. optim.epochs=1 for a smoke test)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.time()

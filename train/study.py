@@ -10,6 +10,7 @@ nested layout with means and sample standard deviations, which :func:`train.eval
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -123,6 +124,16 @@ def _evaluate(bundle: Path, out: Path, log: Path, eval_args: Sequence[Any]) -> d
     out.write_text(json.dumps(results, indent=1), encoding="utf-8")
     tmp.unlink()
     return results
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) -> None:
+    """The options every study script shares: where runs and outputs go, seeds, lanes, extra overrides."""
+    parser.add_argument("--work", default=str(work), help="runs, bundles and logs (default %(default)s)")
+    parser.add_argument("--out", default=str(out), help="tables, JSON and plots (default %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lanes", type=int, default=2, help="runs in parallel, one CPU thread each")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra section.key=value for every arm "
+                                                                     "(e.g. optim.epochs=1 for a smoke test)")
 
 
 def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:

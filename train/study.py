@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,7 +69,6 @@ class Study:
     lanes: int = 2
     eval_args: tuple[str, ...] = ()
     max_reference: int = 2000  # training specimens in each bundle's reference bank (retrieval keys)
-    seconds: dict[str, float] = field(default_factory=dict)
 
     def run_dir(self, arm: Arm, seed: int) -> Path:
         return self.work / "runs" / f"{arm.name}-s{seed}"

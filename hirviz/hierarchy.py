@@ -33,16 +33,17 @@ answer is right but one rank too vague), which is certain; only the truth's unkn
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import faiss
 import numpy as np
 
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["lca_height", "shared_depth", "mistake_severity", "sample_pairs", "tree_embedding_agreement",
-           "nearest_shared_depth", "displacement", "drift_under_noise", "Drift", "specimen_drift",
-           "describe_drift", "DEPTH_NAMES"]
+__all__ = ["DEPTH_NAMES", "Drift", "describe_drift", "displacement", "drift_under_noise", "lca_height",
+           "mistake_severity", "nearest_shared_depth", "sample_pairs", "shared_depth", "specimen_drift",
+           "tree_embedding_agreement"]
 
 N_LEVELS = len(LEVELS)
 # Name of each drift depth: how many ranks (from order down) the nearest reference still shares.
@@ -59,9 +60,10 @@ def _labels(labels: object, name: str) -> np.ndarray:
     if arr.ndim < 1 or arr.shape[-1] < N_LEVELS:
         raise ValueError(f"{name} must be rank ids [..., {N_LEVELS}] ({', '.join(LEVELS)}; -1 = unknown), "
                          f"got shape {arr.shape}")
-    if arr.dtype.kind not in "iub":
-        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} must hold integer rank ids (-1 = unknown), got dtype {arr.dtype}")
+    integral = arr.dtype.kind in "iub" or (
+        arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))))
+    if not integral:
+        raise ValueError(f"{name} must hold integer rank ids (-1 = unknown), got {arr.dtype} values that are not")
     arr = arr[..., :N_LEVELS].astype(np.int64)
     return np.where(arr < 0, -1, arr)
 
@@ -345,6 +347,6 @@ def describe_drift(drift: Drift) -> str:
                 f"compared.{moved}")
     finer = LEVELS[drift.depth]
     if drift.reference_depth <= drift.depth:
-        return (f"{start} still shares {of.format(rank)}; it is not identified to {finer}, so whether the {finer} "
-                f"agrees is unknown.{moved}")
+        return (f"{start} still shares {of.format(rank)}; that reference is not identified to {finer}, so "
+                f"whether the {finer} agrees is unknown.{moved}")
     return f"{start} still shares {of.format(rank)}, but not the {finer}.{moved}"

@@ -8,10 +8,11 @@ ancestor* (LCA) of two taxa, on a scale of 0 to 4 (Bertinetto et al., "Making Be
     3 = same order (different family), 4 = different orders.
 
 - **Mistake severity** (:func:`mistake_severity`): the average height over the model's wrong first answers.
-  A severity of 1.2 means mistakes are on average between genus and family level: most wrong answers are a
-  relative of the right species from the same genus, some from the same family. Lower is better; two models
-  with the same accuracy can differ a lot here. **Hierarchical distance@k** is the average height over the first
-  k answers of every specimen, right or wrong (0 = all k answers are the true species).
+  A severity of 1.2 means mistakes are on average between genus and family level: for example, four in five
+  wrong answers are another species of the right genus and one in five is another genus of the right family.
+  Lower is better; two models with the same accuracy can differ a lot here. **Hierarchical distance@k** is the
+  average height over the first k answers, right or wrong, of every specimen identified to species (0 = all k
+  answers are the true species).
 - **Tree/embedding agreement** (:func:`tree_embedding_agreement`): for many pairs of specimens, do pairs that
   are closer in the tree also lie closer in the embedding space? Reported as a Spearman rank correlation
   between the LCA height and the cosine distance: 1 = the space orders every pair as the tree does, 0 = the
@@ -19,14 +20,15 @@ ancestor* (LCA) of two taxa, on a scale of 0 to 4 (Bertinetto et al., "Making Be
 - **Drift under noise** (:func:`drift_under_noise`, :func:`specimen_drift`, :func:`describe_drift`): after a
   photo is blurred or a barcode degraded, down to which rank does the nearest reference specimen still share
   the specimen's name? 4 = still the same species, 3 = same genus, 2 = same family, 1 = same order, 0 = not
-  even the order. Also how far the noise moved the embedding (cosine distance, 0 = not at all).
+  even the order (a specimen identified only to family reaches 2 at most). Also how far the noise moved the
+  embedding (cosine distance, 0 = not at all).
 
 Unknown ranks (id -1). Two lineages are "the same at rank l" only if both are known and equal at every rank
 from order down to l, so a name is never matched on its own (a genus is compared together with its order and
 family). The height is ``4 - (number of ranks they share)`` when that number is certain, and NaN when it is not:
 when the lineages agree down to a rank where one of them stops, the LCA could lie anywhere below. So 0 always
-means "known to be the same species", and a specimen identified only to family F is never counted as right or
-wrong against another member of F. A *predicted* taxon (``b_is_taxon=True``) is a node of the tree, not a
+means "known to be the same species", and a specimen identified only to family F gets no height against
+another member of F. A *predicted* taxon (``b_is_taxon=True``) is a node of the tree, not a
 specimen: a prediction that stops at genus G is the node G, so against a specimen of G its height is 1 (the
 answer is right but one rank too vague), which is certain; only the truth's unknown ranks make a height NaN.
 """

@@ -1,4 +1,8 @@
-"""Image transforms: the random augmented view for training, and the deterministic view."""
+"""Image transforms: the random augmented view for training, and the deterministic view.
+
+The deterministic view is :func:`hirviz.transforms.eval_transform` (re-exported here), the one pipeline the model
+also uses in evaluation and in the app, so training never preprocesses a photograph differently.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-# open_clip's (and BioCLIP's) normalisation, which the paper's image encoder was pre-trained with.
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from hirviz.transforms import CLIP_MEAN, CLIP_STD, eval_transform
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "eval_transform", "train_transform"]
 
 
 def train_transform(
@@ -37,16 +41,3 @@ def train_transform(
         ]
     )
 
-
-def eval_transform(
-    image_size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
-) -> Callable[[Image.Image], torch.Tensor]:
-    """The deterministic view: resize the shortest side, centre crop, normalise."""
-    return T.Compose(
-        [
-            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
-            T.CenterCrop(image_size),
-            T.ToTensor(),
-            T.Normalize(mean, std),
-        ]
-    )

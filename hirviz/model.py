@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hirviz.barcode import load_dna_tokenizer
+from hirviz.transforms import tower_transform
 
 __all__ = [
     "PROJECT_CLIP_CONFIGS",
@@ -310,8 +311,7 @@ class HirvizModel(nn.Module):
 
         ``aug_cfg`` is passed to OpenCLIP (``open_clip.AugmentationCfg`` fields) for the train transform.
         """
-        cfg = open_clip.transform.PreprocessCfg(**self.preprocess_cfg)
-        return open_clip.transform.image_transform_v2(cfg, is_train=train, aug_cfg=dict(aug_cfg) if aug_cfg else None)
+        return tower_transform(self.preprocess_cfg, train=train, aug_cfg=aug_cfg)
 
     def tokenize_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids ``[B, context_length]`` from the tower's OpenCLIP tokenizer."""

@@ -265,6 +265,18 @@ def test_dataset_items(bioscan1m_tsv: Path, images_h5: Path) -> None:
     assert torch.equal(v[0], v[1])
 
 
+def test_eval_view_is_the_models_own_view() -> None:
+    """The trainer's deterministic view gives the pixels the app feeds the model (one pipeline, not two)."""
+    from hirviz.model import ModelConfig, build_model
+
+    model = build_model(ModelConfig(embed_dim=16))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8))
+    expected = model.image_transform(train=False)(image)
+    got = eval_transform(model.image_size[0], model.image_mean, model.image_std)(image)
+    assert got.shape == (3, *model.image_size)
+    assert torch.equal(got, expected)
+
+
 def test_seeded_views_are_reproducible(bioscan1m_tsv: Path, images_h5: Path) -> None:
     frame = read_metadata(bioscan1m_tsv)
 

@@ -28,12 +28,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import open_clip  # hirviz/__init__.py has already made torchvision importable
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hirviz.barcode import load_dna_tokenizer
+from hirviz.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # open_clip imports torchvision, which needs the shim on a CPU-only torch
+import open_clip  # noqa: E402
 
 __all__ = [
     "PROJECT_CLIP_CONFIGS",

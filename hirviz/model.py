@@ -21,7 +21,6 @@ import json
 import math
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,6 +38,7 @@ ensure_torchvision()  # open_clip imports torchvision, which needs the shim on a
 import open_clip  # noqa: E402
 
 __all__ = [
+    "MODEL_CONFIG_DIR",
     "PROJECT_CLIP_CONFIGS",
     "BackboneUnavailable",
     "DnaEncoder",
@@ -51,17 +51,14 @@ __all__ = [
 
 DNA_ENCODERS = ("kmer-bert", "auto")
 
-# OpenCLIP architectures defined by this project, registered with open_clip under these names so that
-# the ordinary factory (model, preprocess transforms, tokenizer) works on them like on a built-in.
+# OpenCLIP architectures defined by this project, one JSON file each (shipped as package data), registered with
+# open_clip under their file names so that the ordinary factory (model, preprocess transforms, tokenizer) works on
+# them like on a built-in. hirviz-tiny is for the CPU demo and the tests (about 3.4 M parameters, 3.2 M of them
+# the token embedding); its text tower keeps the CLIP BPE vocabulary (49408) so that the stock open_clip tokenizer
+# applies, and 32 tokens hold a taxonomy string.
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 PROJECT_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
-    # For the CPU demo and the tests (about 3.4 M parameters, 3.2 M of them the token embedding). The
-    # text tower keeps the CLIP BPE vocabulary (49408) so that the stock open_clip tokenizer applies;
-    # 32 tokens hold a taxonomy string.
-    "hirviz-tiny": {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
-    },
+    path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(MODEL_CONFIG_DIR.glob("*.json"))
 }
 
 _HF_CONFIG_NAME = "open_clip_config.json"
@@ -523,16 +520,11 @@ _project_configs_registered = False
 
 
 def _register_project_clip_configs() -> None:
-    """Register :data:`PROJECT_CLIP_CONFIGS` with open_clip's public ``add_model_config`` (once)."""
+    """Register the project architectures (:data:`MODEL_CONFIG_DIR`) with open_clip's ``add_model_config`` (once)."""
     global _project_configs_registered
     if _project_configs_registered:
         return
-    # add_model_config reads JSON files; it keeps the parsed configs in memory, so the files are
-    # only needed for the duration of the call.
-    with tempfile.TemporaryDirectory(prefix="hirviz-clip-configs-") as tmp:
-        for arch, cfg in PROJECT_CLIP_CONFIGS.items():
-            Path(tmp, f"{arch}.json").write_text(json.dumps(cfg), encoding="utf-8")
-        open_clip.add_model_config(tmp)
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
     missing = [arch for arch in PROJECT_CLIP_CONFIGS if arch not in open_clip.list_models()]
     if missing:
         raise RuntimeError(f"open_clip did not register the project architectures {missing}")

@@ -384,6 +384,31 @@ def test_clip_overrides_reshape_the_towers_and_tokenizer():
         build_model(tiny_config(clip_model="no-such-arch"))
 
 
+def test_project_architectures_come_from_the_package_data():
+    import importlib.resources
+
+    import open_clip
+
+    shipped = importlib.resources.files("hirviz") / "model_configs" / "hirviz-tiny.json"
+    assert shipped.is_file()
+    build_model(tiny_config())  # registers the project architectures with open_clip
+    assert open_clip.get_model_config("hirviz-tiny") == json.loads(shipped.read_text(encoding="utf-8"))
+    model = build_model(ModelConfig())  # the shipped config as it is: 64-d, 64 px, 32 tokens
+    assert model.embed_dim == 64 and model.image_size == (64, 64)
+    assert model.tokenize_text(TAXA).shape == (len(TAXA), 32)
+
+
+def test_importing_hirviz_leaves_torchvision_alone_until_a_model_needs_it():
+    import subprocess
+    import sys
+
+    # The shim is applied by the modules that need torchvision, so a plain import loads neither torch nor torchvision.
+    code = ("import sys, hirviz, hirviz.bundle; assert not {'torch', 'torchvision'} & set(sys.modules), 'imported'; "
+            "import hirviz.model, torchvision.transforms; assert 'open_clip' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # -- loading pretrained backbones ----------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from hirviz.hub import one_line as _one_line
 from hirviz.taxonomy import LEVELS, UNKNOWN_ID, Taxonomy
 
 if TYPE_CHECKING:  # heavy imports (torch, open_clip) only when the model is needed
@@ -434,9 +435,9 @@ def _download(repo_id: str, revision: str | None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:  # not (fully) cached: try the hub below
         pass
-    from hirviz.model import _hub_endpoint, _unreachable_reason  # the same fast probe as for backbones
+    from hirviz.hub import unavailable_reason
 
-    reason = _unreachable_reason(_hub_endpoint())
+    reason = unavailable_reason(repo_id)
     if reason is not None:
         raise BundleError(f"bundle {where} is not a local directory nor in the Hugging Face cache, and {reason}; "
                           "download it once with network access or pass a local bundle directory")
@@ -670,8 +671,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:297] + "..."

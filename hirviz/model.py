@@ -20,17 +20,16 @@ import copy
 import json
 import math
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hirviz import hub
 from hirviz.barcode import load_dna_tokenizer
 from hirviz.torchvision_compat import ensure_torchvision
 
@@ -63,7 +62,6 @@ PROJECT_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 
 _HF_CONFIG_NAME = "open_clip_config.json"
 _HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_PROBE_TIMEOUT_S = 3.0
 
 
 class BackboneUnavailable(RuntimeError):
@@ -460,7 +458,7 @@ def _build_clip(config: ModelConfig) -> tuple[nn.Module, Callable[..., torch.Ten
     except (RuntimeError, OSError) as err:
         # open_clip reports a failed download as a RuntimeError/OSError mentioning the download.
         if downloads and any(w in str(err).lower() for w in ("download", "hub")):
-            raise BackboneUnavailable(f"cannot load {_describe(name, pretrained)}: {_one_line(err)}") from err
+            raise BackboneUnavailable(f"cannot load {_describe(name, pretrained)}: {hub.one_line(err)}") from err
         raise
     context_length = getattr(clip, "context_length", None)
     tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
@@ -549,63 +547,13 @@ def _as_batch(items: Sequence[str]) -> list[str]:
     return list(items)
 
 
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _describe(name: str, pretrained: str | None) -> str:
     return f"{name!r}" if pretrained is None else f"{name!r} (pretrained={pretrained!r})"
 
 
-def _hub_offline() -> bool:
-    """Whether the user asked for offline mode (checked at call time, not at import time)."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
-
-
-def _unreachable_reason(url: str) -> str | None:
-    """Why ``url`` cannot be downloaded from right now, or ``None`` if it looks reachable.
-
-    A short TCP probe replaces the library's own retries, which can take minutes without a network.
-    Behind a proxy the probe would be meaningless, so it is skipped.
-    """
-    if _hub_offline():
-        return "offline mode is on (HF_HUB_OFFLINE)"
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            return None
-    except OSError as err:
-        return f"{host} is unreachable ({_one_line(err) or type(err).__name__})"
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _hf_cached(repo_id: str, filename: str) -> str | None:
-    """The local path of ``filename`` of a hub repo if it is in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(repo_id, filename)
-    except ValueError:  # not a valid repo id
-        return None
-    return path if isinstance(path, str) else None
-
-
-def _require_download(what: str, url: str, hint: str) -> None:
-    """Raise :class:`BackboneUnavailable` unless ``url`` can be downloaded from now."""
-    reason = _unreachable_reason(url)
+def _require_download(what: str, repo_id: str, hint: str) -> None:
+    """Raise :class:`BackboneUnavailable` at once unless ``repo_id`` can be downloaded from now."""
+    reason = hub.unavailable_reason(repo_id)
     if reason is not None:
         raise BackboneUnavailable(f"cannot load {what}: not in the local cache and {reason}; {hint}")
 
@@ -614,16 +562,16 @@ def _hf_clip_config(repo_id: str) -> tuple[dict[str, Any], bool]:
     """The ``model_cfg`` of an OpenCLIP hub repo and whether its weights still have to be downloaded."""
     what = f"'hf-hub:{repo_id}'"
     hint = "download it once with network access (or point clip_model at a 'local-dir:' copy)"
-    config_path = _hf_cached(repo_id, _HF_CONFIG_NAME)
-    has_weights = any(_hf_cached(repo_id, f) for f in _HF_WEIGHT_NAMES)
+    config_path = hub.cached_file(repo_id, _HF_CONFIG_NAME)
+    has_weights = any(hub.cached_file(repo_id, f) for f in _HF_WEIGHT_NAMES)
     if config_path is None or not has_weights:
-        _require_download(what, _hub_endpoint(), hint)
+        _require_download(what, repo_id, hint)
         from huggingface_hub import hf_hub_download
 
         try:
             config_path = hf_hub_download(repo_id, _HF_CONFIG_NAME)
         except Exception as err:  # any hub failure means the same thing here: no backbone
-            raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err
+            raise BackboneUnavailable(f"cannot load {what}: {hub.one_line(err)}") from err
     data = json.loads(Path(config_path).read_text(encoding="utf-8"))
     return data.get("model_cfg", data), not has_weights
 
@@ -643,26 +591,29 @@ def _open_clip_tag_needs_download(name: str, tag: str) -> bool:
         return False
     what = _describe(name, tag)
     hint = "download it once with network access, or set clip_pretrained to a local checkpoint file"
-    hub = pcfg.get("hf_hub", "")
-    if hub:
-        repo_id, filename = os.path.split(hub)
-        candidates = [filename] if filename else list(_HF_WEIGHT_NAMES)
-        if filename.endswith((".bin", ".pth")):
-            candidates.insert(0, filename[:-4] + ".safetensors")
-        if any(_hf_cached(repo_id, f) for f in candidates):
+    repo_id, filename = os.path.split(pcfg.get("hf_hub", ""))
+    if not repo_id:
+        # Older open_clip releases host some tags at plain URLs, fetched by open_clip itself into ~/.cache/clip;
+        # a failed download is reported by _build_clip.
+        url = pcfg.get("url", "")
+        if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
             return False
-        _require_download(what, _hub_endpoint(), hint)
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise BackboneUnavailable(f"cannot load {what}: not in the local cache and {hub.OFFLINE}; {hint}")
         return True
-    url = pcfg.get("url", "")
-    # open_clip's default download folder for URL-hosted weights.
-    if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+    candidates = [filename] if filename else list(_HF_WEIGHT_NAMES)
+    if filename.endswith((".bin", ".pth")):  # open_clip prefers a safetensors copy of the same name
+        candidates.insert(0, filename[:-4] + ".safetensors")
+    if any(hub.cached_file(repo_id, f) for f in candidates):
         return False
-    _require_download(what, url, hint)
+    _require_download(what, repo_id, hint)
     return True
 
 
 def _load_hf_pretrained(load: Callable[[bool], nn.Module], model_id: str, field_name: str) -> nn.Module:
-    """Run ``load(local_files_only)`` from the cache first, downloading only when the hub is reachable."""
+    """Run ``load(local_files_only)`` from the cache first, downloading only when the hub can be reached."""
     if os.path.isdir(model_id):
         return load(True)
     what = f"{model_id!r}"
@@ -670,12 +621,8 @@ def _load_hf_pretrained(load: Callable[[bool], nn.Module], model_id: str, field_
         return load(True)
     except OSError:
         pass  # not (fully) cached: fall through to a download if the hub can be reached
-    _require_download(
-        what,
-        _hub_endpoint(),
-        f"download it once with network access, or set {field_name} to a local directory",
-    )
+    _require_download(what, model_id, f"download it once with network access, or set {field_name} to a local directory")
     try:
         return load(False)
     except OSError as err:
-        raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err
+        raise BackboneUnavailable(f"cannot load {what}: {hub.one_line(err)}") from err

@@ -445,7 +445,10 @@ def empty_hub_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("changes", UNAVAILABLE, ids=["bioclip", "vit-l-14", "dnabert2"])
 def test_unavailable_backbone_fails_fast_with_one_line(empty_hub_cache, monkeypatch, changes):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, on import
     start = time.perf_counter()
     with pytest.raises(BackboneUnavailable) as info:
         build_model(ModelConfig(**changes))

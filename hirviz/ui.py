@@ -32,7 +32,7 @@ from PIL import Image
 from hirviz import figures
 from hirviz.barcode import BarcodeError
 from hirviz.degrade import DnaNoise, Edit
-from hirviz.geometry import DEFAULT_STRENGTHS
+from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import (
     INPUT_ERRORS, MAX_IMAGE_PIXELS, QUERIES, InputError, Prediction, Predictor, agreement, load_image,
 )
@@ -634,7 +634,7 @@ def _noise_path(engine: Engine, name: str, session: Mapping[str, Any], space: st
         base_blur = blur if blur > 1 else predictor.default_blur_kernel()
         limit = max(predictor.model.image_size)
         strengths = [s for s in strengths if round(s * base_blur) <= limit]
-    path = predictor.reference_map.noise_path(
+    path = noise_path(
         predictor, image, barcode, space, strengths, dna_noise=None if dna.is_off() else dna,
         blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)),
     )

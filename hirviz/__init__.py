@@ -3,8 +3,6 @@
 This package holds everything needed to *use* a trained model; the ``train`` package makes them.
 """
 
-from hirviz import torchvision_compat as _torchvision_compat  # noqa: F401  (must precede torchvision)
-
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "load_bundle"]

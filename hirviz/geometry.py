@@ -9,28 +9,25 @@ Placement does not re-run UMAP: a new point is put at the inverse-distance-weigh
 positions of its ``k`` nearest reference neighbours (in the embedding space). This is fast (one search), fully
 deterministic, needs no pickled UMAP model (a bundle stores layouts, not fitted UMAP objects) and always lands
 inside the convex hull of those neighbours, exactly on a reference point when the query equals it.
+
+This module needs only faiss and numpy; re-embedding a degraded specimen (a noise path) is the predictor's work,
+in :mod:`hirviz.noise_path`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 
-from hirviz.degrade import DnaNoise
 from hirviz.taxonomy import LEVELS
 
-if TYPE_CHECKING:  # only for type hints: predict imports this module
-    from hirviz.predict import Predictor
-
-__all__ = ["Neighbours", "ReferenceMap", "fit_layout", "DEFAULT_STRENGTHS", "SPACES"]
+__all__ = ["Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
 
 SPACES: tuple[str, ...] = ("image", "dna", "avg", "fused")
-# Noise strengths of a noise path: 0 = clean, 1 = the paper's DNA noise and the default blur, beyond = worse.
-DEFAULT_STRENGTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 # Cosine distance under which a query counts as equal to a reference point (float32 round-off is ~1e-7).
 _SAME_POINT = 1e-5
 
@@ -173,39 +170,6 @@ class ReferenceMap:
         weights /= weights.sum(axis=1, keepdims=True)
         placed = np.einsum("nk,nkc->nc", weights, np.where(usable[..., None], pos, 0.0)).astype(np.float32)
         return placed[0] if single else placed
-
-    def noise_path(
-        self,
-        predictor: Predictor,
-        image: Any = None,
-        barcode: str | None = None,
-        space: str = "fused",
-        strengths: Sequence[float] = DEFAULT_STRENGTHS,
-        *,
-        dna_noise: DnaNoise | None = None,
-        blur_kernel: int | None = None,
-        seed: int = 0,
-        k: int = 10,
-    ) -> np.ndarray:
-        """Map positions ``[len(strengths), 2]`` of one specimen degraded more and more.
-
-        At strength ``s`` the barcode gets ``dna_noise.scaled(s)`` (default noise: the paper's) and the image a
-        box blur of kernel ``round(s * blur_kernel)`` on the model's input grid (default ``blur_kernel``:
-        :meth:`Predictor.default_blur_kernel`); strength 0 is the clean specimen. Every strength uses the same
-        ``seed``, so the DNA edits of a weaker strength are a subset of a stronger one's (see
-        :mod:`hirviz.degrade`) and the path moves steadily rather than jumping between random draws.
-        """
-        strengths = [float(s) for s in strengths]
-        if not strengths or any(not np.isfinite(s) or s < 0 for s in strengths):
-            raise ValueError(f"strengths must be finite numbers >= 0, got {strengths}")
-        base_noise = dna_noise if dna_noise is not None else DnaNoise()
-        base_blur = predictor.default_blur_kernel() if blur_kernel is None else int(blur_kernel)
-        kernels = [int(round(s * base_blur)) for s in strengths]
-        noises = [base_noise.scaled(s) for s in strengths]
-        embedded = predictor.embed(image, barcode, blur_kernels=kernels, dna_noises=noises, seed=seed)
-        if space not in embedded.vectors:
-            raise ValueError(f"the {space!r} space needs inputs that were not given; have {sorted(embedded.vectors)}")
-        return self.place(embedded.vectors[space], space, k)
 
     def warm_up(self) -> None:
         """Build every index and run one placement, so that the first user request pays no set-up cost."""

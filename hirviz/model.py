@@ -10,8 +10,9 @@ Every encoder maps its modality into one shared, L2-normalised embedding space o
 * fusion: :class:`GatedFusion`, a per-dimension sigmoid gate mixing the image and DNA embeddings.
 
 :func:`build_model` turns a JSON-serialisable :class:`ModelConfig` into a :class:`HirvizModel`.
-Pretrained backbones come from the local caches first; when one is missing and the hub cannot be
-reached (or offline mode is on), :class:`BackboneUnavailable` is raised at once instead of retrying.
+The backbones are built by :mod:`hirviz.backbones`: pretrained ones come from the local caches first; when
+one is missing and the hub cannot be reached (or offline mode is on), :class:`BackboneUnavailable` is raised
+at once instead of retrying.
 """
 
 from __future__ import annotations
@@ -20,23 +21,26 @@ import copy
 import json
 import math
 import os
-import socket
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import open_clip  # hirviz/__init__.py has already made torchvision importable
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hirviz.backbones import (  # noqa: F401  (MODEL_CONFIG_DIR, PROJECT_CLIP_CONFIGS: re-exported)
+    MODEL_CONFIG_DIR, PROJECT_CLIP_CONFIGS, BackboneUnavailable, build_clip, build_dna_backbone,
+)
 from hirviz.barcode import load_dna_tokenizer
+from hirviz.torchvision_compat import ensure_torchvision
 from hirviz.transforms import tower_transform
 
+ensure_torchvision()  # open_clip imports torchvision, which needs the shim on a CPU-only torch
+import open_clip  # noqa: E402
+
 __all__ = [
+    "MODEL_CONFIG_DIR",
     "PROJECT_CLIP_CONFIGS",
     "BackboneUnavailable",
     "DnaEncoder",
@@ -49,26 +53,6 @@ __all__ = [
 
 DNA_ENCODERS = ("kmer-bert", "auto")
 
-# OpenCLIP architectures defined by this project, registered with open_clip under these names so that
-# the ordinary factory (model, preprocess transforms, tokenizer) works on them like on a built-in.
-PROJECT_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
-    # For the CPU demo and the tests (about 3.4 M parameters, 3.2 M of them the token embedding). The
-    # text tower keeps the CLIP BPE vocabulary (49408) so that the stock open_clip tokenizer applies;
-    # 32 tokens hold a taxonomy string.
-    "hirviz-tiny": {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "mlp_ratio": 2.0, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
-    },
-}
-
-_HF_CONFIG_NAME = "open_clip_config.json"
-_HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_PROBE_TIMEOUT_S = 3.0
-
-
-class BackboneUnavailable(RuntimeError):
-    """A pretrained backbone is neither in a local cache nor downloadable right now (one-line message)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,139 +396,14 @@ def build_model(config: ModelConfig, base_dir: str | os.PathLike[str] | None = N
     ``HF_HUB_OFFLINE`` is set).
     """
     dna_tokenizer = load_dna_tokenizer(config.dna_tokenizer, base_dir=base_dir)
-    clip, text_tokenizer = _build_clip(config)
-    dna_encoder = _build_dna_encoder(config, dna_tokenizer, base_dir)
+    clip, text_tokenizer = build_clip(config)
+    backbone = build_dna_backbone(config, dna_tokenizer, base_dir)
+    dna_encoder = DnaEncoder(backbone, int(backbone.config.hidden_size), config.embed_dim)
     return HirvizModel(config, clip, text_tokenizer, dna_encoder, dna_tokenizer)
 
 
-def _build_clip(config: ModelConfig) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
-    """The OpenCLIP model and its tokenizer, with overrides applied and weights checked for availability."""
-    _register_project_clip_configs()
-    name = config.clip_model
-    schema, identifier = open_clip.factory.parse_model_name(name)
-    pretrained = config.clip_pretrained
-    loads_weights = schema is not None or pretrained is not None
-    downloads = False
-
-    if schema == "hf-hub":
-        if pretrained is not None:
-            raise ValueError(f"{name!r} loads its repo's own weights; leave clip_pretrained empty (got {pretrained!r})")
-        base_cfg, downloads = _hf_clip_config(identifier)
-    elif schema == "local-dir":
-        base_cfg = open_clip.get_model_config(name)
-    else:
-        base_cfg = open_clip.get_model_config(name)
-        if base_cfg is None:
-            raise ValueError(
-                f"unknown OpenCLIP architecture {name!r}; use one of open_clip.list_models() "
-                f"(project ones: {sorted(PROJECT_CLIP_CONFIGS)}), an 'hf-hub:' id or a 'local-dir:' path"
-            )
-        if pretrained is not None:
-            downloads = _open_clip_tag_needs_download(name, pretrained)
-
-    # open_clip applies model kwargs last and shallowly, so each overridden top-level entry is passed
-    # whole, already merged with the base config.
-    merged = _deep_merge(base_cfg, config.clip_overrides)
-    model_kwargs = {key: merged[key] for key in config.clip_overrides}
-    if loads_weights:
-        if merged.get("embed_dim") != config.embed_dim:
-            raise ValueError(
-                f"embed_dim={config.embed_dim} but the pretrained {name!r} embeds into "
-                f"{merged.get('embed_dim')} dimensions; set embed_dim={merged.get('embed_dim')}"
-            )
-    else:
-        model_kwargs["embed_dim"] = config.embed_dim
-
-    try:
-        clip = open_clip.create_model(name, pretrained=pretrained, **model_kwargs)
-    except (RuntimeError, OSError) as err:
-        # open_clip reports a failed download as a RuntimeError/OSError mentioning the download.
-        if downloads and any(w in str(err).lower() for w in ("download", "hub")):
-            raise BackboneUnavailable(f"cannot load {_describe(name, pretrained)}: {_one_line(err)}") from err
-        raise
-    context_length = getattr(clip, "context_length", None)
-    tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
-    return clip, tokenizer
-
-
-def _build_dna_encoder(
-    config: ModelConfig, tokenizer: Any, base_dir: str | os.PathLike[str] | None = None
-) -> DnaEncoder:
-    """The DNA backbone (random k-mer BERT or a pretrained ``AutoModel``) with its projection head."""
-    from transformers import AutoModel, BertConfig, BertModel
-
-    if config.dna_encoder == "kmer-bert":
-        bert_config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=config.dna_hidden,
-            num_hidden_layers=config.dna_layers,
-            num_attention_heads=config.dna_heads,
-            intermediate_size=config.dna_intermediate,
-            hidden_dropout_prob=config.dna_dropout,
-            attention_probs_dropout_prob=config.dna_dropout,
-            max_position_embeddings=int(tokenizer.max_tokens),
-            # No padding_idx: the k-mer tokenizer pads with UNK, and a padding_idx would freeze the UNK
-            # embedding of real N-containing k-mers at zero. Padding is excluded by the attention mask.
-            pad_token_id=None,
-            type_vocab_size=1,
-        )
-        # No pooler: its output is unused, and unused trainable parameters break DDP.
-        backbone: nn.Module = BertModel(bert_config, add_pooling_layer=False)
-    else:
-        model_id = str(config.dna_model)
-        if base_dir is not None and not os.path.isabs(model_id) and os.path.isdir(os.path.join(base_dir, model_id)):
-            model_id = os.path.join(base_dir, model_id)
-        backbone = _load_hf_pretrained(
-            lambda local_only: AutoModel.from_pretrained(
-                model_id, trust_remote_code=config.dna_trust_remote_code, local_files_only=local_only
-            ),
-            model_id,
-            field_name="dna_model",
-        )
-        if isinstance(getattr(backbone, "pooler", None), nn.Module):
-            backbone.pooler = None  # unused, see above; BERT-style models skip a missing pooler
-        vocab = backbone.get_input_embeddings().num_embeddings
-        if tokenizer.vocab_size > vocab:
-            raise ValueError(
-                f"the DNA tokenizer has {tokenizer.vocab_size} tokens but {model_id!r} embeds only {vocab}; "
-                "use the tokenizer the checkpoint was trained with"
-            )
-    hidden = int(backbone.config.hidden_size)
-    return DnaEncoder(backbone, hidden, config.embed_dim)
-
-
 # --------------------------------------------------------------------------------------------------
-# Helpers: project architectures, config merging, cache and hub checks
-
-_project_configs_registered = False
-
-
-def _register_project_clip_configs() -> None:
-    """Register :data:`PROJECT_CLIP_CONFIGS` with open_clip's public ``add_model_config`` (once)."""
-    global _project_configs_registered
-    if _project_configs_registered:
-        return
-    # add_model_config reads JSON files; it keeps the parsed configs in memory, so the files are
-    # only needed for the duration of the call.
-    with tempfile.TemporaryDirectory(prefix="hirviz-clip-configs-") as tmp:
-        for arch, cfg in PROJECT_CLIP_CONFIGS.items():
-            Path(tmp, f"{arch}.json").write_text(json.dumps(cfg), encoding="utf-8")
-        open_clip.add_model_config(tmp)
-    missing = [arch for arch in PROJECT_CLIP_CONFIGS if arch not in open_clip.list_models()]
-    if missing:
-        raise RuntimeError(f"open_clip did not register the project architectures {missing}")
-    _project_configs_registered = True
-
-
-def _deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overrides`` merged in, recursing into nested dicts; the inputs are not modified."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+# Helpers
 
 
 def _as_batch(items: Sequence[str]) -> list[str]:
@@ -552,135 +411,3 @@ def _as_batch(items: Sequence[str]) -> list[str]:
     if isinstance(items, str):
         raise TypeError("pass a list of strings, e.g. [text], not a single string")
     return list(items)
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _describe(name: str, pretrained: str | None) -> str:
-    return f"{name!r}" if pretrained is None else f"{name!r} (pretrained={pretrained!r})"
-
-
-def _hub_offline() -> bool:
-    """Whether the user asked for offline mode (checked at call time, not at import time)."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    return bool(constants.HF_HUB_OFFLINE) or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
-
-
-def _unreachable_reason(url: str) -> str | None:
-    """Why ``url`` cannot be downloaded from right now, or ``None`` if it looks reachable.
-
-    A short TCP probe replaces the library's own retries, which can take minutes without a network.
-    Behind a proxy the probe would be meaningless, so it is skipped.
-    """
-    if _hub_offline():
-        return "offline mode is on (HF_HUB_OFFLINE)"
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-            return None
-    except OSError as err:
-        return f"{host} is unreachable ({_one_line(err) or type(err).__name__})"
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _hf_cached(repo_id: str, filename: str) -> str | None:
-    """The local path of ``filename`` of a hub repo if it is in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        path = try_to_load_from_cache(repo_id, filename)
-    except ValueError:  # not a valid repo id
-        return None
-    return path if isinstance(path, str) else None
-
-
-def _require_download(what: str, url: str, hint: str) -> None:
-    """Raise :class:`BackboneUnavailable` unless ``url`` can be downloaded from now."""
-    reason = _unreachable_reason(url)
-    if reason is not None:
-        raise BackboneUnavailable(f"cannot load {what}: not in the local cache and {reason}; {hint}")
-
-
-def _hf_clip_config(repo_id: str) -> tuple[dict[str, Any], bool]:
-    """The ``model_cfg`` of an OpenCLIP hub repo and whether its weights still have to be downloaded."""
-    what = f"'hf-hub:{repo_id}'"
-    hint = "download it once with network access (or point clip_model at a 'local-dir:' copy)"
-    config_path = _hf_cached(repo_id, _HF_CONFIG_NAME)
-    has_weights = any(_hf_cached(repo_id, f) for f in _HF_WEIGHT_NAMES)
-    if config_path is None or not has_weights:
-        _require_download(what, _hub_endpoint(), hint)
-        from huggingface_hub import hf_hub_download
-
-        try:
-            config_path = hf_hub_download(repo_id, _HF_CONFIG_NAME)
-        except Exception as err:  # any hub failure means the same thing here: no backbone
-            raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err
-    data = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    return data.get("model_cfg", data), not has_weights
-
-
-def _open_clip_tag_needs_download(name: str, tag: str) -> bool:
-    """Whether the weights of an OpenCLIP tag must be downloaded; fails fast when they cannot be.
-
-    An unknown tag (that is not a checkpoint file either) is a ``ValueError``.
-    """
-    pcfg = open_clip.get_pretrained_cfg(name, tag)
-    if not pcfg:
-        if os.path.isfile(tag):
-            return False
-        known = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(f"{tag!r} is neither an OpenCLIP pretrained tag of {name!r} (known: {known}) nor a file")
-    if "file" in pcfg:
-        return False
-    what = _describe(name, tag)
-    hint = "download it once with network access, or set clip_pretrained to a local checkpoint file"
-    hub = pcfg.get("hf_hub", "")
-    if hub:
-        repo_id, filename = os.path.split(hub)
-        candidates = [filename] if filename else list(_HF_WEIGHT_NAMES)
-        if filename.endswith((".bin", ".pth")):
-            candidates.insert(0, filename[:-4] + ".safetensors")
-        if any(_hf_cached(repo_id, f) for f in candidates):
-            return False
-        _require_download(what, _hub_endpoint(), hint)
-        return True
-    url = pcfg.get("url", "")
-    # open_clip's default download folder for URL-hosted weights.
-    if os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
-        return False
-    _require_download(what, url, hint)
-    return True
-
-
-def _load_hf_pretrained(load: Callable[[bool], nn.Module], model_id: str, field_name: str) -> nn.Module:
-    """Run ``load(local_files_only)`` from the cache first, downloading only when the hub is reachable."""
-    if os.path.isdir(model_id):
-        return load(True)
-    what = f"{model_id!r}"
-    try:
-        return load(True)
-    except OSError:
-        pass  # not (fully) cached: fall through to a download if the hub can be reached
-    _require_download(
-        what,
-        _hub_endpoint(),
-        f"download it once with network access, or set {field_name} to a local directory",
-    )
-    try:
-        return load(False)
-    except OSError as err:
-        raise BackboneUnavailable(f"cannot load {what}: {_one_line(err)}") from err

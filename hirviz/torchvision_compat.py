@@ -7,20 +7,28 @@ kernels for operators whose schema it expects the extension to have defined. Def
 schemas ourselves, before torchvision is first imported, lets that registration succeed. hirviz and
 open_clip never call these detection operators, so no implementation is needed.
 
-Import this module before anything that imports torchvision (``hirviz/__init__.py`` does).
+Call :func:`ensure_torchvision` right before the first import of torchvision or open_clip (which imports
+torchvision) in a module that needs them; ``import hirviz`` alone does not, so it stays light.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
+__all__ = ["ensure_torchvision"]
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
 }
+# The Library objects must outlive the call that made them or their definitions are dropped.
+_LIBRARIES: list[Any] = []
+_done = False
 
 
 def _has_op(name: str) -> bool:
+    import torch
+
     try:
         torch._C._dispatch_find_schema_or_throw(f"torchvision::{name}", "")
         return True
@@ -28,17 +36,17 @@ def _has_op(name: str) -> bool:
         return False
 
 
-def install() -> None:
-    """Define the torchvision operator schemas that a mismatched extension failed to register."""
-    missing = [name for name in _SCHEMAS if not _has_op(name)]
-    if not missing:
+def ensure_torchvision() -> None:
+    """Define the torchvision operator schemas that a mismatched extension failed to register (once; cheap after)."""
+    global _done
+    if _done:
         return
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    for name in missing:
-        lib.define(_SCHEMAS[name])
-    # The Library object must outlive this call or its definitions are dropped.
-    _LIBRARIES.append(lib)
+    import torch
 
-
-_LIBRARIES: list[torch.library.Library] = []
-install()
+    missing = [name for name in _SCHEMAS if not _has_op(name)]
+    if missing:
+        lib = torch.library.Library("torchvision", "FRAGMENT")
+        for name in missing:
+            lib.define(_SCHEMAS[name])
+        _LIBRARIES.append(lib)
+    _done = True

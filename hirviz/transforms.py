@@ -34,6 +34,9 @@ def tower_transform(
     """
     # Imported here, not at the top: open_clip is slow to import, and readers of metadata alone (which import
     # the trainer's data package, and with it this module) never need it.
+    from hirviz.torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()  # open_clip imports torchvision, which needs the shim on a CPU-only torch
     import open_clip
 
     cfg = open_clip.transform.PreprocessCfg(**preprocess_cfg)

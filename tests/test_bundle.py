@@ -218,7 +218,10 @@ def test_weights_that_do_not_fit_the_config_are_reported(bundle_dir: Path) -> No
 
 
 def test_hub_id_offline_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, on import
     started = time.perf_counter()
     with pytest.raises(BundleError) as info:
         load_bundle("hirviz-tests/no-such-bundle")

@@ -12,6 +12,7 @@ from scipy.spatial import ConvexHull
 from hirviz.bundle import Reference
 from hirviz.degrade import DnaNoise
 from hirviz.geometry import ReferenceMap, fit_layout
+from hirviz.noise_path import noise_path
 from hirviz.taxonomy import LEVELS
 
 D = 8
@@ -166,7 +167,7 @@ def test_noise_path_starts_at_the_clean_specimen_and_moves_with_the_noise(predic
     image, barcode = specimen_image(30), specimen_barcode(30)
     strengths = (0.0, 1.0, 4.0, 8.0)
     for space in ("image", "dna", "fused"):
-        path = refmap.noise_path(predictor, image, barcode, space, strengths=strengths)
+        path = noise_path(predictor, image, barcode, space, strengths=strengths)
         assert path.shape == (len(strengths), 2) and np.isfinite(path).all()
         clean = predictor.predict(image, barcode, neighbours=0).queries[space].embedding
         np.testing.assert_allclose(path[0], refmap.place(clean, space), atol=1e-5)
@@ -174,12 +175,12 @@ def test_noise_path_starts_at_the_clean_specimen_and_moves_with_the_noise(predic
         noisy = predictor.predict(image, barcode, blur_kernel=kernel, dna_noise=DnaNoise().scaled(4.0),
                                   neighbours=0).queries[space].embedding
         np.testing.assert_allclose(path[2], refmap.place(noisy, space), atol=1e-5)
-    dna_only = refmap.noise_path(predictor, barcode=barcode, space="dna", strengths=strengths)
-    np.testing.assert_allclose(dna_only, refmap.noise_path(predictor, image, barcode, "dna", strengths), atol=1e-5)
+    dna_only = noise_path(predictor, barcode=barcode, space="dna", strengths=strengths)
+    np.testing.assert_allclose(dna_only, noise_path(predictor, image, barcode, "dna", strengths), atol=1e-5)
     with pytest.raises(ValueError, match="needs inputs"):
-        refmap.noise_path(predictor, barcode=barcode, space="fused")
+        noise_path(predictor, barcode=barcode, space="fused")
     with pytest.raises(ValueError, match="strengths"):
-        refmap.noise_path(predictor, image, barcode, "fused", strengths=(0.0, -1.0))
+        noise_path(predictor, image, barcode, "fused", strengths=(0.0, -1.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -384,6 +384,31 @@ def test_clip_overrides_reshape_the_towers_and_tokenizer():
         build_model(tiny_config(clip_model="no-such-arch"))
 
 
+def test_project_architectures_come_from_the_package_data():
+    import importlib.resources
+
+    import open_clip
+
+    shipped = importlib.resources.files("hirviz") / "model_configs" / "hirviz-tiny.json"
+    assert shipped.is_file()
+    build_model(tiny_config())  # registers the project architectures with open_clip
+    assert open_clip.get_model_config("hirviz-tiny") == json.loads(shipped.read_text(encoding="utf-8"))
+    model = build_model(ModelConfig())  # the shipped config as it is: 64-d, 64 px, 32 tokens
+    assert model.embed_dim == 64 and model.image_size == (64, 64)
+    assert model.tokenize_text(TAXA).shape == (len(TAXA), 32)
+
+
+def test_importing_hirviz_leaves_torchvision_alone_until_a_model_needs_it():
+    import subprocess
+    import sys
+
+    # The shim is applied by the modules that need torchvision, so a plain import loads neither torch nor torchvision.
+    code = ("import sys, hirviz, hirviz.bundle; assert not {'torch', 'torchvision'} & set(sys.modules), 'imported'; "
+            "import hirviz.model, torchvision.transforms; assert 'open_clip' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # -- loading pretrained backbones ----------------------------------------------------------------
 
 
@@ -420,7 +445,10 @@ def empty_hub_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("changes", UNAVAILABLE, ids=["bioclip", "vit-l-14", "dnabert2"])
 def test_unavailable_backbone_fails_fast_with_one_line(empty_hub_cache, monkeypatch, changes):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, on import
     start = time.perf_counter()
     with pytest.raises(BackboneUnavailable) as info:
         build_model(ModelConfig(**changes))

@@ -258,7 +258,7 @@ def test_gradio_wrapper_warns_and_keeps_outputs_shaped(engine, tiny):
 
 
 def test_maps_place_the_query_and_its_noise_path(engine, example):
-    from hirviz.geometry import DEFAULT_STRENGTHS
+    from hirviz.noise_path import DEFAULT_STRENGTHS
     from hirviz.ui import NoiseSettings, geometry, identify
 
     image, barcode = example

@@ -3,4 +3,6 @@
 ``train`` imports ``hirviz``; ``hirviz`` never imports ``train``.
 """
 
-import hirviz  # noqa: F401  (installs the torchvision import shim before anything else loads torchvision)
+from hirviz.torchvision_compat import ensure_torchvision
+
+ensure_torchvision()  # train.data imports torchvision, which needs the shim on a CPU-only torch

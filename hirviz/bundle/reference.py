@@ -1,0 +1,197 @@
+"""The reference specimens of a bundle (``reference.h5``): ids, taxonomy, barcodes, embeddings and map layouts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hirviz.bundle.files import FORMAT_VERSION, SPACES, BundleError, check_version, one_line
+from hirviz.taxonomy import LEVELS, UNKNOWN_ID, Taxonomy
+
+__all__ = ["Reference", "check_reference_header"]
+
+
+@dataclass
+class Reference:
+    """The reference specimens of a bundle, row-aligned arrays.
+
+    Attributes:
+        ids: str ``[N]`` sample ids.
+        ranks: str ``[N, 4]`` names at order, family, genus, species (``""`` where unknown).
+        labels: int64 ``[N, 4]`` ids in the bundle's :class:`Taxonomy` (``-1`` where unknown).
+        barcodes: str ``[N]`` DNA barcodes (``""`` where missing).
+        embeddings: space (``image``, ``dna``, ``avg``, ``fused``) -> float32 ``[N, d]``; only the spaces the
+            model has. Rows of a specimen lacking a modality are meaningless (zeros): see the masks.
+        has_image, has_dna: bool ``[N]``, whether the specimen has a photo / a barcode.
+        layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions (NaN for rows left out of a space).
+    """
+
+    ids: np.ndarray
+    ranks: np.ndarray
+    labels: np.ndarray
+    barcodes: np.ndarray
+    embeddings: dict[str, np.ndarray]
+    has_image: np.ndarray
+    has_dna: np.ndarray
+    layouts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ids = _str_array(self.ids, "ids")
+        self.ranks = _str_array(self.ranks, "ranks").reshape(-1, len(LEVELS))
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1, len(LEVELS))
+        self.barcodes = _str_array(self.barcodes, "barcodes")
+        self.embeddings = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.embeddings.items()}
+        self.has_image = np.asarray(self.has_image, dtype=bool)
+        self.has_dna = np.asarray(self.has_dna, dtype=bool)
+        self.layouts = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.layouts.items()}
+        self.validate()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension d (``None`` when the reference holds no embeddings)."""
+        return next((v.shape[1] for v in self.embeddings.values()), None)
+
+    def validate(self, embed_dim: int | None = None, taxonomy: Taxonomy | None = None) -> None:
+        """Raise :class:`BundleError` unless every array has N rows and the expected width."""
+        n = len(self.ids)
+        shapes = {"ranks": (self.ranks, (n, len(LEVELS))), "labels": (self.labels, (n, len(LEVELS))),
+                  "barcodes": (self.barcodes, (n,)), "has_image": (self.has_image, (n,)),
+                  "has_dna": (self.has_dna, (n,))}
+        for name, (arr, shape) in shapes.items():
+            if arr.shape != shape:
+                raise BundleError(f"reference {name} has shape {arr.shape}, expected {shape} ({n} ids)")
+        unknown = sorted(set(self.embeddings) - set(SPACES))
+        if unknown:
+            raise BundleError(f"reference has unknown embedding spaces {unknown}; known: {list(SPACES)}")
+        dims = {space: v.shape[1] if v.ndim == 2 else None for space, v in self.embeddings.items()}
+        for space, v in self.embeddings.items():
+            if v.ndim != 2 or v.shape[0] != n:
+                raise BundleError(f"reference embeddings/{space} has shape {v.shape}, expected ({n}, d)")
+        if len(set(dims.values())) > 1:
+            raise BundleError(f"reference embedding spaces have different dimensions: {dims}")
+        if embed_dim is not None and dims and next(iter(dims.values())) != embed_dim:
+            raise BundleError(f"reference embeddings have dimension {next(iter(dims.values()))}, "
+                              f"but the model embeds into {embed_dim}")
+        for space, v in self.layouts.items():
+            if space not in self.embeddings:
+                raise BundleError(f"reference has a layout for {space!r} but no {space!r} embeddings")
+            if v.shape != (n, 2):
+                raise BundleError(f"reference umap/{space} has shape {v.shape}, expected ({n}, 2)")
+        if taxonomy is not None and n:
+            sizes = np.array([taxonomy.num_classes(lvl) for lvl in LEVELS])
+            bad = (self.labels < UNKNOWN_ID) | (self.labels >= sizes)
+            if bad.any():
+                level = LEVELS[int(np.argwhere(bad)[0, 1])]
+                raise BundleError(f"reference labels hold {level} ids outside the bundle taxonomy "
+                                  f"({int(bad.sum())} bad entries)")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], taxonomy: Taxonomy | None = None) -> Reference:
+        """Build from a mapping of arrays.
+
+        Required: ``ids``, ``ranks`` ([N, 4], None or ``""`` = unknown) and the embeddings, either as an
+        ``embeddings`` dict or as top-level ``image`` / ``dna`` / ``avg`` / ``fused`` arrays (the output of
+        ``train.embed.embed_frame`` works; its ``gate`` is ignored). Optional: ``labels`` (computed from the
+        ranks with ``taxonomy`` when absent), ``barcodes``, ``has_image`` / ``has_dna`` (default: all true for
+        the spaces present), ``layouts`` (or ``umap``).
+        """
+        missing = [k for k in ("ids", "ranks") if k not in data]
+        if missing:
+            raise BundleError(f"reference data lacks {missing}")
+        n = len(data["ids"])
+        embeddings = dict(data.get("embeddings") or {s: data[s] for s in SPACES if s in data})
+        ranks = _str_array(data["ranks"], "ranks").reshape(-1, len(LEVELS))
+        labels = data.get("labels")
+        if labels is None:
+            if taxonomy is None:
+                raise BundleError("reference data has no labels: pass the taxonomy to compute them from the ranks")
+            labels = taxonomy.encode([[r or None for r in row] for row in ranks.tolist()])
+        has_image = data.get("has_image", np.full(n, "image" in embeddings))
+        has_dna = data.get("has_dna", np.full(n, "dna" in embeddings))
+        barcodes = data.get("barcodes", np.full(n, "", dtype=object))
+        layouts = dict(data.get("layouts") or data.get("umap") or {})
+        return cls(ids=data["ids"], ranks=ranks, labels=labels, barcodes=barcodes, embeddings=embeddings,
+                   has_image=has_image, has_dna=has_dna, layouts=layouts)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``reference.h5`` (strings as UTF-8, arrays as float32 / int64 / bool)."""
+        text = h5py.string_dtype("utf-8")
+        with h5py.File(path, "w") as h5:
+            h5.attrs["format_version"] = FORMAT_VERSION
+            h5.create_dataset("ids", data=self.ids.astype(object), dtype=text)
+            h5.create_dataset("ranks", data=self.ranks.astype(object), dtype=text)
+            h5.create_dataset("labels", data=self.labels)
+            h5.create_dataset("barcodes", data=self.barcodes.astype(object), dtype=text)
+            h5.create_dataset("has_image", data=self.has_image)
+            h5.create_dataset("has_dna", data=self.has_dna)
+            for space, values in self.embeddings.items():
+                h5.create_dataset(f"embeddings/{space}", data=values)
+            for space, values in self.layouts.items():
+                h5.create_dataset(f"umap/{space}", data=values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Reference:
+        """Read a ``reference.h5`` written by :meth:`save`."""
+        with open_h5(path) as h5:
+            check_version(h5.attrs.get("format_version"), f"{path}")
+            try:
+                return cls(
+                    ids=h5["ids"].asstr()[()],
+                    ranks=h5["ranks"].asstr()[()],
+                    labels=h5["labels"][()],
+                    barcodes=h5["barcodes"].asstr()[()],
+                    embeddings={k: v[()] for k, v in h5.get("embeddings", {}).items()},
+                    has_image=h5["has_image"][()],
+                    has_dna=h5["has_dna"][()],
+                    layouts={k: v[()] for k, v in h5.get("umap", {}).items()},
+                )
+            except KeyError as err:
+                raise BundleError(f"{path} lacks a dataset: {one_line(err)}") from err
+
+
+def _str_array(values: Any, name: str) -> np.ndarray:
+    """Strings as a numpy unicode array, with None / NaN as ``""``."""
+    arr = np.asarray(values, dtype=object)
+    if arr.size == 0:
+        return np.zeros(arr.shape, dtype="<U1")
+    as_text = np.frompyfunc(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v), 1, 1)
+    return as_text(arr).astype(str)
+
+
+@contextmanager
+def open_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise BundleError(f"cannot read {path}: {one_line(err)}") from err
+    with h5:
+        yield h5
+
+
+def check_reference_header(path: Path, embed_dim: int) -> None:
+    """Cheap agreement checks of ``reference.h5`` (shapes only, no data read)."""
+    with open_h5(path) as h5:
+        check_version(h5.attrs.get("format_version"), str(path))
+        if "ids" not in h5:
+            raise BundleError(f"{path} lacks the 'ids' dataset")
+        n = h5["ids"].shape[0]
+        for name in ("ranks", "labels", "barcodes", "has_image", "has_dna"):
+            if name not in h5 or h5[name].shape[:1] != (n,):
+                got = h5[name].shape if name in h5 else "missing"
+                raise BundleError(f"{path}: {name} is {got}, expected {n} rows like ids")
+        for space, ds in h5.get("embeddings", {}).items():
+            if ds.shape != (n, embed_dim):
+                raise BundleError(f"{path}: embeddings/{space} has shape {ds.shape}, expected ({n}, {embed_dim})")
+        for space, ds in h5.get("umap", {}).items():
+            if ds.shape != (n, 2):
+                raise BundleError(f"{path}: umap/{space} has shape {ds.shape}, expected ({n}, 2)")

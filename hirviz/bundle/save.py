@@ -1,0 +1,123 @@
+"""Writing a bundle: :func:`save_bundle`, atomically (a temporary directory renamed into place)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hirviz.bundle.card import with_eval_section
+from hirviz.bundle.files import (
+    CARD_FILE, CONFIG_FILE, DNA_TOKENIZER_FILE, EVAL_FILE, FORMAT_VERSION, REFERENCE_FILE, TAXONOMY_FILE,
+    TEXT_EMBEDDINGS_FILE, WEIGHTS_FILE, BundleError, check_candidates, write_json,
+)
+from hirviz.bundle.reference import Reference
+from hirviz.taxonomy import Taxonomy
+
+if TYPE_CHECKING:  # torch only when a model is saved
+    from hirviz.model import HirvizModel
+
+__all__ = ["save_bundle"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_bundle(
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    model: HirvizModel,
+    taxonomy: Taxonomy,
+    candidates: Sequence[str],
+    candidate_ranks: Sequence[Sequence[str | None]],
+    text_embeddings: np.ndarray,
+    reference: Reference | Mapping[str, Any],
+    training_config: Mapping[str, Any],
+    objective: str,
+    provenance: Mapping[str, Any],
+    card: str,
+    eval_results: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle directory and return its path.
+
+    Everything is written into a temporary directory beside ``out_dir`` and renamed into place at the end, so
+    an interrupted export never leaves a half-written bundle. An existing bundle at ``out_dir`` is replaced;
+    any other non-empty directory there is refused. A BPE DNA tokenizer's JSON is copied into the bundle and
+    the saved model config points at the copy, so the bundle needs no file outside itself.
+    """
+    from safetensors.torch import save_model
+
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / CONFIG_FILE).is_file())):
+        raise BundleError(f"{out} exists and is not a bundle; refusing to overwrite it")
+    if not name:
+        raise BundleError("a bundle needs a name")
+    text_embeddings = np.ascontiguousarray(text_embeddings, dtype=np.float32)
+    candidate_ranks = [tuple(None if r in (None, "") else str(r) for r in row) for row in candidate_ranks]
+    embed_dim = int(model.embed_dim)
+    check_candidates(list(candidates), candidate_ranks, text_embeddings, embed_dim, where="save_bundle")
+    if not isinstance(reference, Reference):
+        reference = Reference.from_dict(reference, taxonomy=taxonomy)
+    reference.validate(embed_dim=embed_dim, taxonomy=taxonomy)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        model_config = model.config.to_dict()
+        tokenizer_file = getattr(model.dna_tokenizer, "tokenizer_file", None)
+        if tokenizer_file is not None:
+            shutil.copyfile(tokenizer_file, tmp / DNA_TOKENIZER_FILE)
+            model_config["dna_tokenizer"] = {**model.dna_tokenizer.to_config(), "tokenizer_file": DNA_TOKENIZER_FILE}
+        config = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "objective": objective,
+            "model": model_config,
+            "training": dict(training_config),
+            "provenance": dict(provenance),
+        }
+        write_json(tmp / CONFIG_FILE, config)
+        # save_model (not save_file) copes with tensors that share memory, such as tied embeddings.
+        save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "hirviz_format_version": "1"})
+        write_json(tmp / TAXONOMY_FILE, {**taxonomy.to_dict(), "candidates": list(candidates),
+                                          "candidate_ranks": [list(r) for r in candidate_ranks]})
+        np.save(tmp / TEXT_EMBEDDINGS_FILE, text_embeddings, allow_pickle=False)
+        reference.save(tmp / REFERENCE_FILE)
+        if eval_results is not None:
+            write_json(tmp / EVAL_FILE, json.loads(json.dumps(eval_results)))
+        (tmp / CARD_FILE).write_text(with_eval_section(card, eval_results), encoding="utf-8")
+        _default_permissions(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s to %s", name, out)
+    return out
+
+
+def _default_permissions(folder: Path) -> None:
+    """Give a bundle the permissions of ordinary new files: a temporary directory is private (0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

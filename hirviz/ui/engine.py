@@ -1,0 +1,206 @@
+"""The app's models and controls: an :class:`Engine` over the loaded bundles, and the noise settings users set.
+
+:class:`NoiseSettings` and the input readers turn raw widget values into checked values or an
+:class:`~hirviz.predict.InputError` whose message the page shows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from hirviz.degrade import DnaNoise
+from hirviz.predict import InputError, Prediction, Predictor, agreement
+from hirviz.taxonomy import LEVELS
+
+__all__ = ["Engine", "NoiseSettings", "trained_fusion", "image_source", "barcode_text"]
+
+MAX_BARCODE_BP = 20_000  # hirviz.barcode.parse_barcode's default limit
+MAP_SPACES: tuple[str, ...] = ("fused", "image", "dna")
+COLOUR_LEVELS: tuple[str, ...] = ("order", "family", "genus")
+SWEEP_LEVELS: tuple[str, ...] = (*LEVELS, "global")
+# Each DNA degradation as a slider: (DnaNoise field, label, slider maximum, step). The defaults shown are
+# the paper's rates (METHOD.md section 7), read from DnaNoise so they cannot drift apart.
+DNA_SLIDERS: tuple[tuple[str, str, float, float], ...] = (
+    ("substitution", "Substitution rate", 0.2, 0.001),
+    ("n_mask", "N-masking rate", 0.2, 0.001),
+    ("insertion", "Insertion rate", 0.05, 0.001),
+    ("deletion", "Deletion rate", 0.05, 0.001),
+    ("n_run", "N-run dropout (fraction of length)", 0.5, 0.01),
+    ("truncation", "Tail truncation (fraction cut)", 0.5, 0.01),
+)
+PAPER_NOISE = DnaNoise()
+
+
+# ----------------------------------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """The app's models: one :class:`~hirviz.predict.Predictor` (with its reference map) per bundle.
+
+    ``bundles`` maps a display name to a loaded bundle, main model first. Predictors are built on first use
+    (or by :meth:`warm_up`) and shared by every user of the app.
+    """
+
+    def __init__(self, bundles: Mapping[str, Any]) -> None:
+        if not bundles:
+            raise ValueError("the app needs at least one bundle")
+        self.bundles: dict[str, Any] = dict(bundles)
+        self.names: list[str] = list(self.bundles)
+        self.primary: str = self.names[0]
+        self._predictors: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+
+    def predictor(self, name: str) -> Predictor:
+        """The predictor of one bundle (built once)."""
+        if name not in self._predictors:
+            with self._lock:
+                if name not in self._predictors:
+                    self._predictors[name] = self.bundles[name].predictor()
+        return self._predictors[name]
+
+    def warm_up(self) -> None:
+        """Build every model and neighbour index and run one small prediction, before the first user comes.
+
+        No UMAP is fitted: the maps are the bundles' precomputed layouts and queries are placed by neighbours.
+        """
+        probe = Image.new("RGB", (64, 64), "white")
+        for name in self.names:
+            predictor = self.predictor(name)
+            if predictor.reference_map is not None:
+                predictor.reference_map.warm_up()
+            predictor.predict(image=probe, barcode="ACGT" * 100, neighbours=1)
+
+    def blur_limit(self) -> int:
+        """The largest blur kernel every model accepts (the side of the smallest model input grid)."""
+        return min(max(self.predictor(name).model.image_size) for name in self.names)
+
+    def default_blur(self) -> int:
+        """A clearly visible blur for the main model."""
+        return self.predictor(self.primary).default_blur_kernel()
+
+    def map_spaces(self) -> list[str]:
+        """The map spaces any bundle has a layout for, in :data:`MAP_SPACES` order."""
+        have = set()
+        for name in self.names:
+            have.update(self.layouts(name))
+        return [s for s in MAP_SPACES if s in have]
+
+    def layouts(self, name: str) -> dict[str, np.ndarray]:
+        """A bundle's precomputed map layouts, without the fused one when its fusion was never trained."""
+        layouts = dict(getattr(self.bundles[name].reference, "layouts", None) or {})
+        if not trained_fusion(self.bundles[name]):
+            layouts.pop("fused", None)
+        return layouts
+
+    def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings) -> Prediction:
+        """One bundle's prediction; a model without trained fusion loses its meaningless fused query."""
+        prediction = self.predictor(name).predict(
+            image=image, barcode=barcode, blur_kernel=noise.blur_kernel if image is not None else 0,
+            dna_noise=noise.dna_or_none if barcode is not None else None, seed=noise.seed)
+        if "fused" in prediction.queries and not trained_fusion(self.bundles[name]):
+            del prediction.queries["fused"]
+            prediction.agreement = agreement({q: r.levels for q, r in prediction.queries.items()})
+            prediction.gate = prediction.gate_vector = None
+        return prediction
+
+    def sweeps(self) -> dict[str, list[dict[str, Any]]]:
+        """Each bundle's accuracy-versus-noise sweep records (empty lists where not evaluated)."""
+        return {name: _sweep_records(getattr(self.bundles[name], "eval_results", None)) for name in self.names}
+
+
+def trained_fusion(bundle: Any) -> bool:
+    """Whether a bundle's gated fusion was trained (:attr:`hirviz.bundle.Bundle.fusion_trained`).
+
+    Other models still carry a fusion head, but its gate is untrained, so their fused query and fused map mean
+    nothing; the app leaves them out rather than show noise as an answer.
+    """
+    return bool(getattr(bundle, "fusion_trained", True))
+
+
+def _sweep_records(results: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    sweep = (results or {}).get("sweep")
+    if isinstance(sweep, Mapping):  # tolerate {"records": [...]}
+        sweep = sweep.get("records")
+    return [r for r in sweep or [] if isinstance(r, Mapping)]
+
+# ------------------------------------------------------------------------------------------- input handling
+
+
+@dataclass(frozen=True)
+class NoiseSettings:
+    """The noise controls: blur kernel (pixels on the model's input grid), DNA rates and the seed."""
+
+    blur_kernel: int = 0
+    dna: DnaNoise = field(default_factory=DnaNoise.off)
+    seed: int = 0
+
+    @classmethod
+    def from_controls(cls, blur_kernel: Any, rates: Sequence[Any], seed: Any) -> NoiseSettings:
+        """Read the raw widget values (numbers, numeric strings or None); raise :class:`InputError` if unusable."""
+        blur = _whole_number(blur_kernel, "the blur kernel")
+        seed_value = _whole_number(seed, "the seed")
+        values = {}
+        for (name, label, _, _), value in zip(DNA_SLIDERS, rates, strict=True):
+            number = _number(value, label.lower())
+            if not 0.0 <= number <= 1.0:
+                raise InputError(f"{label.lower()} must be between 0 and 1, got {number:g}")
+            values[name] = number
+        return cls(blur, DnaNoise(**values), seed_value)
+
+    @property
+    def dna_or_none(self) -> DnaNoise | None:
+        """The DNA noise, or ``None`` when it changes nothing (the barcode is used as given)."""
+        return None if self.dna.is_off() else self.dna
+
+
+def _number(value: Any, what: str) -> float:
+    if value is None or value == "":
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise InputError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
+def _whole_number(value: Any, what: str) -> int:
+    number = _number(value, what)
+    if number < 0 or number != int(number):
+        raise InputError(f"{what} must be a whole number >= 0, got {value!r}")
+    return int(number)
+
+
+def image_source(value: Any) -> Any:
+    """The uploaded image as something :func:`hirviz.predict.load_image` reads, or ``None`` for no image.
+
+    The image input skips Gradio's own decoding (which fails on exactly the files users need a message
+    about), so it arrives as Gradio's file payload (a dict with ``path``), a path, or, from Python, an image.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Mapping):
+        path = value.get("path")
+        if not path:
+            raise InputError("the uploaded image did not arrive: upload it again")
+        return path
+    if isinstance(value, (str, Path, Image.Image, np.ndarray, bytes, bytearray)):
+        return value
+    raise InputError(f"cannot read an image from a {type(value).__name__}")
+
+
+def barcode_text(value: Any) -> str | None:
+    """The pasted barcode text, or ``None`` when nothing (or only blanks) was pasted."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InputError(f"the barcode must be text, got {type(value).__name__}")
+    return value if value.strip() else None

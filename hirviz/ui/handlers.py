@@ -1,0 +1,278 @@
+"""The app's callbacks as plain functions of an :class:`~hirviz.ui.engine.Engine`, called directly by the tests.
+
+:func:`identify`, :func:`geometry`, :func:`score_chart` and :func:`robustness` return ready-to-show values
+(HTML, plotly figures, data frames) and never raise on bad input: a message for the user comes back instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from PIL import Image
+
+from hirviz import figures
+from hirviz.barcode import BarcodeError
+from hirviz.degrade import DnaNoise
+from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
+from hirviz.predict import INPUT_ERRORS, Prediction, load_image
+from hirviz.taxonomy import LEVELS
+from hirviz.ui.engine import (
+    COLOUR_LEVELS, MAP_SPACES, SWEEP_LEVELS, Engine, NoiseSettings, barcode_text, image_source, trained_fusion,
+)
+from hirviz.ui.render import agreement_text, barcode_html, neighbours_frame, query_label, result_html, status_line
+
+__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "robustness",
+           "eval_tables", "read_examples", "input_message", "role_note"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IdentifyView:
+    """Everything :func:`identify` shows. ``ok`` is False when the input was refused (``status`` says why)."""
+
+    ok: bool
+    status: str
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    model_image: Image.Image | None = None
+    barcode: str = ""
+    gate: go.Figure | None = None
+    results: dict[str, str] = field(default_factory=dict)
+    bars: go.Figure | None = None
+    neighbours: pd.DataFrame = field(default_factory=lambda: neighbours_frame(None))
+    raw: dict[str, Any] = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
+
+
+def identify(
+    engine: Engine,
+    image: Any,
+    barcode: Any,
+    noise: NoiseSettings | None = None,
+    *,
+    level: str = "species",
+) -> IdentifyView:
+    """Identify one specimen with every bundle; never raises on bad input (``ok=False`` and a message instead).
+
+    ``image`` is an upload (Gradio file payload or path) or an image; ``barcode`` pasted text (raw or FASTA).
+    ``level`` picks the score chart's level. The maps are drawn by :func:`geometry` from the returned
+    ``session`` (the Geometry tab does it when opened, so that a request does not pay for maps nobody looks at).
+    """
+    noise = noise or NoiseSettings()
+    try:
+        source, text = image_source(image), barcode_text(barcode)
+        if source is None and text is None:
+            return refused(engine, "Nothing to identify: upload a specimen photo and/or paste its DNA barcode "
+                                   "(raw sequence or FASTA), then press Identify.")
+        if source is not None:
+            source = load_image(source)  # decode once, then every model reuses it
+        predictions = {name: engine.predict(name, source, text, noise) for name in engine.names}
+    except INPUT_ERRORS as err:
+        return refused(engine, input_message(err))
+
+    main = predictions[engine.primary]
+    view = IdentifyView(ok=True, status="", predictions=predictions)
+    view.model_image = main.model_input_image
+    view.barcode = barcode_html(main.barcode, main.degraded_barcode, main.barcode_edits)
+    view.gate = figures.gate_figure(main.gate, main.gate_vector, title=f"Fusion gate ({engine.primary})")
+    view.results = {name: result_html(name, p, note=role_note(engine, name),
+                                      fusion=trained_fusion(engine.bundles[name]))
+                    for name, p in predictions.items()}
+    view.session = {
+        "image": source_path(image),
+        "barcode": text,
+        "noise": {"blur_kernel": noise.blur_kernel, "dna": asdict(noise.dna), "seed": noise.seed},
+        "levels": {name: {q: r.levels for q, r in p.queries.items()} for name, p in predictions.items()},
+        "embeddings": {name: {q: r.embedding.tolist() for q, r in p.queries.items()}
+                       for name, p in predictions.items()},
+    }
+    view.bars = score_chart(engine, view.session, level)
+    view.neighbours = neighbours_frame(main)
+    view.raw = {name: p.to_dict() for name, p in predictions.items()}
+    used = " + ".join(w for w, given in (("image", source is not None), ("barcode", text is not None)) if given)
+    joint = _joint_query(main)
+    deepest = main.queries[joint].deepest_rank
+    support = (f"the evidence supports a name down to the **{deepest}**" if deepest else
+               "the evidence does not settle even the order")
+    view.status = status_line(
+        "ok", f"Identified from the {used} with {len(predictions)} model{'s' * (len(predictions) > 1)}. "
+              f"{engine.primary} ({query_label(joint).lower()}): {support}. {agreement_text(main)}")
+    return view
+
+
+def source_path(image: Any) -> str | None:
+    """The server-side path of an uploaded image (kept in the session for the noise path), if it has one."""
+    if isinstance(image, Mapping):
+        return image.get("path")
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return None
+
+
+def _joint_query(prediction: Prediction) -> str:
+    return next(q for q in ("fused", "avg", "image", "dna") if q in prediction.queries)
+
+
+def role_note(engine: Engine, name: str) -> str:
+    """The subtitle of a model's answers: main or compared model, and its training objective."""
+    objective = str(getattr(engine.bundles[name], "objective", "") or "")
+    role = "main model" if name == engine.primary else "compared model"
+    return f"{role}, trained as {objective}" if objective else role
+
+
+def input_message(err: Exception) -> str:
+    """A refused input's message for the page, starting with what was refused."""
+    what = "Barcode" if isinstance(err, BarcodeError) else "Input"
+    message = str(err) or type(err).__name__
+    return f"{what} refused: {message[0].upper()}{message[1:]}"
+
+
+def refused(engine: Engine, message: str) -> IdentifyView:
+    """The view of a refused input: the message, and every output reset to its empty state."""
+    return IdentifyView(
+        ok=False, status=status_line("error", message), barcode=barcode_html(None, None, []),
+        gate=figures.gate_figure(None, title=f"Fusion gate ({engine.primary})"),
+        results={name: result_html(name, None, note=role_note(engine, name)) for name in engine.names},
+        bars=figures.empty_figure("identify a specimen to see its scores"),
+    )
+
+
+def score_chart(engine: Engine, session: Mapping[str, Any] | None, level: str) -> go.Figure:
+    """The main model's top names at ``level`` for every query of the last identification, as bars."""
+    levels = ((session or {}).get("levels") or {}).get(engine.primary)
+    if not levels:
+        return figures.empty_figure("identify a specimen to see its scores")
+    if level not in LEVELS:
+        return figures.empty_figure(f"unknown level {level!r}")
+    return figures.prediction_bars(levels, level, title=f"{engine.primary}: top {level} names per query")
+
+
+def geometry(
+    engine: Engine,
+    session: Mapping[str, Any] | None,
+    space: str,
+    colour_by: str,
+    show_path: bool,
+) -> tuple[str, dict[str, go.Figure]]:
+    """Each bundle's reference map of ``space`` coloured by ``colour_by``, with the last query placed on it.
+
+    With ``show_path`` the query is re-embedded at rising noise strengths (:data:`DEFAULT_STRENGTHS` times the
+    current noise, or the paper's noise and a visible blur when the controls are at zero) and the path drawn.
+    Returns a status line and the figures.
+    """
+    session = session or {}
+    space = space if space in MAP_SPACES else MAP_SPACES[0]
+    colour_by = colour_by if colour_by in COLOUR_LEVELS else COLOUR_LEVELS[0]
+    notes, maps = [], {}
+    for name in engine.names:
+        title = f"{name}: {space} space, coloured by {colour_by}"
+        reference = engine.bundles[name].reference
+        layout = engine.layouts(name).get(space)
+        if layout is None:
+            untrained = space == "fused" and not trained_fusion(engine.bundles[name])
+            why = " (its fusion was never trained)" if untrained else ""
+            maps[name] = figures.empty_figure(f"{name} has no {space} space map{why}", title=title, height=520)
+            continue
+        query = path = labels = None
+        z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
+        reference_map = engine.predictor(name).reference_map
+        if z is not None and reference_map is not None:
+            query = reference_map.place(np.asarray(z, dtype=np.float32), space)
+            if show_path:
+                try:
+                    path, labels = _session_noise_path(engine, name, session, space)
+                except INPUT_ERRORS as err:
+                    notes.append(f"no noise path: {input_message(err)}")
+        elif z is None and session.get("embeddings"):
+            notes.append(f"the {space} space needs " + ("an image and a barcode" if space == "fused" else
+                                                       "an image" if space == "image" else "a barcode"))
+        maps[name] = figures.umap_figure(
+            layout, reference.ranks, colour_by, ids=reference.ids, title=title, query=query, path=path,
+            path_labels=labels,
+        )
+    status = status_line("info", "; ".join(dict.fromkeys(notes))) if notes else ""
+    return status, maps
+
+
+def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], space: str):
+    """The noise path of the last specimen (from the session) in one bundle's ``space``, and its point labels."""
+    predictor = engine.predictor(name)
+    noise = session.get("noise") or {}
+    dna = DnaNoise(**noise.get("dna", {})) if noise.get("dna") else DnaNoise.off()
+    blur = int(noise.get("blur_kernel", 0) or 0)
+    image = session.get("image")
+    barcode = session.get("barcode")
+    if space == "image":
+        barcode = None
+    if space == "dna":
+        image = None
+    if image is None and barcode is None:
+        return None, None
+    strengths = list(DEFAULT_STRENGTHS)
+    if image is not None:
+        # The blur grows with the strength; stop where it would exceed the model's input grid.
+        base_blur = blur if blur > 1 else predictor.default_blur_kernel()
+        limit = max(predictor.model.image_size)
+        strengths = [s for s in strengths if round(s * base_blur) <= limit]
+    path = noise_path(
+        predictor, image, barcode, space, strengths, dna_noise=None if dna.is_off() else dna,
+        blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)),
+    )
+    return path, [f"×{s:g}" for s in strengths]
+
+
+def robustness(engine: Engine, level: str) -> tuple[go.Figure, go.Figure]:
+    """Accuracy against DNA noise and against blur, averaged vs gated fusion, for every bundle."""
+    level = level if level in SWEEP_LEVELS else "species"
+    sweeps = engine.sweeps()
+    return (
+        figures.robustness_figure(sweeps, "dna", level, title=f"Top-1 {level} accuracy as DNA noise rises"),
+        figures.robustness_figure(sweeps, "blur", level, title=f"Top-1 {level} accuracy as image blur rises"),
+    )
+
+
+def eval_tables(engine: Engine) -> str:
+    """Each bundle's evaluation tables (clean and noisy conditions) as Markdown."""
+    from hirviz.bundle import eval_markdown
+
+    parts = []
+    for name in engine.names:
+        results = getattr(engine.bundles[name], "eval_results", None)
+        parts.append(f"### {name}\n\n{eval_markdown(results)}")
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+
+def read_examples(examples_dir: str | Path | None) -> tuple[list[list[str]], list[str]]:
+    """Example specimens from ``examples.tsv`` (columns ``image_file``, ``barcode``, ``taxonomy``).
+
+    Returns the examples as ``[image path, barcode]`` rows and their labels (taxonomy strings); rows whose
+    image file is missing keep their barcode only. A missing folder gives no examples.
+    """
+    if examples_dir is None:
+        return [], []
+    table = Path(examples_dir) / "examples.tsv"
+    if not table.is_file():
+        logger.warning("no examples table at %s", table)
+        return [], []
+    frame = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+    rows, labels = [], []
+    for record in frame.to_dict("records"):
+        image_file = record.get("image_file", "")
+        path = Path(examples_dir) / image_file if image_file else None
+        image = str(path) if path is not None and path.is_file() else None
+        barcode = record.get("barcode") or None
+        if image is None and barcode is None:
+            continue
+        rows.append([image, barcode])
+        labels.append(record.get("taxonomy") or image_file or f"example {len(rows)}")
+    return rows, labels

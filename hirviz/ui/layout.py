@@ -1,0 +1,337 @@
+"""The app's Blocks: :func:`build_ui` lays out one tab per function and wires each tab's events to the handlers.
+
+Every event has an ``api_name`` (:data:`API_NAMES`), so the app can be driven from ``gradio_client``.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from hirviz import figures
+from hirviz.predict import MAX_IMAGE_PIXELS, InputError
+from hirviz.taxonomy import LEVELS
+from hirviz.ui.engine import (
+    COLOUR_LEVELS, DNA_SLIDERS, MAP_SPACES, MAX_BARCODE_BP, PAPER_NOISE, SWEEP_LEVELS, Engine, NoiseSettings,
+)
+from hirviz.ui.handlers import (
+    eval_tables, geometry, identify, input_message, read_examples, refused, robustness, role_note, score_chart,
+)
+from hirviz.ui.render import CSS, barcode_html, image_html, neighbours_frame, result_html, status_line
+
+__all__ = ["API_NAMES", "build_ui"]
+
+logger = logging.getLogger(__name__)
+
+# The names of the app's endpoints (``gradio_client``: ``client.predict(..., api_name="/identify")``).
+API_NAMES: tuple[str, ...] = (
+    "identify", "identify_example", "paper_noise", "identify_paper_noise", "no_noise", "identify_no_noise",
+    "geometry", "score_chart", "robustness",
+)
+LIMIT_TEXT = f"JPEG, PNG, WebP, TIFF, BMP (RGB, RGBA, grey, 16-bit); up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
+
+
+def build_ui(
+    bundles: Mapping[str, Any],
+    examples_dir: str | Path | None = None,
+    *,
+    engine: Engine | None = None,
+    title: str = "hirviz: identify insects from photos and DNA barcodes",
+) -> gr.Blocks:
+    """The app's Blocks for ``bundles`` (display name -> bundle, main model first).
+
+    ``examples_dir`` holds ``examples.tsv`` and the example photos. Pass an ``engine`` that was warmed up
+    (:meth:`Engine.warm_up`) to serve the first request at full speed. Launch with
+    ``blocks.queue().launch(css=hirviz.ui.CSS)``.
+    """
+    engine = engine or Engine(bundles)
+    with gr.Blocks(title="hirviz", fill_width=False) as demo:
+        session = gr.State({})
+        gr.Markdown(
+            f"## {title}\nModels: " + ", ".join(f"**{html.escape(n)}**" for n in engine.names)
+            + ". Give a specimen photo, its DNA barcode, or both; degrade them with the noise controls to see "
+              "how each query copes. Names are scored at every rank (a rank's score sums its descendants')."
+        )
+        with gr.Tabs():
+            identify_tab = _identify_tab(engine, examples_dir)
+            geometry_tab = _geometry_tab(engine)
+            robustness_tab = _robustness_tab(engine)
+            with gr.Tab("About", id="about"):
+                gr.Markdown(_about_text(engine))
+        _wire_identify(engine, identify_tab, session)
+        _wire_geometry(engine, geometry_tab, session)
+        _wire_score_chart(engine, identify_tab, session)
+        _wire_robustness(engine, robustness_tab)
+    return demo
+
+
+# ------------------------------------------------------------------------------------------------ identify
+
+
+@dataclass
+class _IdentifyTab:
+    """The Identify tab's components that its events read or write."""
+
+    image: gr.Image
+    barcode: gr.Textbox
+    run_button: gr.Button
+    examples: gr.Examples | None
+    blur: gr.Slider
+    rate_sliders: list[gr.Slider]
+    seed: gr.Number
+    paper_button: gr.Button
+    off_button: gr.Button
+    status: gr.Markdown
+    model_image: gr.HTML
+    gate_plot: gr.Plot
+    barcode_view: gr.HTML
+    result_views: list[gr.HTML]
+    bars_level: gr.Radio
+    bars: gr.Plot
+    neighbours: gr.Dataframe
+    raw: gr.JSON
+
+
+def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyTab:
+    example_rows, example_labels = read_examples(examples_dir)
+    examples = None
+    with gr.Tab("Identify", id="identify"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=300):
+                image = gr.Image(label=f"Specimen photo ({LIMIT_TEXT})", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"], height=260, elem_id="hz-image")
+                barcode = gr.Textbox(label=f"DNA barcode (raw sequence or FASTA, up to {MAX_BARCODE_BP:,} bp)",
+                                     lines=4, max_lines=8, placeholder="AACATTATATTTTATTTTTGG… or >id\\nAACATT…",
+                                     elem_id="hz-barcode")
+                run_button = gr.Button("Identify", variant="primary", elem_id="hz-identify")
+                if example_rows:
+                    examples = gr.Examples(example_rows, [image, barcode], label="Example specimens (click one)",
+                                           example_labels=example_labels, examples_per_page=8)
+            with gr.Column(scale=4, min_width=300):
+                with gr.Accordion("Noise (degrade the inputs)", open=True):
+                    blur = gr.Slider(0, engine.blur_limit(), value=0, step=1, label="Image blur kernel (pixels)",
+                                     info=f"box blur on the model's input grid; 0 = none, "
+                                          f"e.g. {engine.default_blur()}", elem_id="hz-blur")
+                    rate_sliders = [
+                        gr.Slider(0, maximum, value=0, step=step, label=label,
+                                  info=f"paper default (METHOD.md §7): {getattr(PAPER_NOISE, name):g}",
+                                  elem_id=f"hz-{name}")
+                        for name, label, maximum, step in DNA_SLIDERS
+                    ]
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Noise seed", elem_id="hz-seed")
+                    with gr.Row():
+                        paper_button = gr.Button("Paper's DNA noise", size="sm")
+                        off_button = gr.Button("No noise", size="sm")
+            with gr.Column(scale=4, min_width=300):
+                status = gr.Markdown(status_line("info", "Upload a photo and/or paste a barcode, then press "
+                                                         "Identify."), elem_id="hz-status")
+                model_image = gr.HTML(image_html(None), css_template=CSS, js_on_load=None, elem_id="hz-model-image")
+                gate_plot = gr.Plot(figures.gate_figure(None, title=f"Fusion gate ({engine.primary})"),
+                                    show_label=False, elem_id="hz-gate")
+        barcode_view = gr.HTML(barcode_html(None, None, []), css_template=CSS, js_on_load=None,
+                               elem_id="hz-barcode-view")
+        with gr.Row(equal_height=False):
+            result_views = [
+                gr.HTML(result_html(n, None, note=role_note(engine, n)), css_template=CSS, js_on_load=None,
+                        elem_id=f"hz-result-{i}", elem_classes="hz-result-box")
+                for i, n in enumerate(engine.names)
+            ]
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                bars_level = gr.Radio(list(LEVELS), value="species", label="Scores at level")
+                bars = gr.Plot(figures.empty_figure("identify a specimen to see its scores"), show_label=False,
+                               elem_id="hz-bars")
+            with gr.Column(scale=3):
+                neighbours = gr.Dataframe(neighbours_frame(None), label="Nearest reference specimens "
+                                          f"({engine.primary})", interactive=False, wrap=True, max_height=420,
+                                          elem_id="hz-neighbours")
+        with gr.Accordion("Raw result (JSON)", open=False):
+            raw = gr.JSON(label="Predictions")
+    return _IdentifyTab(image, barcode, run_button, examples, blur, rate_sliders, seed, paper_button, off_button,
+                        status, model_image, gate_plot, barcode_view, result_views, bars_level, bars, neighbours,
+                        raw)
+
+
+def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
+    names = engine.names
+    identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level]
+    identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
+                        tab.neighbours, tab.raw, session]
+
+    def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
+                     seed, score_level):
+        """Identify a specimen from a photo and/or a DNA barcode (raw or FASTA), with optional noise."""
+        rates = dict(substitution=substitution, n_mask=n_mask, insertion=insertion, deletion=deletion,
+                     n_run=n_run, truncation=truncation)
+        try:
+            noise = NoiseSettings.from_controls(blur_kernel, [rates[name] for name, *_ in DNA_SLIDERS], seed)
+        except InputError as err:
+            view = refused(engine, input_message(err))
+        else:
+            view = identify(engine, image, barcode, noise, level=score_level)
+        if not view.ok:
+            gr.Warning(view.status.split(" ", 1)[1])
+        return (view.status, image_html(view.model_image), view.barcode, view.gate,
+                *[view.results[n] for n in names],
+                view.bars, view.neighbours, view.raw, view.session)
+
+    run_identify = _guarded(len(identify_outputs), run_identify)
+    # One endpoint for the button and every slider release: "always_last" drops superseded requests, and
+    # the model group's concurrency limit keeps the CPU from being oversubscribed.
+    identify_event = dict(fn=run_identify, inputs=identify_inputs, outputs=identify_outputs,
+                          trigger_mode="always_last", concurrency_limit=2, concurrency_id="model",
+                          preprocess=False)  # the image is decoded by us, with messages fit for users
+    gr.on([tab.run_button.click, tab.blur.release, *[s.release for s in tab.rate_sliders], tab.seed.submit],
+          api_name="identify", api_description="Identify a specimen from a photo and/or a DNA barcode.",
+          **identify_event)
+    if tab.examples is not None:
+        tab.examples.load_input_event.then(api_name="identify_example", api_visibility="undocumented",
+                                           **identify_event)
+
+    def set_paper_noise():
+        return tuple(getattr(PAPER_NOISE, name) for name, *_ in DNA_SLIDERS)
+
+    def set_no_noise():
+        return (0, *[0.0 for _ in DNA_SLIDERS])
+
+    tab.paper_button.click(set_paper_noise, None, tab.rate_sliders, api_name="paper_noise", queue=False).then(
+        api_name="identify_paper_noise", api_visibility="undocumented", **identify_event)
+    tab.off_button.click(set_no_noise, None, [tab.blur, *tab.rate_sliders], api_name="no_noise", queue=False).then(
+        api_name="identify_no_noise", api_visibility="undocumented", **identify_event)
+
+
+def _wire_score_chart(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
+    def run_score_chart(session_state, score_level):
+        """The main model's top names per query at one level, as bars."""
+        return score_chart(engine, session_state, score_level)
+
+    tab.bars_level.change(_guarded(1, run_score_chart), [session, tab.bars_level], tab.bars, api_name="score_chart",
+                          trigger_mode="always_last")
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+@dataclass
+class _GeometryTab:
+    tab: gr.Tab
+    space: gr.Radio
+    colour_by: gr.Radio
+    show_path: gr.Checkbox
+    status: gr.Markdown
+    map_plots: list[gr.Plot]
+
+
+def _geometry_tab(engine: Engine) -> _GeometryTab:
+    spaces = engine.map_spaces() or list(MAP_SPACES)
+    # Open on a space every model has (image first: HiR shapes the image space), so the maps compare side by side.
+    shared = [s for s in ("image", "dna", "fused") if all(s in engine.layouts(n) for n in engine.names)]
+    default_space = shared[0] if shared else spaces[0]
+    with gr.Tab("Geometry", id="geometry") as tab:
+        gr.Markdown("UMAP maps of each model's reference specimens (precomputed). Your last specimen is "
+                    "the star; tick the box to follow it as the noise rises (×0 = clean, ×1 = the "
+                    "current noise, or the paper's noise when the controls are at zero).")
+        with gr.Row():
+            space = gr.Radio(spaces, value=default_space, label="Embedding space")
+            colour_by = gr.Radio(list(COLOUR_LEVELS), value="order", label="Colour by")
+            show_path = gr.Checkbox(value=True, label="Show the path as noise rises")
+        status = gr.Markdown("")
+        with gr.Row(equal_height=False):
+            initial_maps = geometry(engine, {}, default_space, "order", False)[1]
+            map_plots = [gr.Plot(initial_maps[n], show_label=False, elem_id=f"hz-map-{i}")
+                         for i, n in enumerate(engine.names)]
+    return _GeometryTab(tab, space, colour_by, show_path, status, map_plots)
+
+
+def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None:
+    def run_geometry(session_state, map_space, colour_by, show_path):
+        """Redraw the reference maps with the last specimen placed (and its noise path)."""
+        message, maps = geometry(engine, session_state, map_space, colour_by, bool(show_path))
+        return (message, *[maps[n] for n in engine.names])
+
+    # The maps are drawn when the tab is opened (and redrawn on its controls), not on every identification.
+    gr.on([tab.tab.select, tab.space.change, tab.colour_by.change, tab.show_path.change],
+          _guarded(1 + len(engine.names), run_geometry),
+          inputs=[session, tab.space, tab.colour_by, tab.show_path], outputs=[tab.status, *tab.map_plots],
+          api_name="geometry", api_description="Draw the reference maps with the last specimen placed.",
+          trigger_mode="always_last", concurrency_limit=2, concurrency_id="model")
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+
+
+@dataclass
+class _RobustnessTab:
+    level: gr.Radio
+    dna_plot: gr.Plot
+    blur_plot: gr.Plot
+
+
+def _robustness_tab(engine: Engine) -> _RobustnessTab:
+    with gr.Tab("Robustness", id="robustness"):
+        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: averaged vs "
+                    "gated fusion (colour), model vs model (dash).")
+        level = gr.Radio(list(SWEEP_LEVELS), value="species", label="Level")
+        dna_figure, blur_figure = robustness(engine, "species")
+        with gr.Row(equal_height=False):
+            dna_plot = gr.Plot(dna_figure, show_label=False, elem_id="hz-sweep-dna")
+            blur_plot = gr.Plot(blur_figure, show_label=False, elem_id="hz-sweep-blur")
+        with gr.Accordion("Evaluation tables", open=False):
+            gr.Markdown(eval_tables(engine))
+    return _RobustnessTab(level, dna_plot, blur_plot)
+
+
+def _wire_robustness(engine: Engine, tab: _RobustnessTab) -> None:
+    def run_robustness(level):
+        """Accuracy against DNA noise and against blur from the models' evaluation sweeps."""
+        return robustness(engine, level)
+
+    tab.level.change(_guarded(2, run_robustness), tab.level, [tab.dna_plot, tab.blur_plot], api_name="robustness",
+                     trigger_mode="always_last")
+
+
+# --------------------------------------------------------------------------------------------------- about
+
+
+def _about_text(engine: Engine) -> str:
+    cards = []
+    for name in engine.names:
+        bundle = engine.bundles[name]
+        card = getattr(bundle, "card", "") or "(no model card)"
+        cards.append(f"<details><summary><b>{html.escape(name)}</b> model card</summary>\n\n{card}\n\n</details>")
+    return (
+        "### Using the app\n"
+        f"- Photos: {LIMIT_TEXT}. Barcodes: raw sequence or one FASTA record, up to {MAX_BARCODE_BP:,} bp "
+        "(IUPAC codes become N).\n"
+        "- Queries: **image only**, **DNA only**, **averaged** (normalised mean of the two embeddings) and "
+        "**gated fusion** (the learned per-dimension gate; the gate chart shows its mean weight on the image).\n"
+        "- Scores are probabilities over the model's candidate taxonomy strings, summed per name at each rank. "
+        "The *deepest supported* rank is the deepest whose top name scores at least 50 %, going down from order.\n"
+        "- From Python: `Client(url).predict(image=handle_file('photo.jpg'), barcode='ACGT…', blur_kernel=0, "
+        "substitution=0.01, seed=0, api_name='/identify')` (`from gradio_client import Client, handle_file`); the "
+        "last output is the full result as JSON. Every control of the page is an endpoint too (see *Use via API*)."
+        "\n\n"
+        "### Models\n" + "\n\n".join(cards)
+    )
+
+
+def _guarded(outputs: int, fn: Callable[..., tuple]) -> Callable[..., tuple]:
+    """Wrap a callback so that an unexpected error shows a message instead of breaking the page."""
+
+    @functools.wraps(fn)  # keeps the signature: the API docs name the parameters after it
+    def run(*args: Any) -> tuple:
+        try:
+            return fn(*args)
+        except Exception as err:  # the app must keep serving whatever one request does
+            logger.exception("callback %s failed", fn.__name__)
+            gr.Warning(f"Something went wrong: {type(err).__name__}: {err}")
+            return tuple(gr.update() for _ in range(outputs)) if outputs > 1 else gr.update()
+
+    return run

@@ -1,0 +1,223 @@
+"""The app's HTML and tables: one model's answers, the degraded barcode, the neighbours, the image the model saw.
+
+Every function returns a ready-to-show value; :data:`CSS` styles the HTML (pass it to ``Blocks.launch``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from hirviz import figures
+from hirviz.degrade import Edit
+from hirviz.predict import QUERIES, Prediction
+from hirviz.taxonomy import LEVELS
+
+__all__ = ["CSS", "EDIT_STYLES", "result_html", "barcode_html", "neighbours_frame", "image_html", "status_line"]
+
+EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
+    "substitution": ("hz-sub", "substitution"),
+    "mask": ("hz-mask", "masked to N"),
+    "insertion": ("hz-ins", "insertion"),
+    "deletion": ("hz-del", "deletion (bar before the next base)"),
+    "n_run": ("hz-nrun", "N-run dropout"),
+    "truncation": ("hz-trunc", "truncated tail (not seen by the model)"),
+}
+
+CSS = """
+.hz-result { font-size: 13px; }
+.hz-result h4 { margin: 4px 0 6px; font-size: 15px; }
+.hz-result .hz-sub-title { color: #555; font-weight: normal; font-size: 12px; }
+.hz-table { border-collapse: collapse; width: 100%; table-layout: fixed; font-size: 12px; }
+.hz-table th, .hz-table td { border: 1px solid #e3e3e3; padding: 4px 5px; vertical-align: top; text-align: left; }
+.hz-table thead th { background: #f6f6f6; }
+.hz-table th.hz-level { width: 68px; font-weight: 600; }
+.hz-table ul { margin: 0; padding: 0; list-style: none; }
+.hz-table li { margin: 0 0 3px; overflow-wrap: break-word; line-height: 1.25; }
+.hz-table li:first-child { font-weight: 600; }
+.hz-level div { font-weight: 600; font-size: 11px; margin-top: 2px; }
+.hz-score { color: #666; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.hz-bar { height: 3px; background: #d62728; opacity: .55; margin-top: 1px; }
+.hz-na { color: #999; font-style: italic; }
+.hz-yes { color: #1a7f37; font-weight: 600; }
+.hz-no { color: #c4320a; font-weight: 600; }
+.hz-deepest td, .hz-deepest th { background: #fbfbf4; }
+.hz-seq { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; line-height: 1.7;
+          word-break: break-all; background: #fafafa; border: 1px solid #eee; padding: 6px 8px; border-radius: 4px; }
+.hz-sub { background: #ffb347; }
+.hz-mask { background: #b9b9b9; }
+.hz-ins { background: #7ddc7d; }
+.hz-nrun { background: #d3b8ff; }
+.hz-trunc { color: #bbb; text-decoration: line-through; }
+.hz-del { border-left: 2px solid #d62728; margin: 0 1px; }
+.hz-legend span { display: inline-block; margin-right: 10px; padding: 0 4px; font-size: 12px; }
+.hz-summary { font-size: 12px; color: #555; margin: 4px 0; }
+.hz-figure { margin: 0; text-align: center; }
+.hz-figure img { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #eee; }
+.hz-figure figcaption { font-size: 12px; color: #555; }
+/* No soft wrapping in the barcode box: wrapping one pasted line of 100 kb freezes a browser for seconds. */
+#hz-barcode textarea { white-space: pre; overflow-x: auto; font-family: ui-monospace, Menlo, Consolas, monospace; }
+"""
+
+
+
+def query_label(query: str) -> str:
+    """A query's name as the page shows it ("image only", "gated fusion", ...)."""
+    return figures.QUERY_LABELS.get(query, query)
+
+
+def _needs(query: str, fusion: bool = True) -> str:
+    if query == "fused" and not fusion:
+        return "no trained fusion in this model"
+    return {"image": "needs an image", "dna": "needs a barcode"}.get(query, "needs an image and a barcode")
+
+
+def result_html(name: str, prediction: Prediction | None, *, note: str = "", fusion: bool = True) -> str:
+    """One model's answers as an HTML table: levels down, the four queries across, and their agreement.
+
+    Each cell lists the top names with their scores (a rank's score sums its descendants' probabilities); the
+    last row gives the deepest rank each query's evidence supports. ``fusion=False`` says that the model has
+    no trained fusion (its fused column explains that instead of asking for inputs).
+    """
+    subtitle = f" <span class='hz-sub-title'>{html.escape(note)}</span>" if note else ""
+    title = f"<h4>{html.escape(name)}{subtitle}</h4>"
+    if prediction is None:
+        return f"<div class='hz-result'>{title}<p class='hz-na'>No prediction yet.</p></div>"
+    gate = ""
+    if prediction.gate is not None:
+        gate = f" · gate: image {prediction.gate:.0%} / DNA {1 - prediction.gate:.0%}"
+    head = "".join(f"<th>{html.escape(query_label(q))}</th>" for q in QUERIES)
+    rows = []
+    several = len(prediction.queries) > 1
+    for level in LEVELS:
+        cells = []
+        for query in QUERIES:
+            result = prediction.queries.get(query)
+            if result is None:
+                cells.append(f"<td class='hz-na'>{_needs(query, fusion)}</td>")
+                continue
+            items = "".join(
+                f"<li>{html.escape(n)}&nbsp;<span class='hz-score'>{s:.1%}</span>"
+                f"<div class='hz-bar' style='width:{max(0.0, min(1.0, s)) * 100:.0f}%'></div></li>"
+                for n, s in result.levels.get(level, [])
+            )
+            cells.append(f"<td><ul>{items}</ul></td>" if items else "<td class='hz-na'>no candidate this deep</td>")
+        mark = ""
+        if several:
+            agree = prediction.agreement.get(level)
+            mark = ("<div class='hz-yes' title='every query gives the same top name'>✓ agree</div>" if agree else
+                    "<div class='hz-no' title='the queries give different top names'>✗ differ</div>")
+        rows.append(f"<tr><th class='hz-level'>{level}{mark}</th>{''.join(cells)}</tr>")
+    deepest = "".join(
+        f"<td>{html.escape(r.deepest_rank or 'none (order uncertain)')}</td>" if (r := prediction.queries.get(q))
+        else "<td class='hz-na'>–</td>"
+        for q in QUERIES
+    )
+    rows.append(f"<tr class='hz-deepest'><th class='hz-level'>deepest supported</th>{deepest}</tr>")
+    return (
+        f"<div class='hz-result'>{title}<div class='hz-summary'>{agreement_text(prediction)}{gate}</div>"
+        f"<table class='hz-table'><thead><tr><th class='hz-level'>level</th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def agreement_text(prediction: Prediction) -> str:
+    """One sentence on where the queries of a prediction agree."""
+    if len(prediction.queries) < 2:
+        return f"One query ({query_label(next(iter(prediction.queries)))})."
+    agree = [lvl for lvl in LEVELS if prediction.agreement.get(lvl)]
+    differ = [lvl for lvl in LEVELS if not prediction.agreement.get(lvl)]
+    if not differ:
+        return f"All {len(prediction.queries)} queries agree at every level."
+    if not agree:
+        return f"The {len(prediction.queries)} queries disagree at every level."
+    return f"The {len(prediction.queries)} queries agree at {', '.join(agree)}; they differ at {', '.join(differ)}."
+
+
+def barcode_html(clean: str | None, degraded: str | None, edits: Sequence[Edit]) -> str:
+    """The barcode the model saw, each change coloured by kind (legend included).
+
+    ``degraded`` is ``None`` when no DNA noise was applied; the truncated tail is shown struck through after
+    the kept bases, and a deletion as a red bar just before the base that followed the deleted one.
+    """
+    if clean is None:
+        return "<div class='hz-summary'>No barcode given.</div>"
+    if degraded is None:
+        return (f"<div class='hz-summary'>Barcode: {len(clean)} bp, used as given (no DNA noise).</div>"
+                f"<div class='hz-seq'>{html.escape(clean)}</div>")
+    tail = "".join(e.before for e in edits if e.kind == "truncation")
+    full = degraded + tail
+    classes = np.full(len(full), "", dtype=object)
+    titles = np.full(len(full), "", dtype=object)
+    deleted: dict[int, list[str]] = {}
+    for edit in edits:
+        css = EDIT_STYLES.get(edit.kind, ("", ""))[0]
+        if edit.kind == "deletion":
+            deleted.setdefault(edit.position, []).append(edit.before)
+        elif edit.kind in ("substitution", "mask"):
+            classes[edit.position], titles[edit.position] = css, f"{edit.before}→{edit.after} at {edit.position + 1}"
+        elif edit.kind == "insertion":
+            classes[edit.position], titles[edit.position] = css, f"inserted {edit.after} at {edit.position + 1}"
+        elif edit.kind == "n_run":
+            classes[edit.position: edit.position + edit.length] = css
+            titles[edit.position: edit.position + edit.length] = f"N run of {edit.length} bp"
+        elif edit.kind == "truncation":
+            classes[edit.position:] = css
+            titles[edit.position:] = f"cut off ({len(tail)} bp)"
+    parts: list[str] = []
+    start = 0
+    # Runs of equal style become one span: a 660 bp barcode is a handful of spans, not 660.
+    for i in range(1, len(full) + 1):
+        if i == len(full) or classes[i] != classes[start] or titles[i] != titles[start] or i in deleted:
+            text = html.escape(full[start:i])
+            parts.append(f"<span class='{classes[start]}' title='{html.escape(titles[start])}'>{text}</span>"
+                         if classes[start] else text)
+            start = i
+        if i in deleted and i < len(full) + 1:
+            parts.append(f"<span class='hz-del' title='deleted {''.join(deleted[i])}'></span>")
+    if 0 in deleted:
+        parts.insert(0, f"<span class='hz-del' title='deleted {''.join(deleted[0])}'></span>")
+    counts = Counter(e.kind for e in edits)
+    legend = "".join(
+        f"<span class='{css}'>{label}: {counts.get(kind, 0)}</span>" for kind, (css, label) in EDIT_STYLES.items()
+    )
+    summary = f"Barcode: {len(clean)} bp given, {len(degraded)} bp seen by the model after the noise."
+    return (f"<div class='hz-summary'>{summary}</div><div class='hz-legend'>{legend}</div>"
+            f"<div class='hz-seq'>{''.join(parts)}</div>")
+
+
+def neighbours_frame(prediction: Prediction | None) -> pd.DataFrame:
+    """The nearest reference specimens of every query: rank, id, taxonomy and cosine similarity."""
+    columns = ["query", "#", "specimen", *LEVELS, "similarity"]
+    rows = []
+    for query in QUERIES:
+        result = prediction.queries.get(query) if prediction is not None else None
+        for rank, hit in enumerate(result.neighbours if result is not None else [], start=1):
+            ranks = hit.get("ranks") or {}
+            rows.append([query_label(query), rank, hit.get("id", ""), *[ranks.get(lvl) or "–" for lvl in LEVELS],
+                         round(float(hit.get("similarity", float("nan"))), 4)])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def image_html(image: Image.Image | None, caption: str = "What the image model sees (after blur)") -> str:
+    """An image inlined as a data URL: no file is written, and concurrent requests cannot race on one."""
+    if image is None:
+        return f"<div class='hz-summary'>{html.escape(caption)}: no image given.</div>"
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f"<figure class='hz-figure'><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}' "
+            f"width='{image.width}' height='{image.height}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def status_line(kind: str, message: str) -> str:
+    """A status message with the icon of its kind (``ok``, ``error`` or ``info``)."""
+    icon = {"ok": "✓", "error": "✗", "info": "→"}[kind]
+    return f"{icon} {message}"

@@ -8,12 +8,23 @@ from torch import Tensor
 from hirviz.taxonomy import LEVELS
 from train.losses.contrastive import DEFAULT_TAU
 
-HIR_MODES = ("paper", "hmce")
+HIR_MODES = ("paper", "shared-denominator", "hmce")
+HIR_MAX_SCOPES = ("batch", "anchor")
 
 
-def _check_hir_inputs(views: object, labels: object, tau: float, mode: str) -> None:
+def check_hir_options(mode: str, max_scope: str) -> None:
+    """Raise a ``ValueError`` naming the option when ``mode`` or ``max_scope`` is not a valid HiR setting."""
     if mode not in HIR_MODES:
         raise ValueError(f"unknown HiR mode {mode!r}; valid modes: {', '.join(HIR_MODES)}")
+    if max_scope not in HIR_MAX_SCOPES:
+        raise ValueError(f"unknown HiR max scope {max_scope!r}; valid scopes: {', '.join(HIR_MAX_SCOPES)}")
+    if mode == "hmce" and max_scope != "batch":
+        raise ValueError("HiR max scope 'anchor' applies to the pair-clamping modes (paper, shared-denominator); "
+                         "hmce lifts level means, which have no per-anchor maximum")
+
+
+def _check_hir_inputs(views: object, labels: object, tau: float, mode: str, max_scope: str) -> None:
+    check_hir_options(mode, max_scope)
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
     if not isinstance(views, Tensor) or not isinstance(labels, Tensor):
@@ -74,24 +85,61 @@ def _mean_over_positives(pair_loss: Tensor, positive: Tensor, anchors: Tensor | 
     return (per_anchor * anchors).sum() / anchors.sum().clamp(min=1)
 
 
-def _hir_paper(views: Tensor, labels: Tensor, tau: float) -> Tensor:
-    """METHOD.md Eq. 3-7 with uniform weights, levels order -> species."""
-    pair_loss = _view_pair_losses(views, tau)  # level-independent (Eq. 3)
+def _level_pair_losses(sim: Tensor, positive: Tensor) -> Tensor:
+    """Eq. 3 with the level's own negatives: ``ell(a, p) = log(e^{s_ap} + sum_{n in N(a)} e^{s_an}) - s_ap``.
+
+    ``sim`` [2B, 2B] holds ``s(a, k)``; ``positive`` [2B, 2B] is ``P_l``; ``N_l(a)`` is every other view that is
+    not a positive. Only the entries at positives are meaningful.
+    """
+    eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    negative = ~positive & ~eye
+    has_negative = negative.any(1, keepdim=True)
+    # A row without negatives (every other view is a positive) gets a finite dummy row, so that logsumexp never
+    # sees an all -inf row (its gradient would be NaN); its result is then replaced by -inf (no negatives).
+    masked = torch.where(negative, sim, float("-inf"))
+    masked = torch.where(has_negative, masked, 0.0)
+    log_negatives = torch.where(has_negative, torch.logsumexp(masked, dim=1, keepdim=True), float("-inf"))
+    return torch.logaddexp(sim, log_negatives) - sim
+
+
+def _hir_rectified(
+    views: Tensor, labels: Tensor, tau: float, per_level_negatives: bool, max_scope: str
+) -> tuple[Tensor, Tensor]:
+    """METHOD.md Eq. 3-7 with uniform weights, levels order -> species.
+
+    ``per_level_negatives``: the paper's pair loss (positive + ``N_l(a)`` in the denominator); else the
+    ``shared-denominator`` ablation (all 2B-1 other views, the same pair loss at every level). Returns the loss
+    and, per level, the fraction of positive pairs whose loss the clamp of Eq. 6 raised (NaN: level inactive).
+    """
     positive, active = _positive_masks(labels)
+    z = views.reshape(-1, views.shape[-1])
+    sim = z @ z.T / tau
+    shared = None if per_level_negatives else _view_pair_losses(views, tau)
     total = views.new_zeros(())
     n_active = views.new_zeros(())
-    # M of the nearest coarser active level; -inf until a level is active, so that max(ell, M) = ell there.
-    coarser_max = views.new_full((), float("-inf"))
+    clamped = []
+    # M of the nearest coarser active level: a scalar (batch scope) or one value per anchor row (anchor scope);
+    # -inf until a level is active, so that max(ell, M) = ell there.
+    shape = () if max_scope == "batch" else (z.shape[0], 1)
+    coarser_max = views.new_full(shape, float("-inf"))
     # Activity stays on the device (no host sync): an inactive level adds nothing and leaves M untouched.
     for level in range(len(LEVELS)):
+        pos = positive[level]
+        pair_loss = shared if shared is not None else _level_pair_losses(sim, pos)
         rectified = torch.maximum(pair_loss, coarser_max)
-        level_loss = _mean_over_positives(rectified, positive[level])
-        level_max = rectified.masked_fill(~positive[level], float("-inf")).amax()
+        level_loss = _mean_over_positives(rectified, pos)
+        at_positives = rectified.masked_fill(~pos, float("-inf"))
+        level_max = at_positives.amax() if max_scope == "batch" else at_positives.amax(1, keepdim=True)
         total = total + torch.where(active[level], level_loss, 0.0)
         n_active = n_active + active[level]
         coarser_max = torch.where(active[level], level_max, coarser_max)
+        with torch.no_grad():
+            raised = ((rectified > pair_loss) & pos).sum().to(views.dtype)  # pairs the clamp raised
+            share = raised / pos.sum().to(views.dtype)
+        clamped.append(torch.where(active[level], share, float("nan")))
     # No active level: 0 * sum(views) keeps the result attached to the graph so backward still works.
-    return torch.where(n_active > 0, total / n_active.clamp(min=1), 0.0) + 0.0 * views.sum()
+    loss = torch.where(n_active > 0, total / n_active.clamp(min=1), 0.0) + 0.0 * views.sum()
+    return loss, torch.stack(clamped)
 
 
 def _hir_hmce(views: Tensor, labels: Tensor, tau: float) -> Tensor:
@@ -123,29 +171,53 @@ def _hir_hmce(views: Tensor, labels: Tensor, tau: float) -> Tensor:
     return torch.where(n_active > 0, total / n_active.clamp(min=1), 0.0) + 0.0 * views.sum()
 
 
-def hir_loss(views: Tensor, labels: Tensor, tau: float = DEFAULT_TAU, mode: str = "paper") -> Tensor:
+def hir_loss(
+    views: Tensor,
+    labels: Tensor,
+    tau: float = DEFAULT_TAU,
+    mode: str = "paper",
+    max_scope: str = "batch",
+    *,
+    return_stats: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """Hierarchical Information Regularization (METHOD.md section 2).
 
     Args:
         views: float [B, 2, d], two L2-normalised views (augmentations) per specimen.
         labels: long [B, 4], (order, family, genus, species) ids per specimen; -1 = unknown.
         tau: temperature of the pair loss.
-        mode: ``"paper"`` -- Eq. 3-7: pair losses over all 2B-1 other views; positives of an anchor at level l
-            are its other view plus every view of every other specimen with the same known label; levels run
-            order -> species, a level is active when two distinct specimens share a known label at it; each
-            pair loss of an active level is clamped from below by the largest (rectified) positive-pair loss
-            of the nearest coarser active level (no detach); the result is the mean of the active levels'
-            ``mean_a mean_p`` losses. ``"hmce"`` -- the authors' code: per-level SupCon batch means, species
-            -> order, each coarser level lifted to the running max of the finer ones, weights 2^(1/k) for the
-            k-th level (species 2, genus 2^(1/2), family 2^(1/3), order 2^(1/4)), summed over levels with a
-            known label and divided by their number; after each level the batch is de-duplicated (rows with
-            an unknown label kept, of the rows sharing a known label only the first in batch order).
+        mode: ``"paper"`` -- Eq. 3-7. The positives ``P_l(a)`` of anchor view a at level l are its other view
+            plus every view of every other specimen with the same *known* level-l label; the negatives
+            ``N_l(a)`` are every other view not in ``P_l(a)``, and the pair loss (Eq. 3) has only the positive
+            and ``N_l(a)`` in its denominator, so it grows from order to species. Levels run order -> species;
+            a level is active when two distinct specimens share a known label at it (inactive levels are
+            skipped); each pair loss of an active level is clamped from below by ``M``, the largest rectified
+            positive-pair loss of the nearest coarser active level (no detach; no clamp for the first active
+            level); the result is the mean over active levels of ``mean_a mean_{p in P_l(a)}`` of the
+            rectified losses. ``"shared-denominator"`` -- an ablation (METHOD.md's erratum): the same, but every
+            pair loss has all 2B-1 other views in its denominator, so it does not depend on the level and the
+            clamp pins every finer level to ``M_order``. ``"hmce"`` -- the authors' code: per-level SupCon
+            batch means, species -> order, each coarser level lifted to the running max of the finer ones,
+            weights 2^(1/k) for the k-th level (species 2, genus 2^(1/2), family 2^(1/3), order 2^(1/4)),
+            summed over levels with a known label and divided by their number; after each level the batch is
+            de-duplicated (rows with an unknown label kept, of the rows sharing a known label only the first in
+            batch order).
+        max_scope: where ``M`` of Eq. 5 is taken (``paper`` and ``shared-denominator``): ``"batch"`` -- over all
+            positive pairs of the level (the paper); ``"anchor"`` -- ``M(a)`` over anchor a's own positives only
+            (HiConE's per-anchor maximum).
+        return_stats: also return ``{level: fraction}``, per level the share of positive pairs whose loss the
+            clamp raised (0-dim tensors; NaN for an inactive level; empty for ``hmce``, which clamps no pairs).
 
     Returns:
-        A scalar tensor. With no active level it is a zero that is still connected to ``views``.
+        A scalar tensor (or ``(loss, stats)``). With no active level it is a zero that is still connected to
+        ``views``.
     """
-    _check_hir_inputs(views, labels, tau, mode)
+    _check_hir_inputs(views, labels, tau, mode, max_scope)
     labels = labels.to(device=views.device, dtype=torch.long)
-    if mode == "paper":
-        return _hir_paper(views, labels, tau)
-    return _hir_hmce(views, labels, tau)
+    stats: dict[str, Tensor] = {}
+    if mode == "hmce":
+        loss = _hir_hmce(views, labels, tau)
+    else:
+        loss, clamped = _hir_rectified(views, labels, tau, mode == "paper", max_scope)
+        stats = {level: clamped[i].detach() for i, level in enumerate(LEVELS)}
+    return (loss, stats) if return_stats else loss

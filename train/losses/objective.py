@@ -20,10 +20,16 @@ from train.losses.contrastive import (
     _layout,
     _pair_shares,
 )
-from train.losses.hir import HIR_MODES, hir_loss
+from train.losses.fusion import FUSION_DIRECTIONS
+from train.losses.hir import HIR_MAX_SCOPES, HIR_MODES, hir_loss
 
-OBJECTIVES = ("clibd", "clibd-hir", "clibd-hir-fuse")
+# The terms each objective adds to L_clip (METHOD.md section 3): (HiR, fusion). The one place that maps an
+# objective name to its terms; everything else asks LossConfig.uses_hir / uses_fusion.
+_OBJECTIVE_TERMS = {"clibd": (False, False), "clibd-hir": (True, False), "clibd-hir-fuse": (True, True)}
+OBJECTIVES = tuple(_OBJECTIVE_TERMS)
 HIR_MODALITIES = ("image", "dna")
+# Levels whose clamp fraction is logged: order is the first level, which is never clamped.
+_CLAMP_LOGGED = ("family", "genus", "species")
 
 # Which model output feeds HiR for each ``LossConfig.hir_modality``.
 _VIEWS_KEY = {"image": "image_views", "dna": "dna_views"}
@@ -38,7 +44,10 @@ class LossConfig:
         tau: fixed temperature, used for the contrastive terms when no ``logit_scale`` is passed, and by HiR.
         multi_positive: samples with the same taxonomy string are positives (else one-positive InfoNCE).
         hir_weight: lambda. fusion_weight: gamma.
-        hir_mode: ``"paper"`` or ``"hmce"`` (see :func:`hir_loss`).
+        hir_mode: ``"paper"``, ``"shared-denominator"`` (ablation) or ``"hmce"`` (see :func:`hir_loss`).
+        hir_max_scope: ``"batch"`` (the paper's Eq. 5) or ``"anchor"`` (HiConE's per-anchor max).
+        fusion_direction: ``"text_anchor"`` (the authors' code) or ``"fused_anchor"`` (the paper's Eq. 11); see
+            :func:`fusion_loss`.
         hir_modality: ``"image"`` (HiR on ``image_views``) or ``"dna"`` (on ``dna_views``).
         image_dna_weight, image_text_weight, dna_text_weight: per-pair weights in L_clip.
         A zero weight (pair, lambda or gamma) skips its term: it is neither computed nor logged.
@@ -52,7 +61,9 @@ class LossConfig:
     hir_weight: float = 0.01
     fusion_weight: float = 1.0
     hir_mode: str = "paper"
+    hir_max_scope: str = "batch"
     hir_modality: str = "image"
+    fusion_direction: str = "text_anchor"
     image_dna_weight: float = 1.0
     image_text_weight: float = 1.0
     dna_text_weight: float = 1.0
@@ -60,28 +71,30 @@ class LossConfig:
     gather: bool = True
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; valid objectives: {', '.join(OBJECTIVES)}")
-        if self.hir_mode not in HIR_MODES:
-            raise ValueError(f"unknown hir_mode {self.hir_mode!r}; valid modes: {', '.join(HIR_MODES)}")
-        if self.hir_modality not in HIR_MODALITIES:
-            raise ValueError(
-                f"unknown hir_modality {self.hir_modality!r}; valid modalities: {', '.join(HIR_MODALITIES)}"
-            )
+        for name, valid in (("objective", OBJECTIVES), ("hir_mode", HIR_MODES), ("hir_max_scope", HIR_MAX_SCOPES),
+                            ("hir_modality", HIR_MODALITIES), ("fusion_direction", FUSION_DIRECTIONS)):
+            value = getattr(self, name)
+            if value not in valid:
+                raise ValueError(f"unknown loss.{name} {value!r}; valid values: {', '.join(valid)}")
+        if self.hir_mode == "hmce" and self.hir_max_scope != "batch":
+            raise ValueError("loss.hir_max_scope=anchor applies to hir_mode paper or shared-denominator, not hmce "
+                             "(which lifts level means and has no per-anchor maximum)")
         if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
+            raise ValueError(f"loss.tau must be positive, got {self.tau}")
         for name in ("hir_weight", "fusion_weight", "image_dna_weight", "image_text_weight", "dna_text_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
 
     @property
     def uses_hir(self) -> bool:
-        return self.objective in ("clibd-hir", "clibd-hir-fuse")
+        """The objective has the HiR term (whatever its weight)."""
+        return _OBJECTIVE_TERMS[self.objective][0]
 
     @property
     def uses_fusion(self) -> bool:
-        return self.objective == "clibd-hir-fuse"
+        """The objective has the fusion term (whatever its weight)."""
+        return _OBJECTIVE_TERMS[self.objective][1]
 
 
 def compute_loss(
@@ -107,7 +120,10 @@ def compute_loss(
     Returns:
         ``(total, parts)``: the loss to back-propagate, and the detached terms for logging: the unweighted
         pair losses ``image_dna``, ``image_text``, ``dna_text`` (those computed), their weighted sum ``clip``,
-        and, per objective, the unweighted ``hir`` and ``fuse``.
+        and, per objective, the unweighted ``hir`` and ``fuse``; with HiR in a pair-clamping mode also
+        ``hir_clamped_family``, ``hir_clamped_genus``, ``hir_clamped_species``: the fraction of the level's
+        positive pairs whose loss the clamp raised on this rank's batch (NaN when the level is inactive; drop
+        those for logging with :func:`loggable_parts`).
 
     Raises:
         ValueError: a needed input is missing or has the wrong shape, or no term can be computed.
@@ -148,7 +164,9 @@ def compute_loss(
         first = next(iter(features.values()))
         layout = _layout(first.shape[0], first.device, cfg.gather)
         ids_global = None if ids_local is None else _gather_ids(ids_local, layout)
-        needed = {m for _, a, b, _ in pairs for m in (a, b)} | ({"fused"} if fuse else set())
+        # text_anchor: text rows over gathered fused candidates; fused_anchor: fused rows over gathered text.
+        fuse_anchor, fuse_candidate = ("text", "fused") if cfg.fusion_direction == "text_anchor" else ("fused", "text")
+        needed = {m for _, a, b, _ in pairs for m in (a, b)} | ({fuse_candidate} if fuse else set())
         # Each modality is gathered once and shared by the terms that use it.
         global_features = {key: _gather_features(features[key], layout) for key in features if key in needed}
         for name, a, b, _ in pairs:
@@ -159,7 +177,7 @@ def compute_loss(
             shares[name] = _pair_shares(a_local, b_local, a_global, b_global, ids_local, ids_global, scale, layout)
         if fuse:
             fused_sum = _directed_row_loss_sum(
-                features["text"], global_features["fused"], ids_local, ids_global, scale, layout.start
+                features[fuse_anchor], global_features[fuse_candidate], ids_local, ids_global, scale, layout.start
             )
             shares["fuse"] = fused_sum / layout.n_global
         terms = _globalise(shares, layout)
@@ -186,8 +204,10 @@ def compute_loss(
         if batch is not None and views.shape[0] != batch:
             raise ValueError(f"outputs[{views_key!r}] has batch size {views.shape[0]}, expected {batch}")
         # HiR is computed on the local batch: the hierarchical sampler puts relatives in the same rank's batch.
-        hir = hir_loss(views, labels, tau=cfg.tau, mode=cfg.hir_mode)
+        hir, stats = hir_loss(views, labels, tau=cfg.tau, mode=cfg.hir_mode, max_scope=cfg.hir_max_scope,
+                              return_stats=True)
         parts["hir"] = hir.detach()
+        parts.update({f"hir_clamped_{level}": stats[level] for level in _CLAMP_LOGGED if level in stats})
         total = cfg.hir_weight * hir if total is None else total + cfg.hir_weight * hir
 
     if fuse:
@@ -201,3 +221,10 @@ def compute_loss(
             "'image', 'dna', 'text'"
         )
     return total, parts
+
+
+def loggable_parts(parts: Mapping[str, Tensor]) -> dict[str, float]:
+    """``parts`` of :func:`compute_loss` as floats for a metrics log, without the clamp fractions of levels that
+    were inactive in the batch (NaN). A NaN loss term is kept: it must show."""
+    values = {key: float(value) for key, value in parts.items()}
+    return {key: v for key, v in values.items() if not (key.startswith("hir_clamped_") and math.isnan(v))}

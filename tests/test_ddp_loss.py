@@ -68,7 +68,7 @@ def test_gathered_loss_matches_single_process(rank_results: Path, scenario: ddp_
             _close(result["parts"][key], value, f"rank {r} part {key!r}")
         for key in clamp_keys:
             torch.testing.assert_close(result["parts"][key], hir_stats[r][1][key.removeprefix("hir_clamped_")],
-                                       equal_nan=True, msg=lambda m: f"rank {r} {key}: {m}")
+                                       equal_nan=True, msg=lambda m, r=r, key=key: f"rank {r} {key}: {m}")
         _close(result["parts"]["hir"], hir_per_rank[r].detach(), f"rank {r} local HiR")
         _close(result["total"], total.detach() + scenario.cfg.hir_weight * hir_per_rank[r].detach(), f"rank {r} total")
 

@@ -476,7 +476,8 @@ def test_fusion_loss_directions_match_brute_force(direction: str) -> None:
     expected = ref_directed(rows, candidates, ids.tolist(), 1 / TAU)
     actual = fusion_loss(fused, text, ids, direction=direction)
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
-    for got, want in zip(torch.autograd.grad(actual, (fused, text)), torch.autograd.grad(expected, (fused, text)), strict=True):
+    grads = zip(torch.autograd.grad(actual, (fused, text)), torch.autograd.grad(expected, (fused, text)), strict=True)
+    for got, want in grads:
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
     # the two directions are different losses
     other = "fused_anchor" if direction == "text_anchor" else "text_anchor"

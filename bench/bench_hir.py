@@ -1,12 +1,19 @@
 """Speed of the vectorised HiR loss against a per-pair Python loop written straight from METHOD.md section 2.
 
     python bench/bench_hir.py [--batch-size 250] [--dim 512] [--repeats 20] [--loop-repeats 1] [--device cuda]
+        [--modes paper shared-denominator hmce] [--max-scopes batch anchor]
 
-Both HiR modes (``paper`` and the authors' ``hmce``) are timed on one batch of 250 specimens with two L2-normalised
-views each, labelled like a BIOSCAN-1M batch drawn by the trainer: ``HierarchicalBatchSampler`` groups of 5
-relatives over a long-tailed population with many unknown genera and species. For each mode the script prints
-the forward and forward+backward time of ``train.losses.hir_loss`` and of the loop, the speed-up, and the largest
-absolute difference between the two implementations' loss values and gradients (they must agree).
+The HiR variants (by default ``paper`` and the authors' ``hmce``; ``--modes`` adds the ``shared-denominator``
+ablation and ``--max-scopes anchor`` the per-anchor maximum) are timed on one batch of 250 specimens with two
+L2-normalised views each, labelled like a BIOSCAN-1M batch drawn by the trainer: ``HierarchicalBatchSampler``
+groups of 5 relatives over a long-tailed population with many unknown genera and species. For each variant the
+script prints the forward and forward+backward time of ``train.losses.hir_loss`` and of the loop, the speed-up,
+and the largest absolute difference between the two implementations' loss values and gradients (they must agree).
+
+    python bench/bench_hir.py --clamp [--batch-size 250] [--dim 512]
+
+instead prints how often the clamp of Eq. 6 binds: per level, the share of positive pairs whose loss it raises,
+on hierarchical synthetic embeddings (:func:`hierarchical_views`) of the same batch, for several spreads.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from torch import Tensor  # noqa: E402
 
 from bench.bench_sampler import synthetic_labels  # noqa: E402
 from train.data import HierarchicalBatchSampler  # noqa: E402
-from train.losses import DEFAULT_TAU, HIR_MODES, LEVELS, hir_loss  # noqa: E402
+from train.losses import DEFAULT_TAU, HIR_MAX_SCOPES, HIR_MODES, LEVELS, hir_loss  # noqa: E402
 
 
 def bioscan_like_batch(batch_size: int = 250, seed: int = 0, population: int = 100_000) -> Tensor:
@@ -65,27 +72,47 @@ def _positives(labels: list[list[int]], views: list[int], a: int, level: int) ->
     return [p for p in views if p != a and (p // 2 == a // 2 or (mine >= 0 and labels[p // 2][level] == mine))]
 
 
-def hir_loop_paper(views: Tensor, labels: Tensor, tau: float = DEFAULT_TAU) -> Tensor:
-    """Eq. 3-7: per-pair losses, levels order -> species, each pair clamped by the worst coarser positive pair."""
+def hir_loop_rectified(views: Tensor, labels: Tensor, tau: float = DEFAULT_TAU, per_level_negatives: bool = True,
+                       max_scope: str = "batch") -> Tensor:
+    """Eq. 3-7: per-pair losses, levels order -> species, each pair clamped by the worst coarser positive pair.
+
+    ``per_level_negatives``: the paper (denominator = the positive + N_l(a), the views outside P_l(a)); else the
+    shared-denominator ablation (all 2B-1 other views). ``max_scope``: M over the whole level or per anchor.
+    """
     z = views.reshape(-1, views.shape[-1])
     lab = labels.tolist()
     all_views = list(range(z.shape[0]))
-    log_den = _log_denominators(z, tau)
+    shared_log_den = None if per_level_negatives else _log_denominators(z, tau)
     level_losses = []
-    coarser_max: Tensor | None = None
+    coarser_max: Tensor | dict[int, Tensor] | None = None
     for level in range(len(LEVELS)):
         known = [y[level] for y in lab if y[level] >= 0]
         if len(known) == len(set(known)):  # no two specimens share a known label: the level is inactive
             continue
-        anchor_means, rectified_all = [], []
+        anchor_means, rectified_all, anchor_max = [], [], {}
         for a in all_views:
-            pair_losses = [log_den[a] - z[a] @ z[p] / tau for p in _positives(lab, all_views, a, level)]
-            if coarser_max is not None:
-                pair_losses = [torch.maximum(loss, coarser_max) for loss in pair_losses]
+            positives = _positives(lab, all_views, a, level)
+            if per_level_negatives:
+                in_p = set(positives)
+                negatives = [k for k in all_views if k != a and k not in in_p]
+                log_neg = torch.logsumexp(z[negatives] @ z[a] / tau, dim=0) if negatives else None
+            pair_losses = []
+            for p in positives:
+                s_ap = z[a] @ z[p] / tau
+                if not per_level_negatives:
+                    loss = shared_log_den[a] - s_ap
+                elif log_neg is None:
+                    loss = 0.0 * s_ap  # the positive alone in the denominator: -log 1
+                else:
+                    loss = torch.logaddexp(s_ap, log_neg) - s_ap
+                if coarser_max is not None:
+                    loss = torch.maximum(loss, coarser_max if max_scope == "batch" else coarser_max[a])
+                pair_losses.append(loss)
             anchor_means.append(torch.stack(pair_losses).mean())
             rectified_all.extend(pair_losses)
+            anchor_max[a] = torch.stack(pair_losses).max()
         level_losses.append(torch.stack(anchor_means).mean())
-        coarser_max = torch.stack(rectified_all).max()
+        coarser_max = torch.stack(rectified_all).max() if max_scope == "batch" else anchor_max
     if not level_losses:
         return 0.0 * views.sum()
     return torch.stack(level_losses).mean()
@@ -129,7 +156,52 @@ def hir_loop_hmce(views: Tensor, labels: Tensor, tau: float = DEFAULT_TAU) -> Te
     return total / n_active
 
 
-LOOPS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {"paper": hir_loop_paper, "hmce": hir_loop_hmce}
+def loop_for(mode: str, max_scope: str) -> Callable[[Tensor, Tensor, float], Tensor]:
+    """The per-pair loop of one HiR variant."""
+    if mode == "hmce":
+        return hir_loop_hmce
+    return lambda v, y, t: hir_loop_rectified(v, y, t, mode == "paper", max_scope)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How often the clamp binds
+
+
+def hierarchical_views(labels: Tensor, dim: int, spread: float, seed: int = 0) -> Tensor:
+    """Views [B, 2, dim] built from the taxonomy: unit(sum over known ranks of the rank's random direction
+    + ``spread`` x a specimen direction + ``spread / 2`` x a view direction).
+
+    Specimens sharing a label share its direction, so relatives are closer the deeper they agree; ``spread``
+    sets how far specimens (and views) sit from their taxa's centre.
+    """
+    g = torch.Generator().manual_seed(seed)
+    batch = labels.shape[0]
+    z = torch.zeros(batch, dim)
+    for level in range(len(LEVELS)):
+        y = labels[:, level]
+        known = y >= 0
+        directions = F.normalize(torch.randn(int(y.max()) + 1 if known.any() else 1, dim, generator=g), dim=-1)
+        z[known] += directions[y[known]]
+    z += spread * F.normalize(torch.randn(batch, dim, generator=g), dim=-1)
+    views = z[:, None, :] + spread / 2 * F.normalize(torch.randn(batch, 2, dim, generator=g), dim=-1)
+    return F.normalize(views, dim=-1)
+
+
+def clamp_table(labels: Tensor, dim: int, spreads: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+                ) -> dict[str, dict]:
+    """Per variant and spread, the clamped share of positive pairs per level (``hir_loss(return_stats=True)``)."""
+    results: dict[str, dict] = {}
+    print("| variant | spread | family | genus | species |")
+    print("|---|---:|---:|---:|---:|")
+    for mode, scope in (("paper", "batch"), ("paper", "anchor"), ("shared-denominator", "batch")):
+        key = mode if scope == "batch" else f"{mode}, max_scope={scope}"
+        for spread in spreads:
+            _, stats = hir_loss(hierarchical_views(labels, dim, spread), labels, mode=mode, max_scope=scope,
+                                return_stats=True)
+            shares = {level: float(stats[level]) for level in LEVELS[1:]}
+            results.setdefault(key, {})[spread] = shares
+            print(f"| {key} | {spread} | " + " | ".join(f"{100 * v:.1f} %" for v in shares.values()) + " |")
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,17 +241,17 @@ def _value_and_grad(loss_fn: Callable[[Tensor, Tensor, float], Tensor], views: T
     return loss.detach(), leaf.grad
 
 
-def bench_mode(mode: str, views: Tensor, labels: Tensor, tau: float, repeats: int, loop_repeats: int
-               ) -> dict[str, float]:
-    """Times (seconds) and agreement of ``hir_loss(mode)`` and of its loop on one batch."""
+def bench_mode(mode: str, views: Tensor, labels: Tensor, tau: float, repeats: int, loop_repeats: int,
+               max_scope: str = "batch") -> dict[str, float]:
+    """Times (seconds) and agreement of ``hir_loss(mode, max_scope)`` and of its loop on one batch."""
     device = views.device
 
     def vectorised(v: Tensor, y: Tensor, t: float) -> Tensor:
-        return hir_loss(v, y, tau=t, mode=mode)
+        return hir_loss(v, y, tau=t, mode=mode, max_scope=max_scope)
 
     result: dict[str, float] = {}
     value_grad = {}
-    for name, fn, n in (("vectorised", vectorised, repeats), ("loop", LOOPS[mode], loop_repeats)):
+    for name, fn, n in (("vectorised", vectorised, repeats), ("loop", loop_for(mode, max_scope), loop_repeats)):
         with torch.no_grad():
             result[f"{name}_forward_s"], _ = time_call(lambda: fn(views, labels, tau), n, device, name != "loop")
         result[f"{name}_backward_s"], value_grad[name] = time_call(
@@ -198,12 +270,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=250, help="specimens (two views each)")
     parser.add_argument("--dim", type=int, default=512, help="embedding dimension d")
-    parser.add_argument("--modes", nargs="+", choices=HIR_MODES, default=list(HIR_MODES))
+    parser.add_argument("--modes", nargs="+", choices=HIR_MODES, default=["paper", "hmce"])
+    parser.add_argument("--max-scopes", nargs="+", choices=HIR_MAX_SCOPES, default=["batch"],
+                        help="max scopes to time for paper / shared-denominator (hmce has none)")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of the vectorised loss")
     parser.add_argument("--loop-repeats", type=int, default=1, help="timed runs of the (slow) loop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clamp", action="store_true",
+                        help="print how often the clamp binds on hierarchical synthetic embeddings instead of timing")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.dim < 1 or args.repeats < 1 or args.loop_repeats < 1:
         parser.error("--batch-size, --dim, --repeats and --loop-repeats must be positive")
@@ -214,6 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         parser.error("--device cuda asked for, but torch sees no CUDA device")
 
     labels = bioscan_like_batch(args.batch_size, seed=args.seed).to(device)
+    if args.clamp:
+        print(f"HiR clamp, batch {args.batch_size} x 2 views, d={args.dim}: share of positive pairs raised by Eq. 6\n")
+        return clamp_table(labels.cpu(), args.dim)
     generator = torch.Generator().manual_seed(args.seed)
     views = F.normalize(torch.randn(args.batch_size, 2, args.dim, generator=generator), dim=-1).to(device)
 
@@ -226,11 +305,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     print("|---|---|---:|---:|")
     results = {}
     for mode in args.modes:
-        r = bench_mode(mode, views, labels, DEFAULT_TAU, args.repeats, args.loop_repeats)
-        results[mode] = r
-        for name in ("vectorised", "loop"):
-            print(f"| {mode} | {name} | {1e3 * r[f'{name}_forward_s']:.2f} | {1e3 * r[f'{name}_backward_s']:.2f} |")
-        print(f"| {mode} | speed-up | {r['speedup_forward']:.0f}x | {r['speedup_backward']:.0f}x |")
+        for scope in ["batch"] if mode == "hmce" else args.max_scopes:
+            key = mode if scope == "batch" else f"{mode}, max_scope={scope}"
+            r = bench_mode(mode, views, labels, DEFAULT_TAU, args.repeats, args.loop_repeats, scope)
+            results[key] = r
+            for name in ("vectorised", "loop"):
+                print(f"| {key} | {name} | {1e3 * r[f'{name}_forward_s']:.2f} | {1e3 * r[f'{name}_backward_s']:.2f} |")
+            print(f"| {key} | speed-up | {r['speedup_forward']:.0f}x | {r['speedup_backward']:.0f}x |")
     print("\n| mode | loss | max abs diff, loss | max abs diff, gradient |")
     print("|---|---:|---:|---:|")
     for mode, r in results.items():

@@ -51,6 +51,13 @@ SCENARIOS = [
         learnable_scale=False,
         seed=1,
     ),
+    Scenario(
+        "fused_anchor_anchor_max",
+        (5, 7),
+        LossConfig(objective="clibd-hir-fuse", hir_weight=0.5, hir_max_scope="anchor",
+                   fusion_direction="fused_anchor"),
+        seed=2,
+    ),
 ]
 
 

@@ -55,13 +55,20 @@ def test_gathered_loss_matches_single_process(rank_results: Path, scenario: ddp_
     global_cfg = dataclasses.replace(scenario.cfg, hir_weight=0.0)
     total, parts = compute_loss(outputs, text_ids, labels, global_cfg, ddp_worker.logit_scale(params, scenario))
     views = outputs["image_views"]
-    hir_per_rank = [hir_loss(views[s], labels[s], mode=scenario.cfg.hir_mode) for s in slices]
+    hir_stats = [hir_loss(views[s], labels[s], mode=scenario.cfg.hir_mode, max_scope=scenario.cfg.hir_max_scope,
+                          return_stats=True) for s in slices]
+    hir_per_rank = [hir for hir, _ in hir_stats]
     (total + scenario.cfg.hir_weight * torch.stack(hir_per_rank).mean()).backward()
 
-    assert set(parts) | {"hir"} == set(ranks[0]["parts"])
+    # the clamp shares describe each rank's own HiR batch (hmce clamps no pairs: none)
+    clamp_keys = {f"hir_clamped_{level}" for level in hir_stats[0][1] if level != "order"}
+    assert set(parts) | {"hir"} | clamp_keys == set(ranks[0]["parts"])
     for r, result in enumerate(ranks):
         for key, value in parts.items():
             _close(result["parts"][key], value, f"rank {r} part {key!r}")
+        for key in clamp_keys:
+            torch.testing.assert_close(result["parts"][key], hir_stats[r][1][key.removeprefix("hir_clamped_")],
+                                       equal_nan=True, msg=lambda m, r=r, key=key: f"rank {r} {key}: {m}")
         _close(result["parts"]["hir"], hir_per_rank[r].detach(), f"rank {r} local HiR")
         _close(result["total"], total.detach() + scenario.cfg.hir_weight * hir_per_rank[r].detach(), f"rank {r} total")
 

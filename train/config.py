@@ -3,14 +3,20 @@
 A config file mirrors the dataclass tree (``model``, ``loss``, ``data``, ``optim``, ``run``); every key is
 optional and falls back to the dataclass default. Overrides are ``section.key=value`` strings whose values are
 parsed as YAML, so ``optim.epochs=3``, ``loss.objective=clibd`` and ``data.images=null`` all work.
+Every value is checked against its field's type hint, whether it came from a file or an override, and a mismatch
+(``optim.epochs=three``) is an error naming the key; an override of a text field keeps its raw text
+(``run.out_dir=2024`` is the folder ``"2024"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -84,7 +90,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: model, loss, data, optim, run")
@@ -100,11 +106,88 @@ def _build_section(section_cls: type, values: dict[str, Any], name: str):
     unknown = set(values) - valid
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in section '{name}'; valid: {sorted(valid)}")
-    return section_cls(**values)
+    hints = typing.get_type_hints(section_cls)
+    return section_cls(**{key: _typed(value, hints[key], f"{name}.{key}") for key, value in values.items()})
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A command-line value: its YAML reading, and its raw text for a text field (``run.out_dir=2024``)."""
+
+    raw: str
+    parsed: Any
+
+
+_NO_MATCH = object()
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """``value`` converted to the field type ``hint`` (an int for a float field, ``"5e-5"`` for a float), or a
+    ``ValueError`` naming ``key``."""
+    candidates = [value.parsed, value.raw] if isinstance(value, _Override) else [value]
+    for candidate in candidates:
+        converted = _match(candidate, hint)
+        if converted is not _NO_MATCH:
+            return converted
+    shown = value.raw if isinstance(value, _Override) else value
+    raise ValueError(f"config key {key} must be {_describe(hint)}, got {shown!r}")
+
+
+def _match(value: Any, hint: Any) -> Any:
+    """``value`` as an instance of ``hint``, or ``_NO_MATCH``. Hints not listed here are not checked."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            converted = _match(value, option)
+            if converted is not _NO_MATCH:
+                return converted
+        return _NO_MATCH
+    if hint is type(None):
+        return None if value is None else _NO_MATCH
+    if hint is bool:
+        return value if isinstance(value, bool) else _NO_MATCH
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as text
+            try:
+                return float(value)
+            except ValueError:
+                return _NO_MATCH
+        return _NO_MATCH
+    if hint is str:
+        return value if isinstance(value, str) else _NO_MATCH
+    if origin is not None and isinstance(origin, type):  # dict[str, Any], list[int], tuple[...]
+        return value if isinstance(value, origin) or (origin is tuple and isinstance(value, list)) else _NO_MATCH
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if hint is float:
+        return "a number"
+    if hint is int:
+        return "an integer"
+    if hint is bool:
+        return "true or false"
+    if hint is str:
+        return "text"
+    return getattr(hint, "__name__", str(hint))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict, in place."""
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict, in place.
+
+    A ``section.key`` value is stored with its raw text (:class:`_Override`) until :meth:`TrainConfig.from_dict`
+    checks it against the field's type.
+    """
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form section.key=value")
@@ -115,7 +198,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         node = data
         for part in parents:
             node = node.setdefault(part, {})
-        node[key] = _parse_value(raw)
+        # A section field keeps its raw text too (checked against the field's type when the config is built);
+        # a value inside a free-form mapping (model.clip_overrides.x=...) is its YAML reading.
+        node[key] = _Override(raw, _parse_value(raw)) if len(parents) == 1 else _parse_value(raw)
     return data
 
 

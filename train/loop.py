@@ -45,7 +45,7 @@ from train.data import (
     train_transform,
 )
 from train.embed import embed_texts
-from train.losses import compute_loss
+from train.losses import compute_loss, loggable_parts
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -229,7 +229,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                     bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{rate:.0f}")
                     if metrics is not None and (step % cfg.run.log_every == 0 or step == 1):
                         record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                  "loss": loss.item(), **{k: float(v) for k, v in parts.items()},
+                                  "loss": loss.item(), **loggable_parts(parts),
                                   "samples_per_s": rate, "data_s": data_time, "step_s": step_time}
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()

@@ -36,7 +36,10 @@ def _points(n: int, d: int, seed: int, scale: float = 1.0, dtype: torch.dtype = 
 
 def _minkowski_distance(x: np.ndarray, y: np.ndarray, c: float) -> np.ndarray:
     """d(x_i, y_j) on the hyperboloid <X,X> = -1/c with X = (x_t, x), straight from the definition."""
-    lift = lambda p: np.concatenate([np.sqrt(1.0 / c + (p**2).sum(1, keepdims=True)), p], axis=1)  # noqa: E731
+
+    def lift(p: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.sqrt(1.0 / c + (p**2).sum(1, keepdims=True)), p], axis=1)
+
     metric = np.diag([-1.0] + [1.0] * x.shape[1])
     X, Y = lift(x), lift(y)
     assert np.allclose((X @ metric * X).sum(1), -1.0 / c)  # the lift is on the hyperboloid

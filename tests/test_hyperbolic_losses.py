@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from hirviz.lorentz import LorentzProjector, exp_map0
 from hirviz.taxonomy import Taxonomy
@@ -329,3 +335,87 @@ def test_bad_input_gets_clear_messages() -> None:
         HyperbolicLossConfig(reduction="mean3")
     with pytest.raises(ValueError, match="at least two"):
         hyperbolic_objective({"image": out["image"]}, IDS_T, LABELS_T, HyperbolicLossConfig(entailment="none"), C)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DDP: 2 gloo ranks on CPU (this file is also the rank script: see the bottom)
+# ----------------------------------------------------------------------------------------------------------------
+
+DDP_SIZES = (5, 4)  # unequal local batches over the 9 specimens
+DDP_CFG = HyperbolicLossConfig(entailment="sel", entail_weight=0.5, min_radius=K)
+
+
+def _ddp_batch() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The global batch (space parts as leaves) and the shared curvature / scale parameters, same on every rank."""
+    leaves = {k: v.clone().requires_grad_() for k, v in _embeddings(seed=5).items()}
+    params = {
+        "log_c": torch.tensor(math.log(C), dtype=torch.float64, requires_grad=True),
+        "log_scale": torch.tensor(math.log(SCALE), dtype=torch.float64, requires_grad=True),
+    }
+    return leaves, params
+
+
+def _ddp_rank_main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    start = sum(DDP_SIZES[:rank])
+    local = slice(start, start + DDP_SIZES[rank])
+    leaves, params = _ddp_batch()
+    outputs = {k: v[local] for k, v in leaves.items()}
+    total, parts = hyperbolic_objective(
+        outputs, IDS_T[local], LABELS_T[local], DDP_CFG, params["log_c"].exp(), params["log_scale"].exp()
+    )
+    total.backward()
+    result = {
+        "total": total.detach(),
+        "parts": parts,
+        "leaf_grads": {k: v.grad[local] for k, v in leaves.items()},
+        "param_grads": {k: v.grad for k, v in params.items()},
+    }
+    torch.save(result, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_contrastive_and_local_cones_under_ddp(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), __file__, str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, check=False, cwd=root, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"distributed workers failed:\n{proc.stdout}\n{proc.stderr}"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    # One process: the contrastive terms over the whole batch, the cones per rank's slice (averaged by DDP).
+    leaves, params = _ddp_batch()
+    c, scale = params["log_c"].exp(), params["log_scale"].exp()
+    slices = [slice(sum(DDP_SIZES[:r]), sum(DDP_SIZES[: r + 1])) for r in range(2)]
+    none = HyperbolicLossConfig(entailment="none")
+    modal = {k: leaves[k] for k in ("image", "dna", "text")}
+    clip, clip_parts = hyperbolic_objective(modal, IDS_T, LABELS_T, none, c, scale)
+    local_entail, cones = [], []
+    for s in slices:
+        local = {k: v[s] for k, v in leaves.items()}
+        total_s, parts_s = hyperbolic_objective(local, IDS_T[s], LABELS_T[s], DDP_CFG, c, scale)
+        clip_s, _ = hyperbolic_objective(local, IDS_T[s], LABELS_T[s], none, c, scale)
+        local_entail.append(parts_s["entail"])
+        cones.append(total_s - clip_s)  # 0.5 * this rank's entailment, attached to the graph
+    (clip + torch.stack(cones).mean()).backward()
+
+    def close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-11, msg=lambda m: f"{what}: {m}")
+
+    for r, result in enumerate(ranks):
+        for key in ("image_dna", "image_text", "dna_text", "clip"):
+            close(result["parts"][key], clip_parts[key], f"rank {r} {key}")
+        close(result["parts"]["entail"], local_entail[r], f"rank {r} local entailment")
+        close(result["total"], clip.detach() + 0.5 * local_entail[r], f"rank {r} total")
+    for key, param in params.items():
+        close(torch.stack([result["param_grads"][key] for result in ranks]).mean(0), param.grad, f"grad {key}")
+    for key, leaf in leaves.items():
+        for r, result in enumerate(ranks):
+            close(result["leaf_grads"][key] / 2, leaf.grad[slices[r]], f"rank {r} grad of {key}")
+
+
+if __name__ == "__main__":  # one rank of test_gathered_contrastive_and_local_cones_under_ddp
+    _ddp_rank_main(sys.argv[1])

@@ -222,7 +222,7 @@ def tangent_mean(x: Tensor, c: Curvature = 1.0, dim: int = 0, weights: Tensor | 
         if weights is None:
             mean = v.mean(dim)
         else:
-            w = _upcast(torch.as_tensor(weights, device=x.device)).to(v.dtype)[..., None].expand_as(v)
+            w = torch.as_tensor(weights, dtype=v.dtype, device=v.device)[..., None].expand_as(v)
             mean = (w * v).sum(dim) / w.sum(dim)
         return exp_map0(mean, c)
 

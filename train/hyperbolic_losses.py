@@ -260,7 +260,7 @@ def sel_intra_loss(
 
     Args:
         rank_text: [B, 4, d] space parts of each specimen's per-rank prompts (:func:`rank_prompts`); rows of
-            unknown ranks may hold anything (they are masked out).
+            unknown ranks may hold any finite values (they are masked out).
         labels: long [B, 4], -1 unknown. edges: bool [B, 3] (default :func:`rank_edges`).
         negatives: add, per edge, the mean over pairs (i, j) whose parent-rank labels are known and differ of
             ``max(0, aper(T_l(i)) - ext(T_l(i), T_{l+1}(j)))``.

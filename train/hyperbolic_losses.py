@@ -348,7 +348,9 @@ def _contrastive_terms(
     layout = _layout(first.shape[0], first.device, gather)
     ids_global = None if ids is None else _gather_ids(ids, layout)
     needed = {m for _, a, b in pairs for m in (a, b)}
-    global_features = {m: _gather_features(features[m], layout) for m in needed}
+    # Collectives must run in the same order on every rank: iterate the dict, never the set (string hashes, and
+    # so set order, differ between processes).
+    global_features = {m: _gather_features(features[m], layout) for m in features if m in needed}
     shares = {
         name: _symmetric_share(
             features[a], features[b], global_features[a], global_features[b], ids, ids_global, scale, c,

@@ -1,4 +1,4 @@
-"""train.hyperbolic_losses against brute-force loops in float64 written from METHOD.md sections 1 and 9."""
+"""train.losses.hyperbolic against brute-force loops in float64 written from METHOD.md sections 1 and 9."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from hirviz.lorentz import LorentzProjector, exp_map0
 from hirviz.taxonomy import Taxonomy
-from train.hyperbolic_losses import (
+from train.losses.hyperbolic import (
     ENTAILMENT_VARIANTS,
     HyperbolicLossConfig,
     entailment_loss,

@@ -7,6 +7,8 @@ The specification is ``docs/METHOD.md`` sections 1-4. Public API (import from ``
 * :func:`directed_contrastive_loss` -- one direction ``L(anchors -> candidates)``.
 * :func:`fusion_loss` -- the fusion term of CLIBD-HiR-Fuse (``fusion.py``).
 * :func:`hir_loss` -- Hierarchical Information Regularization (``hir.py``).
+* :mod:`train.losses.hyperbolic` -- the Lorentz variant (METHOD.md section 9): geodesic contrastive and
+  entailment-cone losses (import from that module).
 * :class:`LossConfig` and :func:`compute_loss` -- the three objectives (``objective.py``); :func:`loggable_parts`
   turns the logged terms into floats for ``metrics.jsonl``.
 """

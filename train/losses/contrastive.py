@@ -173,6 +173,22 @@ def _check_ids(name: str, ids: object, batch: int) -> Tensor:
     return ids
 
 
+def _row_loss_sum(logits: Tensor, anchor_ids: Tensor | None, candidate_ids: Tensor | None, offset: int) -> Tensor:
+    """Sum over anchor rows of ``-mean_{p in P(i)} log softmax_j(logits_i)_p`` (METHOD.md section 1 targets).
+
+    Anchor row i is candidate ``offset + i``. With ids, the positives of an anchor are all candidates with the
+    same id (itself included); without ids, only itself. Shared by the Euclidean (dot-product logits) and the
+    hyperbolic (negative geodesic distance logits) losses.
+    """
+    log_prob = F.log_softmax(logits, dim=1)
+    if anchor_ids is None or candidate_ids is None:
+        own = torch.arange(logits.shape[0], device=logits.device) + offset
+        return -log_prob.gather(1, own[:, None]).sum()
+    positive = anchor_ids[:, None] == candidate_ids[None, :]
+    per_row = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)
+    return -per_row.sum()
+
+
 def _directed_row_loss_sum(
     anchors: Tensor,
     candidates: Tensor,
@@ -183,17 +199,9 @@ def _directed_row_loss_sum(
 ) -> Tensor:
     """Sum over the (local) anchor rows of ``-mean_{p in P(i)} log softmax_j(s * a_i . c_j)_p``.
 
-    ``candidates`` is the global batch and anchor row i is global row ``offset + i``. With ids, the positives
-    of an anchor are all candidates with the same id (itself included); without ids, only itself.
+    ``candidates`` is the global batch and anchor row i is global row ``offset + i``.
     """
-    logits = logit_scale * anchors @ candidates.T
-    log_prob = F.log_softmax(logits, dim=1)
-    if anchor_ids is None or candidate_ids is None:
-        own = torch.arange(anchors.shape[0], device=anchors.device) + offset
-        return -log_prob.gather(1, own[:, None]).sum()
-    positive = anchor_ids[:, None] == candidate_ids[None, :]
-    per_row = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)
-    return -per_row.sum()
+    return _row_loss_sum(logit_scale * anchors @ candidates.T, anchor_ids, candidate_ids, offset)
 
 
 def _pair_shares(

@@ -38,7 +38,7 @@ from hirviz.lorentz import (
     pairwise_exterior_angle,
 )
 from hirviz.taxonomy import LEVELS, Taxonomy, clean_lineage
-from train.losses import (
+from train.losses.contrastive import (
     DEFAULT_TAU,
     _as_logit_scale,
     _check_features,
@@ -47,6 +47,7 @@ from train.losses import (
     _gather_ids,
     _globalise,
     _layout,
+    _row_loss_sum,
 )
 
 __all__ = [
@@ -80,21 +81,6 @@ Curvature = Tensor | float
 # --------------------------------------------------------------------------------------------------------------
 # Contrastive alignment with geodesic logits
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _row_loss_sum(logits: Tensor, anchor_ids: Tensor | None, candidate_ids: Tensor | None, offset: int) -> Tensor:
-    """Sum over anchor rows of ``-mean_{p in P(i)} log softmax_j(logits_i)_p`` (METHOD.md section 1 targets).
-
-    Anchor row i is candidate ``offset + i``; with ids the positives are all candidates sharing the anchor's id.
-    This repeats the tail of ``train.losses._directed_row_loss_sum``, which builds its logits from a dot product
-    internally and so cannot take geodesic ones.
-    """
-    log_prob = F.log_softmax(logits, dim=1)
-    if anchor_ids is None or candidate_ids is None:
-        own = torch.arange(logits.shape[0], device=logits.device) + offset
-        return -log_prob.gather(1, own[:, None]).sum()
-    positive = anchor_ids[:, None] == candidate_ids[None, :]
-    return -(torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)).sum()
 
 
 def _symmetric_share(

@@ -53,16 +53,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 import hirviz
 from hirviz.degrade import DnaNoise
 from hirviz.model import HirvizModel, average_fusion
 from hirviz.taxonomy import LEVELS
-from train.config import TrainConfig
-from train.data import ImageStore, open_images, read_metadata, specimen_ids
+from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
-from train.loop import load_training_split, split_ids
+from train.rundir import SUBSETS, select_rows, split_settings
 
 if TYPE_CHECKING:
     from hirviz.bundle import Bundle, Reference
@@ -79,7 +77,6 @@ RETRIEVAL_KS: tuple[int, ...] = (1, 3, 5)
 DEFAULT_BLUR_KERNEL = 5
 SWEEP_DNA_SCALES: tuple[float, ...] = (0, 0.5, 1, 2, 4, 8)
 SWEEP_BLUR_KERNELS: tuple[int, ...] = (1, 3, 5, 7, 9, 11)
-SUBSETS = ("test", "train", "all")
 SEEN_DEFINITION = ("seen: the query's species is known and is the species of at least one key of the searched "
                    "space; unseen: every other query (species absent from the keys, or unknown species, which "
                    "then counts only at the levels it is labelled at); all: every query")
@@ -606,86 +603,7 @@ def evaluate_bundle(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Choosing the evaluated rows
-
-
-def select_rows(
-    metadata: str | os.PathLike, split: str | os.PathLike | None = None, subset: str | None = None,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The rows to evaluate and a description of them.
-
-    With ``split`` (a run directory or its ``split.npz``) the split's ``subset`` rows (default ``test``) are
-    chosen. Split indices refer to the metadata after the run's ``max_specimens`` subsetting, so when the run's
-    ``config.yaml`` is beside the split, the run's own loader rebuilds that frame and the split must come out
-    identical; either way the sample ids saved with the split must match, and train and test must be disjoint.
-    Any mismatch is an error: a wrong frame would quietly mix training rows into the test set.
-    """
-    if subset is not None and subset not in SUBSETS:
-        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
-    if split is None:
-        if subset not in (None, "all"):
-            raise ValueError(f"--subset {subset} needs --split RUN_DIR (or RUN_DIR/split.npz) to know the rows")
-        frame = read_metadata(metadata).reset_index(drop=True)
-        return frame, {"metadata": str(metadata), "format": frame.attrs.get("format"), "subset": "all",
-                       "split": None}
-    subset = subset or "test"
-    split = Path(split)
-    npz = split / "split.npz" if split.is_dir() else split
-    if not npz.is_file():
-        raise FileNotFoundError(f"no split file at {npz} (expected a run directory or its split.npz)")
-    train_idx, test_idx, saved_ids = _read_split(npz)
-    if np.intersect1d(train_idx, test_idx).size:
-        raise ValueError(f"{npz}: train and test rows overlap")
-
-    config = npz.parent / "config.yaml"
-    run_config = None
-    if config.is_file():
-        with open(config, encoding="utf-8") as fh:
-            run_config = TrainConfig.from_dict(yaml.safe_load(fh) or {})
-        run_config.data.metadata = str(metadata)
-        frame, train_again, test_again = load_training_split(run_config)
-        if not (np.array_equal(train_again, train_idx) and np.array_equal(test_again, test_idx)):
-            raise ValueError(f"the split in {npz} does not come out of {metadata} with the run's settings "
-                             f"(max_specimens={run_config.data.max_specimens}, "
-                             f"split_seed={run_config.data.split_seed}): is it the metadata the run trained on?")
-    else:
-        frame = read_metadata(metadata).reset_index(drop=True)
-    n_split = len(saved_ids) if saved_ids is not None else int(max(train_idx.max(initial=-1),
-                                                                   test_idx.max(initial=-1))) + 1
-    if len(frame) != n_split:
-        raise ValueError(f"{metadata} has {len(frame)} specimens but the split in {npz} was made on {n_split}; "
-                         "pass the run directory (its config.yaml says how the run subset the metadata)")
-    if saved_ids is not None and not np.array_equal(split_ids(frame), saved_ids):
-        raise ValueError(f"the sample ids of {metadata} differ from those saved with {npz}: a different file or order")
-    rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[subset]
-    info = {"metadata": str(metadata), "format": frame.attrs.get("format"), "subset": subset, "split": str(npz),
-            "split_rows": {"train": int(len(train_idx)), "test": int(len(test_idx))}}
-    if run_config is not None:
-        info["split_settings"] = _split_settings(run_config.to_dict())
-    return frame.iloc[rows].reset_index(drop=True), info
-
-
-def _read_split(npz: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(train, test, sample ids or None)`` of a ``split.npz``."""
-    with np.load(npz, allow_pickle=False) as saved:
-        missing = {"train", "test"} - set(saved.files)
-        if missing:
-            raise ValueError(f"{npz} lacks the arrays {sorted(missing)}")
-        train_idx, test_idx = saved["train"].astype(np.int64), saved["test"].astype(np.int64)
-        if "sampleid" not in saved.files:
-            return train_idx, test_idx, None
-        try:
-            return train_idx, test_idx, saved["sampleid"].astype(str)
-        except ValueError:
-            pass
-    # The trainer stores the ids as an object array, which numpy pickles; the file is a run's own output.
-    with np.load(npz, allow_pickle=True) as saved:
-        return train_idx, test_idx, saved["sampleid"].astype(str)
-
-
-def _split_settings(training: Mapping[str, Any]) -> dict[str, Any]:
-    data = training.get("data") or {}
-    return {k: data.get(k) for k in ("test_fraction", "split_seed", "max_specimens")}
+# Refusing to score a bundle on its own training rows
 
 
 def _check_against_bundle(bundle: Bundle, metadata: str | os.PathLike, info: dict[str, Any],
@@ -697,9 +615,9 @@ def _check_against_bundle(bundle: Bundle, metadata: str | os.PathLike, info: dic
     if info["split"] is None and same_file and not subset_given:
         raise SystemExit(f"{metadata} is the metadata bundle {bundle.name} was trained on: pass --split RUN_DIR "
                          "--subset test to evaluate its held-out rows, or --subset all to include the training rows")
-    if same_file and "split_settings" in info and info["split_settings"] != _split_settings(bundle.training):
+    if same_file and "split_settings" in info and info["split_settings"] != split_settings(bundle.training):
         raise SystemExit(f"the split's settings {info['split_settings']} differ from those bundle {bundle.name} "
-                         f"was trained with {_split_settings(bundle.training)}: its test rows may be training rows")
+                         f"was trained with {split_settings(bundle.training)}: its test rows may be training rows")
     if info["subset"] in ("all", "train") and same_file:
         logger.warning("evaluating on %s rows of the bundle's own training metadata", info["subset"])
 

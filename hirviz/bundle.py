@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS, UNKNOWN_ID, Taxonomy
 
 if TYPE_CHECKING:  # heavy imports (torch, open_clip) only when the model is needed
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SPACES: tuple[str, ...] = ("image", "dna", "avg", "fused")
+SPACES: tuple[str, ...] = QUERIES  # the reference bank has one embedding space per query
 LAYOUT_SPACES: tuple[str, ...] = ("image", "dna", "fused")
 
 CONFIG_FILE = "config.json"

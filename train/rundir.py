@@ -8,7 +8,6 @@ held out on: :func:`check_split` is the one place that verifies it, and :func:`s
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import yaml
 from train.config import TrainConfig
 from train.data import closed_set_split, read_metadata
 
-logger = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 TAXONOMY = "taxonomy.json"

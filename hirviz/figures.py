@@ -13,6 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "gate_figure",
 ]
 
-QUERIES: tuple[str, ...] = ("image", "dna", "avg", "fused")
 QUERY_LABELS: dict[str, str] = {
     "image": "Image only",
     "dna": "DNA only",

@@ -23,11 +23,12 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
+from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
 
-SPACES: tuple[str, ...] = ("image", "dna", "avg", "fused")
+SPACES: tuple[str, ...] = QUERIES
 # Cosine distance under which a query counts as equal to a reference point (float32 round-off is ~1e-7).
 _SAME_POINT = 1e-5
 

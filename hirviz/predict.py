@@ -32,9 +32,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hirviz.barcode import BarcodeError, parse_barcode
+from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise, Edit, box_blur, degrade_barcode_with_edits
 from hirviz.geometry import ReferenceMap
-from hirviz.model import average_fusion
+from hirviz.queries import QUERIES, compose_queries
 from hirviz.taxonomy import LEVELS
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "load_image",
 ]
 
-QUERIES: tuple[str, ...] = ("image", "dna", "avg", "fused")
 # Larger photos are refused: decoding one costs hundreds of MB and the model sees a few hundred pixels anyway.
 MAX_IMAGE_PIXELS = 40_000_000
 # The model's input image is shown enlarged to this width/height (nearest neighbour: its real pixels stay visible).
@@ -199,67 +199,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
-
-
-class CandidateSet:
-    """The candidate taxonomy strings of a bundle, indexed per level for aggregating probabilities.
-
-    ``candidate_ranks[c]`` holds candidate c's (order, family, genus, species) names, ``None`` (or ``""``)
-    where unknown. ``names[level]`` lists the distinct names at a level (sorted), ``codes[level][c]`` is the
-    index of candidate c's name in it or -1, and ``lineage(level, name)`` the ranks above a name.
-    """
-
-    def __init__(self, candidates: Sequence[str], candidate_ranks: Sequence[Sequence[str | None]]) -> None:
-        if len(candidates) != len(candidate_ranks):
-            raise ValueError(f"{len(candidates)} candidates but {len(candidate_ranks)} candidate_ranks")
-        self.candidates = list(candidates)
-        ranks = [[(r or None) for r in row] for row in candidate_ranks]
-        if any(len(row) != len(LEVELS) for row in ranks):
-            raise ValueError(f"every candidate needs {len(LEVELS)} ranks ({', '.join(LEVELS)})")
-        self.names: dict[str, list[str]] = {}
-        self.codes: dict[str, np.ndarray] = {}
-        for depth, level in enumerate(LEVELS):
-            column = [row[depth] for row in ranks]
-            self.names[level] = sorted({n for n in column if n is not None})
-            lookup = {n: i for i, n in enumerate(self.names[level])}
-            self.codes[level] = np.array([lookup.get(n, -1) if n else -1 for n in column], dtype=np.int64)
-        # A name's ancestors: the first known value among the candidates carrying it (one candidate may be
-        # identified to genus without its family, another with it).
-        self._lineage: dict[str, dict[str, list[str | None]]] = {level: {} for level in LEVELS}
-        for row in ranks:
-            for depth, level in enumerate(LEVELS):
-                if row[depth] is None:
-                    continue
-                known = self._lineage[level].setdefault(row[depth], [None] * depth)
-                for above in range(depth):
-                    if known[above] is None:
-                        known[above] = row[above]
-
-    def __len__(self) -> int:
-        return len(self.candidates)
-
-    def lineage(self, level: str, name: str) -> dict[str, str | None]:
-        """``{level: name}`` from order down to ``level`` for a name at ``level`` (``None`` where unknown)."""
-        above = self._lineage[level].get(name, [None] * LEVELS.index(level))
-        return {**dict(zip(LEVELS, above)), level: name}
-
-    def aggregate(self, probs: np.ndarray, top_k: int) -> tuple[dict[str, list[tuple[str, float]]], dict[str, float]]:
-        """Per level, the ``top_k`` names by summed candidate probability, and the unassigned mass.
-
-        ``probs`` is ``[C]`` (one query). Ties are broken by name, so the output is deterministic.
-        """
-        probs = np.asarray(probs, dtype=np.float64)
-        if probs.shape != (len(self),):
-            raise ValueError(f"expected probabilities [{len(self)}], got shape {probs.shape}")
-        levels, unassigned = {}, {}
-        for level in LEVELS:
-            codes = self.codes[level]
-            known = codes >= 0
-            scores = np.bincount(codes[known], weights=probs[known], minlength=len(self.names[level]))
-            order = np.argsort(-scores, kind="stable")[:top_k]  # names are sorted: stable = ties by name
-            levels[level] = [(self.names[level][i], float(scores[i])) for i in order]
-            unassigned[level] = float(probs[~known].sum())
-        return levels, unassigned
 
 
 def softmax_scores(z: np.ndarray, text_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
@@ -516,10 +455,9 @@ class Predictor:
                                           tokens["attention_mask"].to(self.device)).float()
             vectors["dna"] = z_dna.cpu().numpy()
         if z_img is not None and z_dna is not None:
-            vectors["avg"] = average_fusion(z_img, z_dna).cpu().numpy()
-            fused, gate = self.model.fuse(z_img, z_dna)
-            vectors["fused"] = fused.float().cpu().numpy()
-            out.gate = gate.float().cpu().numpy()
+            combined = compose_queries(self.model, z_img, z_dna)
+            vectors["avg"], vectors["fused"] = combined["avg"].cpu().numpy(), combined["fused"].cpu().numpy()
+            out.gate = combined["gate"].cpu().numpy()
         return out
 
     # -- prediction --------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def test_a_candidate_without_a_rank_never_matches_a_known_truth():
 def test_top_k_agrees_with_a_full_sort_across_chunks(monkeypatch):
     rng = np.random.default_rng(0)
     queries, keys = rng.normal(size=(37, 8)).astype(np.float32), rng.normal(size=(23, 8)).astype(np.float32)
-    monkeypatch.setattr(ev, "_SCORE_BUDGET", 23 * 5)  # 5 rows per chunk
+    monkeypatch.setattr(ev.metrics, "_SCORE_BUDGET", 23 * 5)  # 5 rows per chunk
     expected = np.argsort(-(queries @ keys.T), axis=1)
     assert np.array_equal(ev.top_k(queries, keys, 5), expected[:, :5])
     assert np.array_equal(ev.top_k(queries, keys, 50), expected)  # k beyond the number of keys
@@ -186,7 +186,7 @@ def test_seen_unseen_split():
     keys = np.eye(3, dtype=np.float32)
     key_ranks = np.array([("O", "F", "G", "S1"), ("O", "F", "G", "S1"), ("O", "F", "G", None)], dtype=object)
     q_ranks = np.array([("O", "F", "G", "S1"), ("O", "F", "G", "S2"), ("O", "F", "G", None)], dtype=object)
-    codes = [ev._factorize(q_ranks[:, j], key_ranks[:, j]) for j in range(4)]
+    codes = [ev.metrics._factorize(q_ranks[:, j], key_ranks[:, j]) for j in range(4)]
     q_codes, k_codes = (np.stack([c[i] for c in codes], axis=1) for i in (0, 1))
     got = ev.retrieval_scores(keys[[2, 2, 2]], q_codes, keys, k_codes)
     assert got["seen"]["n"] == 1  # S1 is among the keys

@@ -17,7 +17,8 @@ from train import export
 from train.config import load_config
 from train.data import open_images
 from train.embed import Degradation, embed_frame
-from train.loop import fit, load_training_split
+from train.loop import fit
+from train.rundir import load_training_split
 from train.synthetic import SynthConfig, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -167,7 +167,7 @@ def test_frozen_text_tower_is_cached_and_stays_fixed(synth, tmp_path):
 def test_fit_export_flag_trains_and_writes_a_bundle_in_one_command(synth, tmp_path):
     import argparse
 
-    from train.loop import add_arguments, run
+    from train.__main__ import add_fit_arguments as add_arguments, run_fit as run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

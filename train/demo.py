@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
-import numpy as np
 from PIL import Image
 
 from train.study import run_step
@@ -64,9 +63,10 @@ def write_examples(work: Path, run_dir: Path, out: Path, per_order: int = 2) -> 
     import pandas as pd
 
     from train.data import read_metadata
+    from train.rundir import read_split
 
     frame = read_metadata(work / "synth" / "metadata.tsv")
-    test = frame.iloc[np.load(run_dir / "split.npz")["test"]]
+    test = frame.iloc[read_split(run_dir).test]
     known = test[test["species"].notna() & test["barcode"].notna()]
     picked = known.groupby("order", sort=True).head(per_order)
     examples = out / "examples"

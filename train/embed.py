@@ -16,8 +16,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise, box_blur, degrade_barcode
-from hirviz.model import HirvizModel, average_fusion
+from hirviz.model import HirvizModel
+from hirviz.queries import QUERIES, compose_queries
+from hirviz.taxonomy import LEVELS
 from train.data import ImageStore
 
 
@@ -80,7 +83,7 @@ def embed_frame(
     dataset = _QueryDataset(frame, images, model.image_transform(train=False), degradation)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     n, d = len(frame), model.embed_dim
-    out = {key: np.zeros((n, d), dtype=np.float32) for key in ("image", "dna", "avg", "fused", "gate")}
+    out = {key: np.zeros((n, d), dtype=np.float32) for key in (*QUERIES, "gate")}
     has_image = np.zeros(n, dtype=bool)
     has_dna = np.zeros(n, dtype=bool)
     for items in loader:
@@ -105,10 +108,8 @@ def embed_frame(
         if len(both):
             zi = torch.from_numpy(out["image"][both]).to(device)
             zd = torch.from_numpy(out["dna"][both]).to(device)
-            fused, gate = model.fuse(zi, zd)
-            out["avg"][both] = average_fusion(zi, zd).cpu().numpy()
-            out["fused"][both] = fused.float().cpu().numpy()
-            out["gate"][both] = gate.float().cpu().numpy()
+            for key, value in compose_queries(model, zi, zd).items():
+                out[key][both] = value.cpu().numpy()
     out["has_image"], out["has_dna"] = has_image, has_dna
     if images is None:
         for key in ("image", "avg", "fused", "gate"):
@@ -127,3 +128,15 @@ def embed_texts(model: HirvizModel, texts: list[str], batch_size: int = 256,
     chunks = [model.encode_text(model.tokenize_text(texts[i:i + batch_size]).to(device)).float().cpu()
               for i in range(0, len(texts), batch_size)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
+
+
+def frame_candidates(model: HirvizModel, frame: pd.DataFrame, batch_size: int = 256,
+                     device: str | torch.device = "cpu") -> CandidateSet:
+    """A frame's distinct non-empty taxonomy strings (in order of appearance) as candidates, encoded by ``model``'s
+    text tower (``source="dataset"``)."""
+    first = frame[frame["taxonomy"].fillna("") != ""].drop_duplicates("taxonomy")
+    texts = first["taxonomy"].tolist()
+    names = first[list(LEVELS)].astype(object)
+    ranks = list(names.where(names.notna(), None).itertuples(index=False, name=None))
+    return CandidateSet(texts, ranks, embed_texts(model, texts, batch_size=batch_size, device=device),
+                        source="dataset")

@@ -1,8 +1,8 @@
 """Export a training run as a model bundle: ``python -m train export --run RUN_DIR --out BUNDLE_DIR``.
 
 The run directory (``python -m train fit``) gives the config, the weights and the split; the metadata is re-read
-and re-split exactly as the run did (:func:`train.loop.load_training_split`), and the split must come out the
-same as the one the run saved. The bundle then holds (see :mod:`hirviz.bundle`):
+and re-split exactly as the run did (:func:`train.rundir.load_training_split`), and the split must come out the
+same as the one the run saved (:func:`train.rundir.check_split`). The bundle then holds (see :mod:`hirviz.bundle`):
 
 * the candidates: the distinct taxonomy strings of the training split, with their ranks and text embeddings;
 * the reference bank: a seeded subsample of the training split (at most ``--max-reference`` specimens, every
@@ -38,7 +38,7 @@ from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
-from train.loop import CHECKPOINT, load_training_split, split_ids
+from train.rundir import CHECKPOINT, CONFIG, SPLIT, TAXONOMY, check_split, load_training_split, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ _OBJECTIVES = {
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, HirvizModel, dict]:
     """The run's config, its model with the checkpoint's weights (eval mode), and the checkpoint's counters."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", CHECKPOINT, "taxonomy.json"):
+    for name in (CONFIG, CHECKPOINT, TAXONOMY):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished run directory: no {name}")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / CONFIG)
     # The checkpoint holds optimizer and RNG state besides the weights; it is the run's own output.
     ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
     model = build_model(cfg.model)
@@ -69,22 +69,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
     model.to(device).eval()
     counters = {k: ckpt[k] for k in ("step", "epoch") if k in ckpt}
     return cfg, model, counters
-
-
-def check_split(run_dir: Path, frame: pd.DataFrame, train_idx: np.ndarray, test_idx: np.ndarray) -> None:
-    """Refuse to export when re-splitting the metadata does not give the split the run trained on."""
-    npz = run_dir / "split.npz"
-    if not npz.is_file():
-        logger.warning("%s has no split.npz: cannot check that the metadata is the one the run used", run_dir)
-        return
-    # The trainer saves sample ids as an object array (pickled by numpy); the file is the run's own output.
-    with np.load(npz, allow_pickle=True) as saved:
-        same = np.array_equal(saved["train"], train_idx) and np.array_equal(saved["test"], test_idx)
-        if same and "sampleid" in saved.files:
-            same = np.array_equal(saved["sampleid"].astype(str), split_ids(frame))
-    if not same:
-        raise ValueError(f"re-reading the metadata does not give the split saved in {npz}: the metadata file "
-                         "changed since training, or --metadata names another file")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,8 +306,11 @@ def export(
     if images is not None:
         cfg.data.images = images
     frame, train_idx, test_idx = load_training_split(cfg)
-    check_split(run_dir, frame, train_idx, test_idx)
-    taxonomy = Taxonomy.load(str(run_dir / "taxonomy.json"))
+    if (run_dir / SPLIT).is_file():
+        check_split(read_split(run_dir), frame, cfg.data.metadata, (train_idx, test_idx), cfg)
+    else:
+        logger.warning("%s has no %s: cannot check that the metadata is the one the run used", run_dir, SPLIT)
+    taxonomy = Taxonomy.load(str(run_dir / TAXONOMY))
     store = open_images(cfg.data.images) if cfg.data.images else None
     train = frame.iloc[train_idx].reset_index(drop=True)
 

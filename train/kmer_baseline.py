@@ -27,7 +27,8 @@ import pandas as pd
 from hirviz.degrade import DnaNoise, degrade_barcodes
 from hirviz.taxonomy import LEVELS
 from train.data import read_metadata
-from train.evaluate import EVAL_LEVELS, SWEEP_DNA_SCALES, TOP_KS, label_codes, ranked_scores, select_rows
+from train.evaluate import EVAL_LEVELS, SWEEP_DNA_SCALES, TOP_KS, label_codes, ranked_scores
+from train.rundir import select_rows
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
 multi-node is torchrun's job (``--nnodes``, ``--rdzv-endpoint``). The recipe is the paper's (METHOD.md
 section 6): AdamW + OneCycle, bf16 autocast on GPU, optional gradient accumulation.
 
-A run directory holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/test indices into the
-metadata), ``metrics.jsonl`` and ``checkpoint.pt``. Checkpoints are written atomically every
+A run directory (:mod:`train.rundir`) holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/test indices
+into the metadata), ``metrics.jsonl`` and ``checkpoint.pt``. Checkpoints are written atomically every
 ``run.checkpoint_every`` optimizer steps and at each epoch end; ``--resume`` continues from the last one
 with the same model, optimizer, scheduler, sampler and RNG state, so a killed run that resumes ends with
 the same weights as one that never stopped.
@@ -35,25 +35,17 @@ from tqdm import tqdm
 from hirviz.model import HirvizModel, build_model
 from train import distributed
 from train.config import TrainConfig, load_config
-from train.data import (
-    HierarchicalBatchSampler,
-    SpecimenDataset,
-    closed_set_split,
-    make_collate,
-    open_images,
-    read_metadata,
-    train_transform,
-)
+from train.data import HierarchicalBatchSampler, SpecimenDataset, make_collate, open_images, train_transform
 from train.embed import embed_texts
 from train.losses import compute_loss, loggable_parts
+from train.rundir import CHECKPOINT, CONFIG, METRICS, TAXONOMY, load_training_split
 
 logger = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
 MODEL_INPUTS = ("image_views", "dna_input_ids", "dna_attention_mask", "text_tokens")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Run-directory helpers
+# Checkpoint and RNG helpers
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -84,24 +76,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def split_ids(frame) -> np.ndarray:
-    """The sample ids saved with a split (``""`` where a format has none), to check a re-read gives the same rows."""
-    return frame["sampleid"].fillna("").to_numpy(dtype=str)
-
-
-def load_training_split(cfg: TrainConfig, out_dir: Path | None = None):
-    """The metadata, and the seeded closed-set split of it (saved in the run dir when ``out_dir`` is given)."""
-    frame = read_metadata(cfg.data.metadata)
-    if cfg.data.max_specimens is not None and len(frame) > cfg.data.max_specimens:
-        frame = frame.sample(n=cfg.data.max_specimens, random_state=cfg.data.split_seed).sort_index()
-    frame = frame.reset_index(drop=True)
-    train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
-    if out_dir is not None:
-        np.savez(out_dir / "split.npz", train=train_idx, test=test_idx,
-                 sampleid=split_ids(frame))
-    return frame, train_idx, test_idx
-
-
 # ----------------------------------------------------------------------------------------------------
 # The loop
 
@@ -128,8 +102,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed,
                               identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment)
     if dist.is_main:
-        dataset.taxonomy.save(str(out / "taxonomy.json"))
-        with open(out / "config.yaml", "w", encoding="utf-8") as fh:
+        dataset.taxonomy.save(str(out / TAXONOMY))
+        with open(out / CONFIG, "w", encoding="utf-8") as fh:
             yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
     group_size = cfg.data.group_size if cfg.data.sampler == "hierarchical" else 1
     sampler = HierarchicalBatchSampler(dataset.labels, cfg.data.batch_size, group_size,
@@ -198,7 +172,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         (loss / cfg.optim.grad_accum).backward()
         return loss.detach(), parts
 
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist.is_main else None
+    metrics = open(out / METRICS, "a", encoding="utf-8") if dist.is_main else None
     board = _tensorboard(out) if cfg.run.tensorboard and dist.is_main else None
     net.train()
     try:
@@ -310,20 +284,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (train/configs/*.yaml); defaults when omitted")
     parser.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    parser.add_argument("--export", metavar="BUNDLE_DIR", default=None,
-                        help="after training, export the run as a bundle here (as `python -m train export` does)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, values parsed as YAML (e.g. optim.epochs=3 run.out_dir=runs/x)")
 
 
-def run(args: argparse.Namespace) -> int:
+def fit_from_args(args: argparse.Namespace) -> Path:
+    """Load the config the arguments name (with their overrides) and train; returns the run directory."""
     cfg = load_config(args.config, args.overrides)
     if not cfg.data.metadata:
         raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
-    out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
-    print(out)
-    if args.export and distributed.launched_rank() == 0:  # under torchrun, one rank exports
-        from train.export import export
+    return fit(cfg, resume=args.resume, max_steps=args.max_steps)
 
-        print(export(out, args.export))
+
+def run(args: argparse.Namespace) -> int:
+    print(fit_from_args(args))
     return 0

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from train.evaluate import score_cell
+from train.rundir import CHECKPOINT
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Study:
         fit = [*py, "fit", "--config", self.config, *data, f"run.out_dir={run}", f"run.seed={seed}",
                *self.common, *arm.overrides]
         # a killed study leaves a checkpoint: resume it rather than start over
-        run_step(fit + (["--resume"] if (run / "checkpoint.pt").is_file() else []), log)
+        run_step(fit + (["--resume"] if (run / CHECKPOINT).is_file() else []), log)
         trained = time.time() - t0
         run_step([*py, "export", "--run", run, "--out", bundle, "--name", f"{arm.name}-s{seed}",
                   "--max-reference", self.max_reference, "--no-umap"], log)

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from hirviz.hub import one_line
+from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["FORMAT_VERSION", "SPACES", "LAYOUT_SPACES", "BundleError", "check_version", "check_candidates",
            "read_json", "write_json", "atomic_write_text", "one_line"]
 
 FORMAT_VERSION = 1
-SPACES: tuple[str, ...] = ("image", "dna", "avg", "fused")
+SPACES: tuple[str, ...] = QUERIES  # the reference bank has one embedding space per query
 LAYOUT_SPACES: tuple[str, ...] = ("image", "dna", "fused")
 
 CONFIG_FILE = "config.json"

@@ -195,9 +195,8 @@ def _profile():
     """The COI-5P HMM, its alphabet and a long-target (nhmmer) pipeline, loaded once per process."""
     from pyhmmer import easel, plan7
 
-    with resources.as_file(resources.files("hirviz") / "data" / "COI-5P.hmm") as path:
-        with plan7.HMMFile(path) as handle:
-            hmm = handle.read()
+    with resources.as_file(resources.files("hirviz") / "data" / "COI-5P.hmm") as path, plan7.HMMFile(path) as handle:
+        hmm = handle.read()
     alphabet = easel.Alphabet.dna()
     return hmm, alphabet, plan7.LongTargetsPipeline(alphabet)
 

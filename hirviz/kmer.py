@@ -7,7 +7,7 @@ engine's candidate prefilter (:mod:`hirviz.coi_refs`) and by the trainer's k-mer
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,7 +7,7 @@ from hirviz import torchvision_compat as _torchvision_compat  # noqa: F401  (mus
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_bundle"]
+__all__ = ["__version__", "identify_barcode", "identify_fasta", "load_bundle"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from hirviz.bundle import load_bundle
 
         return load_bundle
+    if name in ("identify_barcode", "identify_fasta"):
+        from hirviz import coi
+
+        return getattr(coi, name)
     raise AttributeError(f"module 'hirviz' has no attribute {name!r}")

@@ -261,11 +261,11 @@ def test_package_level_api_and_cli(tree: dict, tmp_path) -> None:
     out = tmp_path / "out.tsv"
     cmd = [sys.executable, "-m", "hirviz", "identify", "--fasta", str(fasta), "--references", str(refs_tsv),
            "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = list(csv.DictReader(out.open(), delimiter="\t"))
     assert [r["id"] for r in rows] == ["spec1", "junk"]
     assert rows[0]["species"] == lineage[3] and float(rows[0]["identity"]) >= 98.0
     missing = subprocess.run([sys.executable, "-m", "hirviz", "identify", "--fasta", str(fasta)],
-                             capture_output=True, text=True, timeout=300)
+                             check=False, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "--references" in missing.stderr

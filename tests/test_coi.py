@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,19 @@ def test_package_level_api_and_cli(tree: dict, tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "hirviz", "identify", "--fasta", str(fasta)],
                              check=False, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "--references" in missing.stderr
+
+
+def test_bench_identify_runs_on_a_small_reference_table(tree: dict, tmp_path, capsys) -> None:
+    import importlib.util
+
+    refs_tsv = tmp_path / "refs.tsv"
+    with open(refs_tsv, "w", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["processid", *LEVELS, "dna_barcode"])
+        writer.writerows([i, *r, s] for i, r, s in zip(tree["ids"], tree["ranks"], tree["seqs"]))
+    spec = importlib.util.spec_from_file_location("bench_identify", Path(__file__).resolve().parents[1] / "bench" / "bench_identify.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--references", str(refs_tsv), "--queries", "3", "--batch", "4"])
+    assert out["batch_n"] == 4 and out["total_p95_ms"] > 0
+    assert "| total |" in capsys.readouterr().out

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 PREFILTER = 50
+MIN_OVERLAP_BP = 100
 # Share of the qualifying hits that must carry a name. Public reference libraries hold some misidentified or
 # contaminated records (about 1 in 25 close hits in the real test data), so strict unanimity would let one bad record
 # veto an otherwise clear answer; 90 % still refuses a name whenever a real alternative has support.
@@ -168,14 +169,19 @@ class ReferenceSet:
         return self._index
 
     def hits(self, query: str, k: int = 5, prefilter: int = PREFILTER) -> list[Hit]:
-        """All ``prefilter`` candidates aligned, best first (identity, then coverage); the first ``k`` are the
-        top hits, the rest is what :func:`rank_verdicts` checks for agreement. ``query`` is clean ``ACGTN``."""
+        """The ``prefilter`` candidates aligned, best first (identity, then coverage); the first ``k`` are the top
+        hits, the rest is what :func:`rank_verdicts` checks for agreement. Alignments overlapping less than
+        :data:`MIN_OVERLAP_BP` (or half a shorter query) are left out. ``query`` is clean ``ACGTN``."""
         if not query:
             return []
         profile = KmerProfiler(self.k)([query])
         cosines, rows = self._faiss_index().search(profile, min(max(prefilter, k), len(self)))
         hits = [_align(query, self.sequences[r], self.ids[r], self.ranks[r], float(c))
                 for c, r in zip(cosines[0], rows[0]) if r >= 0]
+        # A few identical bases are all an unrelated reference may share with the query (100 % identity over 3
+        # columns): an alignment overlapping less than half the query (or 100 bp) is no hit.
+        overlap = min(MIN_OVERLAP_BP, len(query) // 2)
+        hits = [h for h in hits if h.aligned >= overlap]
         hits.sort(key=lambda h: (-h.identity, -h.coverage, h.id))
         return hits
 

@@ -286,3 +286,29 @@ def test_bench_identify_runs_on_a_small_reference_table(tree: dict, tmp_path, ca
     out = bench.main(["--references", str(refs_tsv), "--queries", "3", "--batch", "4"])
     assert out["batch_n"] == 4 and out["total_p95_ms"] > 0
     assert "| total |" in capsys.readouterr().out
+
+
+def test_a_bundle_predictor_is_used_as_the_model() -> None:
+    from hirviz.predict import deepest_rank
+
+    bundle_dir = Path(__file__).resolve().parents[1] / "assets" / "demo-hir-fuse"
+    if not bundle_dir.is_dir():
+        pytest.skip("the demo bundle is not in assets/")
+    predictor = hirviz.load_bundle(bundle_dir).predictor()
+    result = identify_barcode(consensus(), None, predictor=predictor)
+    assert set(result.model_levels) == set(LEVELS) and result.model_levels["order"]
+    expected = deepest_rank(result.model_levels, 0.5)
+    assert result.deepest_rank == expected
+    for level in LEVELS[:LEVELS.index(expected) + 1 if expected else 0]:
+        assert result.answers[level].name == result.model_levels[level][0][0]
+        assert result.answers[level].decided_by == "model"
+
+
+def test_a_tiny_chance_overlap_is_no_hit() -> None:
+    rng = np.random.default_rng(3)
+    unrelated = ["".join(rng.choice(BASES, 650)) for _ in range(5)]
+    query = consensus()
+    refs = ReferenceSet([f"U{i}" for i in range(5)] + ["C"], [("O", "F", "G", "G s")] * 6,
+                        [*unrelated, substitute(rng, query, 0.2)], k=5)
+    hits = identify_barcode(query, refs).hits
+    assert [h.id for h in hits] == ["C"] and hits[0].coverage > 90.0

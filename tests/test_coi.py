@@ -312,3 +312,10 @@ def test_a_tiny_chance_overlap_is_no_hit() -> None:
                         [*unrelated, substitute(rng, query, 0.2)], k=5)
     hits = identify_barcode(query, refs).hits
     assert [h.id for h in hits] == ["C"] and hits[0].coverage > 90.0
+
+
+def test_the_engine_does_not_import_the_trainer() -> None:
+    code = ("import sys, hirviz.coi, hirviz.coi_cli, hirviz.kmer; "
+            "print(sorted(m for m in sys.modules if m == 'train' or m.startswith('train.')))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "[]"

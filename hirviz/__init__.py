@@ -5,7 +5,7 @@ This package holds everything needed to *use* a trained model; the ``train`` pac
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_bundle"]
+__all__ = ["__version__", "identify_barcode", "identify_fasta", "load_bundle"]
 
 
 def __getattr__(name: str):
@@ -14,4 +14,8 @@ def __getattr__(name: str):
         from hirviz.bundle import load_bundle
 
         return load_bundle
+    if name in ("identify_barcode", "identify_fasta"):
+        from hirviz import coi
+
+        return getattr(coi, name)
     raise AttributeError(f"module 'hirviz' has no attribute {name!r}")

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="score needed for the deepest confident rank")
     p.add_argument("--format", choices=("csv", "json", "table"), default="table", help="output format")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    from hirviz import coi_cli
+
+    coi_cli.add_arguments(sub.add_parser("identify", help="identify COI barcodes of a FASTA file (table of answers)",
+                                         description=coi_cli.__doc__.split("\n\n")[0]))
     return parser
 
 
@@ -123,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "identify":
+            from hirviz.coi_cli import run
+
+            return run(args, _BadInput)
         return predict(args)
     except _BadInput as err:
         sys.stderr.write("error: " + " ".join(str(err).split()) + "\n")

@@ -1,0 +1,232 @@
+"""Identify a COI barcode: input checks, reference hits and a model, reconciled into one answer per rank.
+
+:func:`identify_barcode` runs, for one pasted barcode (raw or FASTA):
+
+1. :func:`hirviz.coi_check.check_barcode`: cleaning notes, the COI-5P region (pyhmmer, both strands), stop codons;
+2. :meth:`hirviz.coi_refs.ReferenceSet.hits`: the closest reference barcodes by real alignment, and
+   :func:`hirviz.coi_refs.rank_verdicts`: the BOLD-style answer per rank;
+3. optionally a model (a :class:`hirviz.predict.Predictor` or any callable giving per-rank ``(name, score)``
+   lists for a DNA sequence), which places the specimen where no reference is close enough.
+
+Reconciliation, rank by rank from order down: close reference hits decide (``decided_by = "alignment"``); below
+the deepest rank they name, the model's name is used down to its :func:`hirviz.predict.deepest_rank` (score
+>= 0.5) as long as it agrees with every rank the hits named (``"model"``); where the hits disagree, or neither
+supports a name, the rank is left empty. A sequence that is not COI gets no name at all.
+
+:func:`identify_fasta` does the same for every record of a FASTA file or text, yielding :data:`ROW_COLUMNS` rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hirviz.barcode import BarcodeError
+from hirviz.coi_check import BarcodeCheck, check_barcode
+from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, rank_verdicts
+from hirviz.taxonomy import LEVELS
+
+__all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "identify_barcode", "identify_fasta",
+           "load_references"]
+
+# The model names a rank when its top name there scores at least this: the Predictor's own deepest_rank rule.
+MODEL_THRESHOLD = 0.5
+ROW_COLUMNS: tuple[str, ...] = (
+    "id", *LEVELS, "deepest_rank", *(f"score_{level}" for level in LEVELS), "decided_by", "best_hit", "identity",
+    "coverage", "orientation", "coi_found", "stop_codons", "notes",
+)
+
+Levels = Mapping[str, Sequence[tuple[str, float]]]
+# A Predictor (anything with .predict(barcode=...)) or a callable sequence -> {level: [(name, score)]}.
+ModelLike = Callable[[str], Levels] | Any
+# A ReferenceSet, a barcode TSV path, or a Bundle (anything with .reference).
+ReferencesLike = ReferenceSet | str | os.PathLike | Any | None
+
+
+@dataclass
+class RankAnswer:
+    """The answer at one rank: ``name`` ("" = abstain), ``score`` (the best supporting identity / 100 when
+    decided by alignment, the model's score when decided by the model) and ``decided_by``."""
+
+    name: str = ""
+    score: float = 0.0
+    decided_by: str = ""
+
+
+@dataclass
+class Identification:
+    """What :func:`identify_barcode` found.
+
+    Attributes:
+        check: the input checks (cleaned sequence, notes, warnings, COI-5P region, stop codons).
+        hits: the top-k reference hits (identity and coverage in percent), best first.
+        verdicts: the references' answer per rank (:func:`hirviz.coi_refs.rank_verdicts`).
+        model_levels: the model's per-rank ``(name, score)`` lists, or ``None`` without a model.
+        answers: the reconciled answer per rank.
+        notes: everything worth telling the user: input changes, warnings, disagreements.
+    """
+
+    check: BarcodeCheck
+    hits: list[Hit] = field(default_factory=list)
+    verdicts: dict[str, RankVerdict] = field(default_factory=dict)
+    model_levels: dict[str, list[tuple[str, float]]] | None = None
+    answers: dict[str, RankAnswer] = field(default_factory=lambda: {level: RankAnswer() for level in LEVELS})
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def deepest_rank(self) -> str | None:
+        """The deepest rank with a name (``None`` when nothing is named)."""
+        named = [level for level in LEVELS if self.answers[level].name]
+        return named[-1] if named else None
+
+    def to_row(self, id: str | None = None) -> dict[str, Any]:
+        """One flat row with the :data:`ROW_COLUMNS` (identity / coverage of the best hit, in percent)."""
+        best = self.hits[0] if self.hits else None
+        return {
+            "id": id if id is not None else (self.check.name.split()[0] if self.check.name else ""),
+            **{level: self.answers[level].name for level in LEVELS},
+            "deepest_rank": self.deepest_rank or "",
+            **{f"score_{level}": round(self.answers[level].score, 4) for level in LEVELS},
+            "decided_by": " ".join(f"{level}:{self.answers[level].decided_by}" for level in LEVELS
+                                   if self.answers[level].decided_by),
+            "best_hit": best.id if best else "",
+            "identity": round(best.identity, 2) if best else "",
+            "coverage": round(best.coverage, 1) if best else "",
+            "orientation": self.check.orientation,
+            "coi_found": self.check.coi_found,
+            "stop_codons": len(self.check.stop_codons),
+            "notes": "; ".join(self.notes),
+        }
+
+
+def load_references(references: ReferencesLike) -> ReferenceSet | None:
+    """A :class:`ReferenceSet` from a ReferenceSet, a barcode TSV path, a bundle (or ``None``)."""
+    if references is None or isinstance(references, ReferenceSet):
+        return references
+    if isinstance(references, (str, os.PathLike)):
+        return ReferenceSet.from_tsv(references)
+    return ReferenceSet.from_bundle(references)
+
+
+def identify_barcode(text: str | bytes, references: ReferencesLike = None, predictor: ModelLike | None = None,
+                     k: int = 5) -> Identification:
+    """Identify one barcode (raw sequence or FASTA text) against ``references`` and optionally a model.
+
+    ``references``: a :class:`~hirviz.coi_refs.ReferenceSet`, a barcode TSV path or a bundle (pass a loaded
+    ReferenceSet when identifying many barcodes: its index is built once). ``predictor``: a
+    :class:`hirviz.predict.Predictor` or a callable ``sequence -> {level: [(name, score), ...]}``. ``k``: hits kept.
+
+    Raises:
+        BarcodeError: input that cannot be a DNA barcode (empty, protein, binary, too long); the message says why.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive whole number, got {k!r}")
+    check = check_barcode(text)
+    result = Identification(check=check, notes=[*check.notes, *check.warnings])
+    if not check.coi_found:
+        result.notes.append("no identification: the sequence is not a COI-5P barcode")
+        return result
+    refs = load_references(references)
+    if refs is not None:
+        aligned = refs.hits(check.sequence, k=k)
+        result.hits = aligned[:k]
+        result.verdicts = rank_verdicts(aligned)
+        result.notes.extend(f"{level}: {v.note}" for level, v in result.verdicts.items() if v.note)
+    if predictor is not None:
+        result.model_levels = _model_levels(predictor, check.sequence)
+    _reconcile(result)
+    return result
+
+
+def _model_levels(predictor: ModelLike, sequence: str) -> dict[str, list[tuple[str, float]]]:
+    if hasattr(predictor, "predict"):
+        levels = predictor.predict(barcode=sequence).queries["dna"].levels
+    else:
+        levels = predictor(sequence)
+    return {level: [(str(n), float(s)) for n, s in levels.get(level, [])] for level in LEVELS}
+
+
+def _reconcile(result: Identification) -> None:
+    """Fill ``result.answers``: alignment first, then the model below it, else abstain (module docstring)."""
+    answers = result.answers
+    for level in LEVELS:
+        verdict = result.verdicts.get(level)
+        if verdict is not None and verdict.name:
+            answers[level] = RankAnswer(verdict.name, verdict.identity / 100.0, "alignment")
+    if result.model_levels is None:
+        return
+    from hirviz.predict import deepest_rank
+
+    model_deepest = deepest_rank(result.model_levels, MODEL_THRESHOLD)
+    depth = LEVELS.index(model_deepest) + 1 if model_deepest else 0
+    for level in LEVELS[:depth]:
+        name, score = result.model_levels[level][0]
+        answer, verdict = answers[level], result.verdicts.get(level)
+        if answer.decided_by == "alignment":
+            if answer.name != name:
+                result.notes.append(f"{level}: the model says {name} ({score:.2f}); the reference hits decide")
+                break  # the model's finer names hang under a name the references contradict
+            continue
+        if verdict is not None and verdict.conflict:
+            result.notes.append(f"{level}: the model's {name} ({score:.2f}) is not used: the close hits disagree")
+            break
+        answers[level] = RankAnswer(name, score, "model")
+    thresholds = ", ".join(f"{lvl} {t[0]:g} %/{t[1]} bp" for lvl, t in RANK_THRESHOLDS.items())
+    if any(a.decided_by == "model" for a in answers.values()):
+        result.notes.append(f"ranks without a close reference hit ({thresholds}) named by the model")
+
+
+def identify_fasta(path_or_text: str | os.PathLike, references: ReferencesLike = None,
+                   predictor: ModelLike | None = None, k: int = 5) -> Iterator[dict[str, Any]]:
+    """Identify every record of a FASTA file (a path) or text; yields one :data:`ROW_COLUMNS` row per record.
+
+    A record that cannot be used gets a row with empty names and its error message in ``notes``, so one bad
+    sequence never stops a batch. The references are loaded (and indexed) once.
+    """
+    text = _read_text(path_or_text)
+    refs = load_references(references)
+    for number, chunk in enumerate(_records(text), start=1):
+        header = chunk.split("\n", 1)[0][1:].strip() if chunk.startswith(">") else ""
+        record_id = header.split()[0] if header else f"query{number}"
+        try:
+            yield identify_barcode(chunk, refs, predictor, k).to_row(record_id)
+        except BarcodeError as err:
+            yield _error_row(record_id, str(err))
+
+
+def _read_text(path_or_text: str | os.PathLike) -> str:
+    if isinstance(path_or_text, os.PathLike) or (isinstance(path_or_text, str) and "\n" not in path_or_text
+                                                 and len(path_or_text) < 4096 and Path(path_or_text).is_file()):
+        try:
+            return Path(path_or_text).read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise BarcodeError(f"cannot read {path_or_text}: {err.strerror or err}") from None
+    if not isinstance(path_or_text, str):
+        raise BarcodeError(f"expected a FASTA path or text, got {type(path_or_text).__name__}")
+    return path_or_text
+
+
+def _records(text: str) -> Iterator[str]:
+    """The text of each FASTA record (a text without headers is one record); parsing is left to each record."""
+    if ">" not in text:
+        yield text
+        return
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.lstrip().startswith(">") and lines:
+            yield "\n".join(lines)
+            lines = []
+        if lines or line.strip():
+            lines.append(line)
+    if lines:
+        yield "\n".join(lines)
+
+
+def _error_row(record_id: str, message: str) -> dict[str, Any]:
+    row: dict[str, Any] = {column: "" for column in ROW_COLUMNS}
+    row.update({"id": record_id, "orientation": "unknown", "coi_found": False, "stop_codons": 0,
+                "notes": "not identified: " + message, **{f"score_{level}": 0.0 for level in LEVELS}})
+    return row

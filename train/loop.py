@@ -46,6 +46,7 @@ from train.data import (
 )
 from train.embed import embed_texts
 from train.losses import compute_loss
+from train.vocab import resolve_dna_vocabulary
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -119,6 +120,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
 
     # -- data ------------------------------------------------------------------------------------
     frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
+    # A vocabulary the config names but nobody has (or "bpe:N") is trained on the training barcodes first.
+    cfg = resolve_dna_vocabulary(cfg, frame["barcode"].iloc[train_idx], out, dist.is_main)
     model: HirvizModel = build_model(cfg.model).to(dist.device)
     images = open_images(cfg.data.images) if cfg.data.images else None
     hir_on = cfg.loss.hir_modality if cfg.loss.uses_hir else None
@@ -317,10 +320,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if not cfg.data.metadata:
-        raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
-    out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.data.metadata:
+            raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
+        out = fit(cfg, resume=args.resume, max_steps=args.max_steps)
+    except FileNotFoundError as err:  # a missing config, metadata, images or tokenizer: one line, no traceback
+        raise SystemExit(f"python -m train fit: {err}") from None
     print(out)
     if args.export and distributed.launched_rank() == 0:  # under torchrun, one rank exports
         from train.export import export

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Hub look-ups must fail at once instead of retrying for a minute: tests never download anything.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

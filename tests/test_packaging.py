@@ -11,7 +11,6 @@ from setuptools import find_packages
 
 from conftest import REPO_ROOT
 
-
 tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from train import distributed
 from train.config import TrainConfig

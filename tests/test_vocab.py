@@ -40,7 +40,9 @@ def _fit(*argv: str) -> int:
     return run(parser.parse_args(list(argv)))
 
 
-def test_a_missing_vocabulary_is_trained_on_the_training_split_and_bundled(barcode_tsv: Path, tmp_path: Path) -> None:
+def test_a_missing_vocabulary_is_trained_on_the_training_split_and_bundled(
+    barcode_tsv: Path, tmp_path: Path, no_umap: None
+) -> None:
     out, bundle_dir = tmp_path / "run", tmp_path / "bundle"
     assert _fit("--config", str(REAL_DNA), "--max-steps", "1", "--export", str(bundle_dir),
                 f"data.metadata={barcode_tsv}", f"run.out_dir={out}", "data.batch_size=10",

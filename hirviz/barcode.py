@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "KmerTokenizer",
     "BPETokenizer",
     "load_dna_tokenizer",
+    "TokenizerNotFoundError",
 ]
 
 # A few N are normal (unread bases); a barcode that is mostly N carries too little to identify anything.
@@ -47,6 +49,14 @@ _BINARY_CHARS = frozenset(chr(i) for i in range(32) if chr(i) not in "\t\n\r\f\v
 
 class BarcodeError(ValueError):
     """A pasted barcode or FASTA text that cannot be used; the message is meant for the user."""
+
+
+class TokenizerNotFoundError(FileNotFoundError, ValueError):
+    """A DNA tokenizer spec naming a file or folder that is not there.
+
+    Both a ``FileNotFoundError`` (a command line reports it in one line, as any missing input file) and a
+    ``ValueError`` (a bad spec, as callers that validate configs catch it).
+    """
 
 
 @dataclass(frozen=True)
@@ -429,7 +439,8 @@ def load_dna_tokenizer(
     if path.is_dir():
         path = path / "tokenizer.json"
     if not path.is_file():
-        raise ValueError(
-            f"bad tokenizer spec {text!r}: not 'kmer', 'kmer:K', nor a tokenizer.json file or a folder holding one"
+        raise TokenizerNotFoundError(
+            f"bad tokenizer spec {text!r}: no such file; expected 'kmer', 'kmer:K', or a tokenizer.json file or a "
+            "folder holding one"
         )
     return BPETokenizer(path)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 
 
 def _load(name: str) -> ModuleType:
@@ -69,7 +68,6 @@ def test_bench_train_random_inputs_with_cached_frozen_text(bench_train: ModuleTy
     r = bench_train.main(["--inputs", "random", "--batch-size", "10", "--steps", "1", "--warmup", "0",
                           "--device", "cpu", "--peak-tflops", "1", "model.freeze_text=true"])
     assert r["inputs"].startswith("random") and r["samples_per_step"] == 10
-    assert r["data_s"] < r["forward_s"]  # ready-made tensors: the step is the model, not the data
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 1.0)
 
 

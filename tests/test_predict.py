@@ -7,7 +7,6 @@ import json
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -225,16 +224,20 @@ def test_queries_follow_the_inputs_and_the_gate_is_a_mean_in_0_1(predictor, bund
     json.dumps(both.to_dict())  # serialisable as it is
 
 
-def test_fusion_is_flagged_untrained_for_objectives_without_the_fusion_loss(predictor):
+def test_fusion_is_flagged_untrained_for_objectives_without_the_fusion_loss(predictor, bundle, tmp_path):
     assert predictor.fusion_trained and predictor.predict(specimen_image(10), specimen_barcode(10)).fusion_trained
 
     def flag(training: dict, objective: str) -> bool:
-        from hirviz.bundle import Bundle
-        from hirviz.predict import Predictor
+        """What a prediction says of a bundle exported from a run with this training config and objective."""
+        import shutil
 
-        bundle = SimpleNamespace(training=training, objective=objective)
-        bundle.fusion_trained = Bundle.fusion_trained.fget(bundle)
-        return Predictor.fusion_trained.fget(SimpleNamespace(bundle=bundle))
+        from hirviz.bundle import load_bundle
+
+        copy = tmp_path / f"bundle{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundle.path, copy)
+        config = json.loads((copy / "config.json").read_text())
+        (copy / "config.json").write_text(json.dumps({**config, "training": training, "objective": objective}))
+        return load_bundle(copy).predictor().predict(specimen_image(10), specimen_barcode(10)).fusion_trained
     assert not flag({"loss": {"objective": "clibd-hir"}}, "clibd-hir")
     assert not flag({"loss": {"objective": "clibd-hir-fuse", "fusion_weight": 0.0}}, "clibd-hir-fuse")
     assert flag({"loss": {"objective": "clibd-hir-fuse", "fusion_weight": 1.0}}, "clibd-hir-fuse")
@@ -346,17 +349,6 @@ def test_rows_have_pybioclip_like_columns_and_lineages(predictor):
     assert pred.to_rows()[0]["file_name"] == ""
 
 
-def test_one_identification_is_fast_on_cpu(predictor):
-    image, barcode = specimen_image(18, size=(400, 300)), specimen_barcode(18, length=658)
-    predictor.predict(image, barcode)  # warm-up: index building, first calls
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        predictor.predict(image, barcode, blur_kernel=3, dna_noise=DnaNoise())
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[1] < 1.0, times
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input gets a clear message
 
@@ -412,7 +404,10 @@ def test_non_images_and_corrupt_files_are_invalid_images(tmp_path):
                          (np.array([["a"]]), "numbers"), (42, "expected an image")]:
         with pytest.raises(InvalidImage, match=message):
             load_image(bad)
-    assert issubclass(InvalidImage, InputError) and issubclass(InputError, ValueError)
+    # Callers catch every bad input with one clause (InputError), or as the ValueError it is.
+    for catch in (InputError, ValueError):
+        with pytest.raises(catch, match="not an image"):
+            load_image(text_file)
 
 
 def test_huge_images_are_refused_before_decoding(tmp_path):

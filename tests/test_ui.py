@@ -407,9 +407,13 @@ def test_image_formats_are_read(engine, example, tmp_path):
         _image_file(tmp_path, "c.tiff", grey16),
         _image_file(tmp_path, "d.png", rgb.convert("L")),
     ]
-    top = []
+    embeddings = []
     for path in files:
         view = identify(engine, path, None)
         assert view.ok, (path, view.status)
-        top.append(view.predictions["HiR-Fuse"].queries["image"].levels["order"][0][0])
-    assert top  # every format gave an answer
+        embeddings.append(view.predictions["HiR-Fuse"].queries["image"].embedding)
+    # The same picture in another file format is the same specimen to the model: an opaque RGBA PNG is the RGB
+    # image, and a 16-bit TIFF is read as the 8-bit grey image it was made from (not clipped to white).
+    original = identify(engine, str(_image_file(tmp_path, "rgb.png", rgb)), None)
+    np.testing.assert_allclose(embeddings[0], original.predictions["HiR-Fuse"].queries["image"].embedding, atol=1e-5)
+    np.testing.assert_allclose(embeddings[2], embeddings[3], atol=1e-5)

@@ -39,6 +39,7 @@ from train.data import HierarchicalBatchSampler, SpecimenDataset, make_collate, 
 from train.embed import embed_texts
 from train.losses import compute_loss, loggable_parts
 from train.rundir import CHECKPOINT, CONFIG, METRICS, TAXONOMY, load_training_split
+from train.vocab import resolve_dna_vocabulary
 
 logger = logging.getLogger(__name__)
 MODEL_INPUTS = ("image_views", "dna_input_ids", "dna_attention_mask", "text_tokens")
@@ -93,6 +94,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
 
     # -- data ------------------------------------------------------------------------------------
     frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
+    # A vocabulary the config names but nobody has (or "bpe:N") is trained on the training barcodes first.
+    cfg = resolve_dna_vocabulary(cfg, frame["barcode"].iloc[train_idx], out, dist.is_main)
     model: HirvizModel = build_model(cfg.model).to(dist.device)
     images = open_images(cfg.data.images) if cfg.data.images else None
     hir_on = cfg.loss.hir_modality if cfg.loss.uses_hir else None
@@ -290,10 +293,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fit_from_args(args: argparse.Namespace) -> Path:
     """Load the config the arguments name (with their overrides) and train; returns the run directory."""
-    cfg = load_config(args.config, args.overrides)
-    if not cfg.data.metadata:
-        raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
-    return fit(cfg, resume=args.resume, max_steps=args.max_steps)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if not cfg.data.metadata:
+            raise SystemExit("no training data: set data.metadata=PATH (a BIOSCAN TSV/CSV or a barcode TSV)")
+        return fit(cfg, resume=args.resume, max_steps=args.max_steps)
+    except FileNotFoundError as err:  # a missing config, metadata, images or tokenizer: one line, no traceback
+        raise SystemExit(f"python -m train fit: {err}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,6 @@ from pathlib import Path
 # Run from a clone without installing: the repository root holds the ``hirviz``, ``train`` and ``bench`` packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hirviz  # noqa: E402,F401  (installs the torchvision shim before train.data imports torchvision)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -253,9 +252,9 @@ def bench_mode(mode: str, views: Tensor, labels: Tensor, tau: float, repeats: in
     value_grad = {}
     for name, fn, n in (("vectorised", vectorised, repeats), ("loop", loop_for(mode, max_scope), loop_repeats)):
         with torch.no_grad():
-            result[f"{name}_forward_s"], _ = time_call(lambda: fn(views, labels, tau), n, device, name != "loop")
+            result[f"{name}_forward_s"], _ = time_call(lambda fn=fn: fn(views, labels, tau), n, device, name != "loop")
         result[f"{name}_backward_s"], value_grad[name] = time_call(
-            lambda: _value_and_grad(fn, views, labels, tau), n, device, name != "loop")
+            lambda fn=fn: _value_and_grad(fn, views, labels, tau), n, device, name != "loop")
     (value_v, grad_v), (value_l, grad_l) = value_grad["vectorised"], value_grad["loop"]
     result["loss"] = float(value_v)
     result["max_abs_diff_loss"] = float((value_v - value_l).abs())

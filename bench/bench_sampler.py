@@ -20,7 +20,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
-import hirviz  # noqa: F401  (installs the torchvision shim before train.data imports torchvision)
 from train.data import HierarchicalBatchSampler
 
 # Fraction of specimens whose rank is known at each level, order .. species (close to BIOSCAN-1M).

@@ -12,8 +12,8 @@ Images: a normalised k x k box blur.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 import torch

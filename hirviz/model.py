@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hirviz.backbones import (  # noqa: F401  (MODEL_CONFIG_DIR, PROJECT_CLIP_CONFIGS: re-exported)
-    MODEL_CONFIG_DIR, PROJECT_CLIP_CONFIGS, BackboneUnavailable, build_clip, build_dna_backbone,
+    MODEL_CONFIG_DIR,
+    PROJECT_CLIP_CONFIGS,
+    BackboneUnavailable,
+    build_clip,
+    build_dna_backbone,
 )
 from hirviz.barcode import load_dna_tokenizer
 from hirviz.torchvision_compat import ensure_torchvision

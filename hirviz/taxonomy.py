@@ -7,8 +7,8 @@ spelled ``not_classified`` in BIOSCAN files, as an empty cell in BOLD-style TSVs
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class Taxonomy:
         self._ids = {lvl: {n: i for i, n in enumerate(self.names[lvl])} for lvl in LEVELS}
 
     @classmethod
-    def from_lineages(cls, lineages: Iterable[Sequence[object]]) -> "Taxonomy":
+    def from_lineages(cls, lineages: Iterable[Sequence[object]]) -> Taxonomy:
         """Build vocabularies from rows of (order, family, genus, species)."""
         seen: dict[str, set[str]] = {lvl: set() for lvl in LEVELS}
         parents: dict[str, dict[str, str]] = {lvl: {} for lvl in LEVELS[1:]}
@@ -123,7 +123,7 @@ class Taxonomy:
         return {"levels": list(LEVELS), "names": self.names, "parents": self.parents}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "Taxonomy":
+    def from_dict(cls, data: Mapping) -> Taxonomy:
         if list(data.get("levels", LEVELS)) != list(LEVELS):
             raise ValueError(f"taxonomy levels {data.get('levels')} differ from {list(LEVELS)}")
         return cls({lvl: list(data["names"][lvl]) for lvl in LEVELS}, {k: dict(v) for k, v in data["parents"].items()})
@@ -133,6 +133,6 @@ class Taxonomy:
             json.dump(self.to_dict(), fh, indent=1, ensure_ascii=False)
 
     @classmethod
-    def load(cls, path: str) -> "Taxonomy":
+    def load(cls, path: str) -> Taxonomy:
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))

@@ -27,8 +27,7 @@ import numpy as np  # noqa: E402
 from studies.plots import plot_sweeps  # noqa: E402
 from train.data import read_metadata  # noqa: E402
 from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
-from train.study import (Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms,  # noqa: E402
-                         run_step)
+from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms, run_step  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
 # --retrieval: each test barcode's nearest training barcode in the model's DNA space (CLIBD's protocol), the

@@ -24,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from studies.plots import plot_sweeps  # noqa: E402
 from train.evaluate import format_table1, format_table2  # noqa: E402
-from train.study import (Arm, Study, add_study_arguments, aggregate, global_top1, relative_paths,  # noqa: E402
-                         run_arms)
+from train.study import Arm, Study, add_study_arguments, aggregate, global_top1, relative_paths, run_arms  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
 MAIN = [

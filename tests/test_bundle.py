@@ -148,7 +148,7 @@ def test_model_and_reference_load_lazily(bundle_dir: Path, monkeypatch: pytest.M
     assert bundle.reference is bundle.reference
     assert len(reads) == 1
     with pytest.raises(AssertionError, match="the model was built"):
-        bundle.model
+        _ = bundle.model
 
 
 def test_opening_a_bundle_imports_neither_train_nor_open_clip(bundle_dir: Path) -> None:
@@ -213,7 +213,7 @@ def test_weights_that_do_not_fit_the_config_are_reported(bundle_dir: Path) -> No
     (bundle_dir / "config.json").write_text(json.dumps(config))
     bundle = load_bundle(bundle_dir)
     with pytest.raises(BundleError, match="does not match the model config: .* missing tensors"):
-        bundle.model
+        _ = bundle.model
 
 
 def test_hub_id_offline_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

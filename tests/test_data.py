@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-
-import hirviz  # noqa: F401  (torchvision shim first)
-from hirviz.taxonomy import LEVELS
 from torch.utils.data import DataLoader
+
+from hirviz.taxonomy import LEVELS
 from train.data import (
     COLUMNS,
     FolderImages,

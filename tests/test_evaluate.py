@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import hirviz  # noqa: F401  (torchvision shim first)
 from hirviz.bundle import load_bundle
 from hirviz.degrade import DnaNoise
 from hirviz.taxonomy import LEVELS

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hirviz.hierarchy import (DEPTH_NAMES, describe_drift, drift_under_noise, lca_height, mistake_severity,
-                              sample_pairs, specimen_drift, tree_embedding_agreement)
+from hirviz.hierarchy import (
+    DEPTH_NAMES,
+    describe_drift,
+    drift_under_noise,
+    lca_height,
+    mistake_severity,
+    sample_pairs,
+    specimen_drift,
+    tree_embedding_agreement,
+)
 
 # Order 0 > family 0 > genus 0 > species 0, 1; genus 1 > species 2; order 0 > family 1 > genus 2 > species 3;
 # order 1 > family 2 > genus 3 > species 4.

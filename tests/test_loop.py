@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import hirviz  # noqa: F401  (torchvision shim first)
 from conftest import CI_CONFIG, REPO_ROOT, tiny_overrides
 from hirviz.bundle import load_bundle
 from train.config import load_config
@@ -165,7 +164,8 @@ def test_frozen_text_tower_is_cached_and_stays_fixed(synth, tmp_path):
 def test_fit_export_flag_trains_and_writes_a_bundle_in_one_command(synth, tmp_path, no_umap):
     import argparse
 
-    from train.__main__ import add_fit_arguments as add_arguments, run_fit as run
+    from train.__main__ import add_fit_arguments as add_arguments
+    from train.__main__ import run_fit as run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

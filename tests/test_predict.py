@@ -246,7 +246,7 @@ def test_fusion_is_flagged_untrained_for_objectives_without_the_fusion_loss(pred
 def test_probabilities_are_a_softmax_over_candidates_and_levels_aggregate_them(predictor, bundle):
     pred = predictor.predict(specimen_image(11), specimen_barcode(11), top_k=3)
     scale = float(bundle.model.logit_scale_exp())
-    for name, result in pred.queries.items():
+    for result in pred.queries.values():
         assert np.linalg.norm(result.embedding) == pytest.approx(1.0, abs=1e-5)
         logits = scale * (bundle.text_embeddings.astype(np.float64) @ result.embedding.astype(np.float64))
         expected = np.exp(logits - logits.max())

@@ -33,14 +33,13 @@ def build_tiny_bundles(root: Path) -> dict[str, Path]:
     paths = {"hir": root / "hir-fuse", "clibd": root / "clibd", "examples": root / "examples", "data": root / "synth"}
     if (root / "done").is_file():
         return paths
+    import hirviz
     from train.config import load_config
     from train.data import open_images, read_metadata
     from train.evaluate import evaluate_bundle
     from train.export import export
     from train.loop import fit, load_training_split
     from train.synthetic import SynthConfig, generate
-
-    import hirviz
 
     generate(paths["data"], SynthConfig(specimens=SPECIMENS, seed=0, image_height=IMAGE_HEIGHT, workers=1))
     metadata, images = paths["data"] / "metadata.tsv", paths["data"] / "images.hdf5"
@@ -400,7 +399,7 @@ def test_image_formats_are_read(engine, example, tmp_path):
 
     image, _ = example
     rgb = Image.open(image).convert("RGB")
-    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     files = [
         _image_file(tmp_path, "a.png", rgb.convert("RGBA")),
         _image_file(tmp_path, "b.webp", rgb),

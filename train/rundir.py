@@ -9,9 +9,10 @@ held out on: :func:`check_split` is the one place that verifies it, and :func:`s
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,6 @@ import yaml
 
 from train.config import TrainConfig
 from train.data import closed_set_split, read_metadata
-
 
 CONFIG = "config.yaml"
 TAXONOMY = "taxonomy.json"

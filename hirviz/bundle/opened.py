@@ -17,8 +17,20 @@ import numpy as np
 
 from hirviz.bundle.card import with_eval_section
 from hirviz.bundle.files import (
-    CARD_FILE, CONFIG_FILE, EVAL_FILE, REFERENCE_FILE, REQUIRED_FILES, TAXONOMY_FILE, TEXT_EMBEDDINGS_FILE,
-    WEIGHTS_FILE, BundleError, atomic_write_text, check_candidates, check_version, one_line, read_json,
+    CARD_FILE,
+    CONFIG_FILE,
+    EVAL_FILE,
+    REFERENCE_FILE,
+    REQUIRED_FILES,
+    TAXONOMY_FILE,
+    TEXT_EMBEDDINGS_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    atomic_write_text,
+    check_candidates,
+    check_version,
+    one_line,
+    read_json,
 )
 from hirviz.bundle.reference import Reference, check_reference_header
 from hirviz.taxonomy import Taxonomy

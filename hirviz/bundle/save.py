@@ -15,8 +15,18 @@ import numpy as np
 
 from hirviz.bundle.card import with_eval_section
 from hirviz.bundle.files import (
-    CARD_FILE, CONFIG_FILE, DNA_TOKENIZER_FILE, EVAL_FILE, FORMAT_VERSION, REFERENCE_FILE, TAXONOMY_FILE,
-    TEXT_EMBEDDINGS_FILE, WEIGHTS_FILE, BundleError, check_candidates, write_json,
+    CARD_FILE,
+    CONFIG_FILE,
+    DNA_TOKENIZER_FILE,
+    EVAL_FILE,
+    FORMAT_VERSION,
+    REFERENCE_FILE,
+    TAXONOMY_FILE,
+    TEXT_EMBEDDINGS_FILE,
+    WEIGHTS_FILE,
+    BundleError,
+    check_candidates,
+    write_json,
 )
 from hirviz.bundle.reference import Reference
 from hirviz.taxonomy import Taxonomy

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from hirviz.ui.engine import Engine, NoiseSettings, trained_fusion
 from hirviz.ui.handlers import (
-    IdentifyView, eval_tables, geometry, identify, read_examples, refused, robustness, score_chart, source_path,
+    IdentifyView,
+    eval_tables,
+    geometry,
+    identify,
+    read_examples,
+    refused,
+    robustness,
+    score_chart,
+    source_path,
 )
 from hirviz.ui.layout import API_NAMES, build_ui
 from hirviz.ui.render import CSS, EDIT_STYLES, barcode_html, image_html, neighbours_frame, result_html

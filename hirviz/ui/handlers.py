@@ -24,7 +24,14 @@ from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS, Prediction, load_image
 from hirviz.taxonomy import LEVELS
 from hirviz.ui.engine import (
-    COLOUR_LEVELS, MAP_SPACES, SWEEP_LEVELS, Engine, NoiseSettings, barcode_text, image_source, trained_fusion,
+    COLOUR_LEVELS,
+    MAP_SPACES,
+    SWEEP_LEVELS,
+    Engine,
+    NoiseSettings,
+    barcode_text,
+    image_source,
+    trained_fusion,
 )
 from hirviz.ui.render import agreement_text, barcode_html, neighbours_frame, query_label, result_html, status_line
 

@@ -19,10 +19,25 @@ from hirviz import figures
 from hirviz.predict import MAX_IMAGE_PIXELS, InputError
 from hirviz.taxonomy import LEVELS
 from hirviz.ui.engine import (
-    COLOUR_LEVELS, DNA_SLIDERS, MAP_SPACES, MAX_BARCODE_BP, PAPER_NOISE, SWEEP_LEVELS, Engine, NoiseSettings,
+    COLOUR_LEVELS,
+    DNA_SLIDERS,
+    MAP_SPACES,
+    MAX_BARCODE_BP,
+    PAPER_NOISE,
+    SWEEP_LEVELS,
+    Engine,
+    NoiseSettings,
 )
 from hirviz.ui.handlers import (
-    eval_tables, geometry, identify, input_message, read_examples, refused, robustness, role_note, score_chart,
+    eval_tables,
+    geometry,
+    identify,
+    input_message,
+    read_examples,
+    refused,
+    robustness,
+    role_note,
+    score_chart,
 )
 from hirviz.ui.render import CSS, barcode_html, image_html, neighbours_frame, result_html, status_line
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from torch.utils.data import Sampler

@@ -6,7 +6,7 @@ also uses in evaluation and in the app, so training never preprocesses a photogr
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image

@@ -6,7 +6,8 @@ docstring of :mod:`train.evaluate` (METHOD.md section 8, REFERENCE_CODE.md 7.2).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

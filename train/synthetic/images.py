@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw, ImageFilter
 from train.synthetic.config import _IMAGE, SynthConfig, _rng
 from train.synthetic.drawing import _SUPERSAMPLE, _Canvas, draw_specimen
 from train.synthetic.looks import Look
-
 
 _BACKGROUNDS: dict[int, Image.Image] = {}
 

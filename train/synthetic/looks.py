@@ -4,8 +4,8 @@ pattern from the genus, small details from the species).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 

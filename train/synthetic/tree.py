@@ -4,14 +4,13 @@ ranks each specimen is labelled to.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from hirviz.taxonomy import LEVELS
 from train.synthetic.config import _LABELS, _SPECIMENS, _TREE, SynthConfig, _rng
-
 
 # ----------------------------------------------------------------------------------------------------
 # names

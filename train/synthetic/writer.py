@@ -6,9 +6,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from hirviz.barcode import BPETokenizer, load_dna_tokenizer
+from train.__main__ import add_fit_arguments as add_arguments
+from train.__main__ import run_fit as run
 from train.config import load_config
-from train.loop import add_arguments, run
 from train.vocab import resolve_dna_vocabulary, train_barcode_bpe
 
 REAL_DNA = Path(__file__).resolve().parents[1] / "train" / "configs" / "real_dna.yaml"

@@ -9,6 +9,7 @@ gradients across ranks the update equals the single-process gradient of the glob
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -204,6 +205,11 @@ def _directed_row_loss_sum(
     return _row_loss_sum(logit_scale * anchors @ candidates.T, anchor_ids, candidate_ids, offset)
 
 
+def _dot_logits(scale: Tensor | float) -> Callable[[Tensor, Tensor], Tensor]:
+    """Logits of the Euclidean losses: ``scale * a_i . c_j`` (L2-normalised embeddings)."""
+    return lambda anchors, candidates: scale * anchors @ candidates.T
+
+
 def _pair_shares(
     a_local: Tensor,
     b_local: Tensor,
@@ -213,10 +219,16 @@ def _pair_shares(
     ids_global: Tensor | None,
     logit_scale: Tensor | float,
     layout: _Layout,
+    logits: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """This rank's share of the symmetric loss ``(L(a->b) + L(b->a)) / 2`` over the global batch."""
-    forward = _directed_row_loss_sum(a_local, b_global, ids_local, ids_global, logit_scale, layout.start)
-    backward = _directed_row_loss_sum(b_local, a_global, ids_local, ids_global, logit_scale, layout.start)
+    """This rank's share of the symmetric loss ``(L(a->b) + L(b->a)) / 2`` over the global batch.
+
+    ``logits(anchors, candidates)`` defaults to the scaled dot product; the hyperbolic losses pass negative
+    geodesic distances instead (METHOD.md section 9).
+    """
+    logits = logits or _dot_logits(logit_scale)
+    forward = _row_loss_sum(logits(a_local, b_global), ids_local, ids_global, layout.start)
+    backward = _row_loss_sum(logits(b_local, a_global), ids_local, ids_global, layout.start)
     return (forward + backward) / (2 * layout.n_global)
 
 

@@ -23,7 +23,7 @@ combines them share their input checks and masks; split, each part would be a fr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,7 @@ from train.losses.contrastive import (
     _gather_ids,
     _globalise,
     _layout,
-    _row_loss_sum,
+    _pair_shares,
 )
 
 __all__ = [
@@ -82,22 +82,9 @@ Curvature = Tensor | float
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _symmetric_share(
-    a_local: Tensor,
-    b_local: Tensor,
-    a_global: Tensor,
-    b_global: Tensor,
-    ids_local: Tensor | None,
-    ids_global: Tensor | None,
-    scale: Tensor | float,
-    c: Curvature,
-    offset: int,
-    n_global: int,
-) -> Tensor:
-    """This rank's share of ``(L(a->b) + L(b->a)) / 2`` with logits ``-scale * d`` (computed in float32)."""
-    forward = _row_loss_sum(-scale * pairwise_distance(a_local, b_global, c), ids_local, ids_global, offset)
-    backward = _row_loss_sum(-scale * pairwise_distance(b_local, a_global, c), ids_local, ids_global, offset)
-    return (forward + backward) / (2 * n_global)
+def _geodesic_logits(scale: Tensor | float, c: Curvature) -> Callable[[Tensor, Tensor], Tensor]:
+    """Logits ``-scale * d(x, y)`` (computed in float32 by :func:`hirviz.lorentz.pairwise_distance`)."""
+    return lambda anchors, candidates: -scale * pairwise_distance(anchors, candidates, c)
 
 
 def hyperbolic_contrastive_loss(
@@ -129,9 +116,9 @@ def hyperbolic_contrastive_loss(
     scale = _as_logit_scale(logit_scale)
     layout = _layout(a.shape[0], a.device, gather)
     ids_global = None if text_ids is None else _gather_ids(text_ids, layout)
-    share = _symmetric_share(
-        a, b, _gather_features(a, layout), _gather_features(b, layout), text_ids, ids_global, scale, curvature,
-        layout.start, layout.n_global,
+    share = _pair_shares(
+        a, b, _gather_features(a, layout), _gather_features(b, layout), text_ids, ids_global, scale, layout,
+        _geodesic_logits(scale, curvature),
     )  # fmt: skip
     return _globalise({"loss": share}, layout)["loss"]
 
@@ -337,9 +324,9 @@ def _contrastive_terms(
     # so set order, differ between processes).
     global_features = {m: _gather_features(features[m], layout) for m in features if m in needed}
     shares = {
-        name: _symmetric_share(
-            features[a], features[b], global_features[a], global_features[b], ids, ids_global, scale, c,
-            layout.start, layout.n_global,
+        name: _pair_shares(
+            features[a], features[b], global_features[a], global_features[b], ids, ids_global, scale, layout,
+            _geodesic_logits(scale, c),
         )
         for name, a, b in pairs
     }

@@ -161,3 +161,17 @@ def test_synth_fit_export_eval_retrieves_unseen_species(synth, tmp_path, no_umap
     assert clibd["test"]["dna->dna"]["unseen"]["n"] > 0
     assert clibd["test"]["dna->dna"]["unseen"]["micro"]["species"]["top1"] > 0
     assert "clean" in results and "retrieval" not in results  # the other keys are as before
+
+
+def test_a_subset_run_trains_on_the_partition_of_the_whole_file(synth):
+    from train.config import load_config
+    from train.rundir import load_training_split
+
+    cfg = load_config(None, [f"data.metadata={synth / 'metadata.tsv'}", "data.split=clibd", "data.max_specimens=150"])
+    frame, train_idx, test_idx = load_training_split(cfg)
+    whole = read_partition(synth / SIDE_FILE)
+    assert len(frame) == 150 and not np.intersect1d(train_idx, test_idx).size
+    assert set(whole.loc[frame["sampleid"].iloc[train_idx]]) <= TRAINING
+    assert not set(whole.loc[frame["sampleid"].iloc[test_idx]]) & (TRAINING | {"heldout"})
+    with pytest.raises(ValueError, match="data.split"):
+        load_config(None, ["data.split=open"])

@@ -48,13 +48,15 @@ def load_training_split(cfg: TrainConfig, out_dir: Path | None = None
     test), from :func:`train.data.load_partition`.
     """
     frame = read_metadata(cfg.data.metadata)
-    fmt = frame.attrs.get("format")
+    # The partition of the whole file (as evaluation reads it), before any subsetting.
+    labels = load_partition(cfg.data.metadata, cfg.data.partition, frame, cfg.data.split_seed)[0] \
+        if cfg.data.split == "clibd" else None
     if cfg.data.max_specimens is not None and len(frame) > cfg.data.max_specimens:
         frame = frame.sample(n=cfg.data.max_specimens, random_state=cfg.data.split_seed).sort_index()
+    rows = frame.index.to_numpy()  # read_metadata's index is the row position
     frame = frame.reset_index(drop=True)
-    frame.attrs["format"] = fmt
-    if cfg.data.split == "clibd":
-        labels, _ = load_partition(cfg.data.metadata, cfg.data.partition, frame, cfg.data.split_seed)
+    if labels is not None:
+        labels = labels[rows]
         training = np.isin(labels, sorted(TRAINING))
         train_idx, test_idx = np.flatnonzero(training), np.flatnonzero(~training & (labels != HELDOUT))
     else:

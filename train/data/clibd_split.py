@@ -73,7 +73,7 @@ def clibd_partition(frame: pd.DataFrame, seed: int = 0, min_records: int = DEFAU
     """CLIBD's partition of a normalised metadata frame: one label of :data:`PARTITIONS` per row (object array).
 
     See the module docstring for the rules. Seeded: the same frame and seed give the same labels. Species are
-    drawn in sorted-name order, so the labels do not depend on how other rows are ordered.
+    drawn in sorted-name order, so records without a species (and where they sit) do not change the others' labels.
     """
     if min_records < 4:
         raise ValueError(f"min_records must be at least 4 (a seen species needs train, two queries and a key), "

@@ -30,7 +30,13 @@ class DataConfig:
 
     metadata: str = ""  # BIOSCAN-1M/5M TSV, the authors' CSV, or a barcode TSV
     images: str | None = None  # images.hdf5 or a folder; None trains on the modalities the metadata has
-    test_fraction: float = 0.2  # seeded closed-set split (every test taxon is also in training)
+    # "closed": a seeded closed-set split (every test taxon is also in training); "clibd": train on CLIBD's open-set
+    # partition's training records only (train.data.clibd_split), so its unseen species are never trained on
+    split: str = "closed"
+    # clibd: a partition TSV (sampleid, partition); None = clibd_split.tsv beside the metadata, BIOSCAN-5M's split
+    # column, the authors' CLIBD_partitioning folder beside a BIOSCAN-1M file, else computed (seeded by split_seed)
+    partition: str | None = None
+    test_fraction: float = 0.2  # closed split: share of each lineage held out
     split_seed: int = 0
     max_specimens: int | None = None  # keep a seeded subset, for quick runs
     batch_size: int = 250  # per rank
@@ -44,6 +50,8 @@ class DataConfig:
     num_workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.split not in ("closed", "clibd"):
+            raise ValueError(f"data.split must be 'closed' or 'clibd', got {self.split!r}")
         if self.hir_views not in ("augmented", "identical"):
             raise ValueError(f"data.hir_views must be 'augmented' or 'identical', got {self.hir_views!r}")
         if isinstance(self.dna_augment, bool) or not isinstance(self.dna_augment, (int, float)) \

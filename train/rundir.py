@@ -19,7 +19,8 @@ import pandas as pd
 import yaml
 
 from train.config import TrainConfig
-from train.data import closed_set_split, read_metadata
+from train.data import closed_set_split, load_partition, read_metadata
+from train.data.clibd_split import HELDOUT, TRAINING
 
 CONFIG = "config.yaml"
 TAXONOMY = "taxonomy.json"
@@ -40,12 +41,26 @@ def split_ids(frame: pd.DataFrame) -> np.ndarray:
 
 def load_training_split(cfg: TrainConfig, out_dir: Path | None = None
                         ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """The metadata, and the seeded closed-set split of it (saved in the run dir when ``out_dir`` is given)."""
+    """The metadata, and its train/test split (saved in the run dir when ``out_dir`` is given).
+
+    ``data.split=closed``: the seeded closed-set split. ``data.split=clibd``: train = CLIBD's training records
+    (``train``, ``train_key``), test = every other record but ``heldout`` (queries and keys of validation and
+    test), from :func:`train.data.load_partition`.
+    """
     frame = read_metadata(cfg.data.metadata)
+    # The partition of the whole file (as evaluation reads it), before any subsetting.
+    labels = load_partition(cfg.data.metadata, cfg.data.partition, frame, cfg.data.split_seed)[0] \
+        if cfg.data.split == "clibd" else None
     if cfg.data.max_specimens is not None and len(frame) > cfg.data.max_specimens:
         frame = frame.sample(n=cfg.data.max_specimens, random_state=cfg.data.split_seed).sort_index()
+    rows = frame.index.to_numpy()  # read_metadata's index is the row position
     frame = frame.reset_index(drop=True)
-    train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
+    if labels is not None:
+        labels = labels[rows]
+        training = np.isin(labels, sorted(TRAINING))
+        train_idx, test_idx = np.flatnonzero(training), np.flatnonzero(~training & (labels != HELDOUT))
+    else:
+        train_idx, test_idx = closed_set_split(frame, cfg.data.test_fraction, cfg.data.split_seed)
     if out_dir is not None:
         np.savez(Path(out_dir) / SPLIT, train=train_idx, test=test_idx, sampleid=split_ids(frame))
     return frame, train_idx, test_idx
@@ -54,7 +69,10 @@ def load_training_split(cfg: TrainConfig, out_dir: Path | None = None
 def split_settings(training: Mapping[str, Any] | None) -> dict[str, Any]:
     """The config values that decide a split (from a training config dict, e.g. a bundle's ``training``)."""
     data = (training or {}).get("data") or {}
-    return {k: data.get(k) for k in ("test_fraction", "split_seed", "max_specimens")}
+    settings = {k: data.get(k) for k in ("test_fraction", "split_seed", "max_specimens")}
+    if data.get("split", "closed") != "closed":  # runs from before data.split existed were closed-set
+        settings.update(split=data.get("split"), partition=data.get("partition"))
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from train.data import open_images, specimen_ids
 from train.evaluate.orchestration import CONDITIONS, DEFAULT_BLUR_KERNEL, evaluate_bundle
+from train.evaluate.retrieval import clibd_for_bundle, format_clibd
 from train.evaluate.tables import format_tables
 from train.rundir import SUBSETS, select_rows, split_settings
 
@@ -43,8 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-specimens", type=int, default=None,
                         help="evaluate a random subset (seed 0) of at most this many of the chosen rows")
     parser.add_argument("--sweep", action="store_true", help="also measure accuracy against noise strength")
-    parser.add_argument("--retrieval", action="store_true",
-                        help="also run CLIBD's retrieval protocol against the bundle's reference bank")
+    parser.add_argument("--retrieval", nargs="?", const="bank", choices=("bank", "clibd"), default=None,
+                        help="also run CLIBD's retrieval protocol: 'bank' (the default) against the bundle's reference "
+                             "bank; 'clibd' on CLIBD's partition of --metadata, unseen species retrieved from their "
+                             "own keys (results key retrieval_clibd)")
+    parser.add_argument("--partition", default=None,
+                        help="--retrieval clibd: partition TSV (sampleid, partition); default: the bundle's "
+                             "data.partition, clibd_split.tsv beside the metadata, BIOSCAN-5M's split column, ...")
     parser.add_argument("--out", required=True, help="results JSON to write")
     parser.add_argument("--markdown", default=None, help="also write the tables as markdown here")
     parser.add_argument("--batch-size", type=int, default=256, help="specimens per encoder batch")
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown or not conditions:
         raise SystemExit(f"--conditions: unknown {unknown}; choose from {', '.join(CONDITIONS)}")
+    if args.partition is not None and args.retrieval != "clibd":
+        raise SystemExit("--partition is for --retrieval clibd")
     if args.blur_kernel < 1:
         raise SystemExit(f"--blur-kernel must be >= 1, got {args.blur_kernel}")
     if args.max_specimens is not None and args.max_specimens < 1:
@@ -91,13 +99,22 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
                               blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
-                              retrieval=args.retrieval, batch_size=args.batch_size, num_workers=args.num_workers,
+                              retrieval=args.retrieval == "bank", batch_size=args.batch_size, num_workers=args.num_workers,
                               device=device, dataset=str(args.metadata))
     results["_meta"].update(info)
+    if args.retrieval == "clibd":
+        try:
+            results["retrieval_clibd"] = clibd_for_bundle(bundle, args.metadata, args.partition, images,
+                                                          batch_size=args.batch_size, num_workers=args.num_workers,
+                                                          device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"--retrieval clibd: {err}") from err
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     markdown = format_tables(results)
+    if "retrieval_clibd" in results:
+        markdown += "\n" + format_clibd(results["retrieval_clibd"])
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown, encoding="utf-8")

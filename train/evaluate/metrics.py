@@ -6,7 +6,7 @@ docstring of :mod:`train.evaluate` (METHOD.md section 8, REFERENCE_CODE.md 7.2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,7 +136,7 @@ def _percent(num: float, den: float) -> float | None:
 def retrieval_scores(
     queries: np.ndarray, query_codes: np.ndarray, keys: np.ndarray, key_codes: np.ndarray,
     query_ids: Sequence[str | None] | None = None, key_ids: Sequence[str] | None = None,
-    ks: Sequence[int] = RETRIEVAL_KS,
+    ks: Sequence[int] = RETRIEVAL_KS, groups: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """CLIBD's key-query retrieval accuracy, split into seen and unseen queries (see the module docstring).
 
@@ -144,8 +144,11 @@ def retrieval_scores(
         queries: ``[N, d]`` L2-normalised query embeddings; ``query_codes`` ``[N, 4]`` label codes.
         keys: ``[M, d]`` L2-normalised key embeddings; ``key_codes`` ``[M, 4]``, in the same code space.
         query_ids, key_ids: a key whose id equals the query's is skipped (None ids never match).
+        groups: ``{name: [N] bool}`` query groups to score; by default ``seen`` (the query's species is among the
+            keys'), ``unseen`` (every other query) and ``all``. CLIBD's partition passes its own seen and unseen
+            queries, whose unseen species do have keys.
 
-    Returns ``{"seen"|"unseen"|"all": {"n": int, "micro"|"macro": {level: {"top1", "top3", "top5"}}}}``.
+    Returns ``{group: {"n": int, "micro"|"macro": {level: {"top1", "top3", "top5"}}}}``.
     """
     import faiss
 
@@ -167,12 +170,13 @@ def retrieval_scores(
     predicted = np.where(valid[:, :, None], key_codes[np.maximum(neighbours, 0)], -1)
     hits = hits_at_k(predicted, query_codes)  # [N, kmax, 4]
 
-    species = len(LEVELS) - 1
-    key_species = np.unique(key_codes[:, species][key_codes[:, species] >= 0])
-    seen = (query_codes[:, species] >= 0) & np.isin(query_codes[:, species], key_species)
-    everyone = np.ones(len(seen), dtype=bool)  # "all": the nearest-neighbour identification of every query
-    return {group: _retrieval_group(hits[mask], query_codes[mask], ks)
-            for group, mask in (("seen", seen), ("unseen", ~seen), ("all", everyone))}
+    if groups is None:
+        species = len(LEVELS) - 1
+        key_species = np.unique(key_codes[:, species][key_codes[:, species] >= 0])
+        seen = (query_codes[:, species] >= 0) & np.isin(query_codes[:, species], key_species)
+        everyone = np.ones(len(seen), dtype=bool)  # "all": the nearest-neighbour identification of every query
+        groups = {"seen": seen, "unseen": ~seen, "all": everyone}
+    return {group: _retrieval_group(hits[mask], query_codes[mask], ks) for group, mask in groups.items()}
 
 
 def _retrieval_group(hits: np.ndarray, codes: np.ndarray, ks: Sequence[int]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import fields
 
+from train.data.clibd_split import DEFAULT_MIN_RECORDS
 from train.synthetic.config import SynthConfig
 from train.synthetic.writer import generate
 
@@ -28,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-height", type=int, default=d.image_height,
                         help="image height in pixels; width is 1.1-1.45 times it (default %(default)s)")
     parser.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
+    parser.add_argument("--clibd-min-records", type=int, default=DEFAULT_MIN_RECORDS,
+                        help="clibd_split.tsv: fewest records of a species that can be seen (default %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image processes (default: CPU count); the output does not depend on it")
 
@@ -39,7 +42,9 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.clibd_min_records < 4:
+        raise SystemExit(f"--clibd-min-records must be at least 4, got {args.clibd_min_records}")
     started = time.perf_counter()
-    out = generate(args.out, config_from_args(args))
+    out = generate(args.out, config_from_args(args), args.clibd_min_records)
     log.info("done in %.1f s: %s", time.perf_counter() - started, out)
     return 0

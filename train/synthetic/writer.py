@@ -1,4 +1,6 @@
-"""Writing a benchmark: metadata.tsv, truth.tsv, tree.json and images.hdf5 (see the package docstring)."""
+"""Writing a benchmark: metadata.tsv, truth.tsv, tree.json and images.hdf5 (see the package docstring), and
+clibd_split.tsv, CLIBD's open-set partition of the records (:mod:`train.data.clibd_split`; a side file, so
+metadata.tsv keeps the BIOSCAN-1M columns)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import h5py
 import numpy as np
 
 from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED
+from train.data.clibd_split import DEFAULT_MIN_RECORDS, SIDE_FILE, clibd_partition, write_partition
+from train.data.readers import read_metadata
 from train.synthetic.config import FORMAT_VERSION, HDF5_GROUP, METADATA_COLUMNS, TRUTH_COLUMNS, SynthConfig
 from train.synthetic.dna import barcode_strings, evolve_taxa, specimen_barcodes
 from train.synthetic.images import render_images
@@ -49,8 +53,12 @@ def _write_images(path: Path, keys: Sequence[str], images: Iterator[bytes]) -> N
                 log.info("images: %d/%d (%.0f/s)", i + 1, n, (i + 1) / (time.perf_counter() - started))
 
 
-def generate(out_dir: str | os.PathLike, config: SynthConfig | None = None) -> Path:
-    """Write a synthetic benchmark (metadata.tsv, images.hdf5, tree.json, truth.tsv) into ``out_dir``.
+def generate(out_dir: str | os.PathLike, config: SynthConfig | None = None,
+             clibd_min_records: int = DEFAULT_MIN_RECORDS) -> Path:
+    """Write a synthetic benchmark (metadata.tsv, images.hdf5, tree.json, truth.tsv, clibd_split.tsv) into ``out_dir``.
+
+    ``clibd_split.tsv`` is CLIBD's partition of the labelled records (seeded by ``config.seed``; species with at
+    least ``clibd_min_records`` records can be seen).
 
     The same config gives byte-identical TSV and JSON files and identical images, whatever
     ``config.workers``. Returns the output directory.
@@ -76,6 +84,8 @@ def generate(out_dir: str | os.PathLike, config: SynthConfig | None = None) -> P
             for i, (s, names, dna, img) in enumerate(zip(sampleids, shown, barcodes, image_files)))
     _write_tsv(out / "metadata.tsv", METADATA_COLUMNS, rows)
     true_names = _lineage_names(tree, lineage)
+    metadata = read_metadata(out / "metadata.tsv")  # the partition follows the labels a user sees, not the truth
+    write_partition(out / SIDE_FILE, metadata, clibd_partition(metadata, config.seed, clibd_min_records))
     _write_tsv(out / "truth.tsv", TRUTH_COLUMNS, ([s, *names] for s, names in zip(sampleids, true_names)))
     meta = {"format_version": FORMAT_VERSION, "generator": "train.synthetic",
             "config": {k: v for k, v in asdict(config).items() if k != "workers"}, **tree.to_json()}

@@ -389,10 +389,12 @@ def test_cli_writes_results_and_tables(trained, tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     assert _cli("--bundle", str(trained["bundle"].path), "--metadata", str(trained["synth"] / "metadata.tsv"),
                 "--images", str(trained["synth"] / "images.hdf5"), "--split", str(trained["run"]),
-                "--conditions", "clean,noisy_dna", "--max-specimens", "30", "--out", str(out),
-                "--markdown", str(md)) == 0
+                "--conditions", "clean,noisy_dna", "--max-specimens", "30", "--per-level", "independent",
+                "--out", str(out), "--markdown", str(md)) == 0
     results = json.loads(out.read_text())
     assert [k for k in results if not k.startswith("_")] == ["clean", "noisy_dna"]
+    assert results["_meta"]["per_level"] == "independent" and "--per-level independent" in md.read_text()
+    assert "| dna | noisy_dna |" in md.read_text()  # the hierarchy table
     assert results["_meta"]["subset"] == "test" and results["_meta"]["specimens"] == 30
     assert results["_meta"]["specimens_in_reference_bank"] == 0  # the bank holds the training rows
     assert "| DT | tiny | Noisy |" in md.read_text()

@@ -206,8 +206,8 @@ def test_results_schema(full_eval, trained):
     for condition in ev.CONDITIONS:
         assert list(full_eval[condition]) == list(ev.QUERIES)  # trained with the fusion loss: fused included
         for per_level in full_eval[condition].values():
-            assert list(per_level) == ["order", "family", "genus", "species", "global"]
-            for scores in per_level.values():
+            assert list(per_level) == ["order", "family", "genus", "species", "global", "hierarchy"]
+            for scores in (per_level[level] for level in ev.EVAL_LEVELS):
                 assert set(scores) == {"top1", "top5"}
                 assert all(isinstance(v, float) and 0 <= v <= 100 for v in scores.values())
                 assert scores["top1"] <= scores["top5"]
@@ -252,6 +252,63 @@ def test_composed_queries_equal_embedding_both_degradations_at_once(trained):
         np.testing.assert_allclose(composed[query][0], direct[query], atol=1e-5)
 
 
+def test_hierarchy_numbers_for_every_space_and_condition(full_eval, trained):
+    assert full_eval["_meta"]["per_level"] == "string"
+    for condition in ev.CONDITIONS:
+        for query, per_level in full_eval[condition].items():
+            h = per_level["hierarchy"]
+            severity, agreement, drift = h["mistake_severity"], h["agreement"], h["drift"]
+            assert severity["specimens"] == full_eval["_meta"]["n_labelled"][query]["order"]
+            assert severity["mistakes"] + severity["correct"] + severity["undecided"] == severity["specimens"]
+            assert severity["severity"] is None or 0 < severity["severity"] <= 4
+            assert 0 <= severity["hdist@1"] <= 4 and 0 <= severity["hdist@5"] <= 4
+            assert 0 < agreement["pairs"] <= ev.AGREEMENT_PAIRS and -1 <= agreement["rho"] <= 1
+            assert drift["specimens"] >= severity["specimens"]  # drift also covers specimens with no known rank
+            assert sum(drift["distribution"].values()) == pytest.approx(1.0)
+            assert 0 <= drift["mean_depth"] <= 4
+    # Without noise nothing moves; each noise moves exactly the spaces that read the degraded modality.
+    for query in ev.QUERIES:
+        assert full_eval["clean"][query]["hierarchy"]["drift"]["mean_displacement"] == pytest.approx(0, abs=1e-9)
+        assert full_eval["noisy_both"][query]["hierarchy"]["drift"]["mean_displacement"] > 0
+    assert full_eval["noisy_dna"]["image"]["hierarchy"] == full_eval["clean"]["image"]["hierarchy"]
+    assert full_eval["noisy_dna"]["dna"]["hierarchy"]["drift"]["mean_displacement"] > 0
+    # hdist@k covers the specimens identified to species (in the synthetic data every rank above is known then).
+    clean_dna = full_eval["clean"]["dna"]
+    assert clean_dna["hierarchy"]["mistake_severity"]["hdist_specimens"] == \
+        full_eval["_meta"]["n_labelled"]["dna"]["species"]
+
+
+def test_independent_levels_can_put_family_below_genus():
+    """A query nearest to its true string, but whose family's other strings lie around it: the family that
+    ranks first on its own is the wrong one, although the first string (and so the string reading) is right."""
+    cand_ranks = np.array([("O1", "F1", "G1", "S1"), ("O1", "F2", "G2", "S2"), ("O1", "F2", "G3", "S3")], dtype=object)
+    cand_texts = [" ".join(r) for r in cand_ranks]
+    cand_emb = np.array([[0.9, 0.0, np.sqrt(1 - 0.81)], [1, 1, 0], [1, -1, 0]], dtype=np.float32)
+    cand_emb /= np.linalg.norm(cand_emb, axis=1, keepdims=True)  # S2, S3 at cos 0.71 of the query, S1 at 0.9
+    query = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)  # the mean of F2's strings points exactly here
+    truth, cand = ev.label_codes(cand_ranks[:1], cand_texts[:1], cand_ranks, cand_texts)
+
+    string, _ = ev.classification_scores(query, truth, cand_emb, cand)
+    assert string["family"]["top1"] == string["genus"]["top1"] == 100.0  # the string reading cannot differ
+
+    independent = ev.independent_level_scores(query, truth, ev.LevelCandidates(cand_emb, cand))
+    assert independent["genus"]["top1"] == 100.0 and independent["species"]["top1"] == 100.0
+    assert independent["family"]["top1"] == 0.0 < independent["family"]["top5"]
+    assert independent["order"] == {"top1": 100.0, "top5": 100.0}
+
+
+def test_per_level_independent_is_recorded_and_keeps_global(trained, full_eval):
+    frame = trained["test"].iloc[:60]
+    results = ev.evaluate_bundle(trained["bundle"], frame, trained["images"], ["clean"], per_level="independent")
+    assert results["_meta"]["per_level"] == "independent"
+    string = ev.evaluate_bundle(trained["bundle"], frame, trained["images"], ["clean"])
+    for query in results["clean"]:
+        assert results["clean"][query]["global"] == string["clean"][query]["global"]
+        assert results["clean"][query]["hierarchy"] == string["clean"][query]["hierarchy"]
+    with pytest.raises(ValueError, match="per_level"):
+        ev.evaluate_bundle(trained["bundle"], frame, trained["images"], ["clean"], per_level="both")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Tables
 
@@ -268,6 +325,10 @@ def test_tables_follow_the_papers_layout(full_eval):
     assert rows == [["| IT", "Clean"], ["| ", "Noisy I"], ["| DT", "Clean"], ["| ", "Noisy D"],
                     ["| I+DT (Avg)", "Clean"], ["| ", "Noisy D"], ["| ", "Noisy I+D"],
                     ["| I+DT (Fused)", "Clean"], ["| ", "Noisy D"], ["| ", "Noisy I+D"]]
+    th = lines.index("| Query | Cond. | Severity | HDist@1 | HDist@5 | rho | Depth | Moved |")
+    first = lines[th + 2].split(" | ")
+    severity = full_eval["clean"]["image"]["hierarchy"]["mistake_severity"]["severity"]
+    assert first[:2] == ["| image", "clean"] and first[2] == ("–" if severity is None else f"{severity:.2f}")
     dt_noisy = lines[t1 + 5].split(" | ")
     family = full_eval["noisy_dna"]["dna"]["family"]
     assert dt_noisy[4] == f"{family['top1']:.1f} / {family['top5']:.1f}"
@@ -328,10 +389,12 @@ def test_cli_writes_results_and_tables(trained, tmp_path):
     out, md = tmp_path / "r.json", tmp_path / "r.md"
     assert _cli("--bundle", str(trained["bundle"].path), "--metadata", str(trained["synth"] / "metadata.tsv"),
                 "--images", str(trained["synth"] / "images.hdf5"), "--split", str(trained["run"]),
-                "--conditions", "clean,noisy_dna", "--max-specimens", "30", "--out", str(out),
-                "--markdown", str(md)) == 0
+                "--conditions", "clean,noisy_dna", "--max-specimens", "30", "--per-level", "independent",
+                "--out", str(out), "--markdown", str(md)) == 0
     results = json.loads(out.read_text())
     assert [k for k in results if not k.startswith("_")] == ["clean", "noisy_dna"]
+    assert results["_meta"]["per_level"] == "independent" and "--per-level independent" in md.read_text()
+    assert "| dna | noisy_dna |" in md.read_text()  # the hierarchy table
     assert results["_meta"]["subset"] == "test" and results["_meta"]["specimens"] == 30
     assert results["_meta"]["specimens_in_reference_bank"] == 0  # the bank holds the training rows
     assert "| DT | tiny | Noisy |" in md.read_text()

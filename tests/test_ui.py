@@ -311,6 +311,72 @@ def test_score_chart_and_robustness_figures(engine, example):
         assert list(trace.y) == [r["top1"] for r in sorted(sweep, key=lambda r: r["strength"])]
 
 
+def test_robustness_tab_tables_the_hierarchy_numbers_of_each_evaluation(engine, tiny):
+    from hirviz.ui import build_ui, hierarchy_tables
+
+    text = hierarchy_tables(engine)
+    for name in engine.names:
+        assert f"**{name}** (without noise → with noise)" in text
+    assert "lower is better: 1 = mistakes stay within the genus" in text.lower()
+    # The cells are the eval.json numbers, clean then noisy: the DNA row of the main model.
+    results = engine.bundles["HiR-Fuse"].eval_results
+    clean, noisy = results["clean"]["dna"]["hierarchy"], results["noisy_dna"]["dna"]["hierarchy"]
+    block = text.split("**CLIBD**")[0]
+    row = next(line for line in block.splitlines() if line.startswith("| DNA only |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+
+    def pair(a, b):
+        return " → ".join("–" if v is None else f"{v:.2f}" for v in (a, b))
+
+    assert cells[2] == pair(clean["mistake_severity"]["severity"], noisy["mistake_severity"]["severity"])
+    assert cells[3] == pair(clean["agreement"]["rho"], noisy["agreement"]["rho"])
+    assert cells[4] == pair(clean["drift"]["mean_depth"], noisy["drift"]["mean_depth"])
+    assert cells[5] == f"{noisy['drift']['mean_displacement']:.3f}"
+    # The baseline's fusion was never trained: no gated-fusion row for it.
+    assert "| Gated fusion |" in block and "| Gated fusion |" not in text.split("**CLIBD**")[1]
+    config = build_ui(engine.bundles, tiny["examples"], engine=engine).get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert "hz-hierarchy" in ids.values()
+    # The Geometry tab's drift sentence is an output of the geometry event.
+    geometry_dep = next(d for d in config["dependencies"] if d["api_name"] == "geometry")
+    assert "hz-drift" in {ids[i] for i in geometry_dep["outputs"]}
+
+
+def test_robustness_table_says_when_an_evaluation_has_no_hierarchy_numbers():
+    from hirviz.ui.render import hierarchy_markdown
+
+    old = {"clean": {"dna": {lvl: {"top1": 50.0, "top5": 70.0} for lvl in (*LEVELS, "global")}}}
+    assert "no hierarchy numbers" in hierarchy_markdown("old", old)
+    assert "no hierarchy numbers" in hierarchy_markdown("none", None)
+
+
+def test_geometry_says_how_far_the_noise_moved_the_specimen(engine, example):
+    from hirviz.degrade import DnaNoise
+    from hirviz.hierarchy import describe_drift, specimen_drift
+    from hirviz.ui import NoiseSettings, drift_text, identify
+
+    image, barcode = example
+    assert drift_text(engine, {}, "dna") == ""  # nothing identified yet
+    clean_view = identify(engine, {"path": image}, barcode, NoiseSettings())
+    assert "no noise reached the dna space" in drift_text(engine, clean_view.session, "dna")
+    noisy = NoiseSettings(blur_kernel=0, dna=DnaNoise().scaled(4), seed=1)
+    view = identify(engine, {"path": image}, barcode, noisy)
+    text = drift_text(engine, view.session, "dna")
+    # The sentence of each model is describe_drift of its clean and noisy DNA embeddings in its reference bank.
+    for name in engine.names:
+        z_noisy = view.predictions[name].queries["dna"].embedding
+        z_clean = clean_view.predictions[name].queries["dna"].embedding
+        ref = engine.bundles[name].reference
+        rows = engine.predictor(name).reference_map.members("dna")
+        drift = specimen_drift(z_clean, z_noisy, ref.embeddings["dna"][rows], ref.labels[rows])
+        assert drift.displacement > 0
+        assert f"**{name}** (dna space): {describe_drift(drift)}" in text
+    # A blur does not reach the DNA space, but it does reach the image space.
+    blurred = identify(engine, {"path": image}, barcode, NoiseSettings(blur_kernel=9))
+    assert "no noise reached" in drift_text(engine, blurred.session, "dna")
+    assert "The noise moved the embedding" in drift_text(engine, blurred.session, "image")
+
+
 def test_robustness_says_not_evaluated_without_a_sweep():
     fig = figures.robustness_figure({"A": [], "B": None}, "dna", "species")
     assert not fig.data and "not evaluated" in fig.layout.annotations[0].text

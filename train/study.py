@@ -164,14 +164,32 @@ def _mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None
     return float(kept.mean()), float(kept.std(ddof=1)) if kept.size > 1 else None  # one seed: no spread
 
 
+def _merge_numbers(nodes: Sequence[Any]) -> Any:
+    """Mean of every number (``<key>_sd`` beside it) in same-shaped nested dicts; other leaves from the first."""
+    if all(isinstance(n, Mapping) for n in nodes):
+        out: dict[str, Any] = {}
+        for key in (k for k in nodes[0] if all(k in n for n in nodes)):
+            values = [n[key] for n in nodes]
+            numeric = [v for v in values if v is not None]
+            if numeric and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numeric):
+                out[key], out[f"{key}_sd"] = _mean_sd(values)
+            else:
+                out[key] = _merge_numbers(values)
+        return out
+    return nodes[0]
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-seed results (the ``eval`` JSON) -> one dict of the same layout holding means, with ``<key>_sd`` beside
-    every score (sample standard deviation over seeds) and ``n_seeds`` in ``_meta``; sweeps are averaged per point.
+    every score (sample standard deviation over seeds) and ``n_seeds`` in ``_meta``; sweeps are averaged per point,
+    and so is every number of a query's ``hierarchy`` block (severity, agreement, drift).
     """
     if not runs:
         raise ValueError("no runs to aggregate")
 
-    def merge(nodes: Sequence[Any]) -> Any:
+    def merge(nodes: Sequence[Any], key: str | None = None) -> Any:
+        if key == "hierarchy":
+            return _merge_numbers(nodes)
         if _is_score(nodes[0]):
             out: dict[str, Any] = {}
             for key in SCORE_KEYS:
@@ -180,7 +198,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             return out
         if isinstance(nodes[0], Mapping):
             common = [k for k in nodes[0] if all(isinstance(n, Mapping) and k in n for n in nodes)]
-            return {k: merge([n[k] for n in nodes]) for k in common}
+            return {k: merge([n[k] for n in nodes], k) for k in common}
         return nodes[0]
 
     result = {k: merge([r[k] for r in runs]) for k in runs[0] if k not in ("_meta", "sweep") and all(k in r for r in runs)}

@@ -29,7 +29,9 @@ def eval_markdown(results: Mapping[str, Any] | None) -> str:
     for condition, queries in results.items():
         if condition.startswith("_") or condition in _EXTRA_RESULTS or not _is_table(queries):
             continue
-        levels = list(dict.fromkeys(lvl for per_level in queries.values() for lvl in per_level))
+        # A query's other blocks (its "hierarchy" numbers) are not accuracy columns: only scores are.
+        levels = list(dict.fromkeys(lvl for per_level in queries.values() for lvl, s in per_level.items()
+                                    if isinstance(s, Mapping) and "top1" in s))
         lines = [f"**{condition}** (top-1 / top-5 accuracy, %)", "",
                  "| query | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels)]
         for query, per_level in queries.items():

@@ -15,8 +15,10 @@ from __future__ import annotations
 from hirviz.ui.engine import Engine, NoiseSettings, trained_fusion
 from hirviz.ui.handlers import (
     IdentifyView,
+    drift_text,
     eval_tables,
     geometry,
+    hierarchy_tables,
     identify,
     read_examples,
     refused,
@@ -37,6 +39,8 @@ __all__ = [
     "build_ui",
     "identify",
     "geometry",
+    "drift_text",
+    "hierarchy_tables",
     "score_chart",
     "robustness",
     "eval_tables",

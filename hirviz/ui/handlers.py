@@ -20,6 +20,7 @@ from PIL import Image
 from hirviz import figures
 from hirviz.barcode import BarcodeError
 from hirviz.degrade import DnaNoise
+from hirviz.hierarchy import describe_drift, specimen_drift
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS, Prediction, load_image
 from hirviz.taxonomy import LEVELS
@@ -33,10 +34,19 @@ from hirviz.ui.engine import (
     image_source,
     trained_fusion,
 )
-from hirviz.ui.render import agreement_text, barcode_html, neighbours_frame, query_label, result_html, status_line
+from hirviz.ui.render import (
+    HIERARCHY_EXPLANATIONS,
+    agreement_text,
+    barcode_html,
+    hierarchy_markdown,
+    neighbours_frame,
+    query_label,
+    result_html,
+    status_line,
+)
 
-__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "robustness",
-           "eval_tables", "read_examples", "input_message", "role_note"]
+__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "drift_text",
+           "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +243,53 @@ def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], s
         blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)),
     )
     return path, [f"×{s:g}" for s in strengths]
+
+
+def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) -> str:
+    """In words, per bundle: how far the noise of the last identification moved the specimen in ``space``.
+
+    The specimen is re-embedded without noise and both embeddings are compared with the bundle's reference bank
+    (:func:`hirviz.hierarchy.specimen_drift`): does the nearest reference still share the names the noise-free
+    input's nearest reference has? Empty before any identification.
+    """
+    session = session or {}
+    embeddings = session.get("embeddings") or {}
+    if not embeddings:
+        return ""
+    noise = session.get("noise") or {}
+    dna = DnaNoise(**noise["dna"]) if noise.get("dna") else DnaNoise.off()
+    image = session.get("image") if space != "dna" else None
+    barcode = session.get("barcode") if space != "image" else None
+    blurred = image is not None and int(noise.get("blur_kernel", 0) or 0) > 1
+    if not blurred and (barcode is None or dna.is_off()):
+        return (f"Drift: no noise reached the {space} space's inputs; set the noise controls and identify again to "
+                "see how far the noise moves your specimen.")
+    lines = []
+    for name in engine.names:
+        z = (embeddings.get(name) or {}).get(space)
+        reference_map = engine.predictor(name).reference_map
+        if z is None or reference_map is None or space not in reference_map.spaces:
+            continue
+        rows = reference_map.members(space)
+        try:
+            clean = engine.predictor(name).embed(image, barcode).vectors.get(space) if len(rows) > 1 else None
+        except INPUT_ERRORS as err:  # e.g. the uploaded file is gone: say so instead of failing
+            lines.append(f"**{name}**: no drift: {input_message(err)}")
+            continue
+        if clean is None:
+            continue
+        reference = engine.bundles[name].reference
+        drift = specimen_drift(clean[0], np.asarray(z, dtype=np.float32), reference.embeddings[space][rows],
+                               reference.labels[rows])
+        lines.append(f"**{name}** ({space} space): {describe_drift(drift)}")
+    return "\n\n".join(lines)
+
+
+def hierarchy_tables(engine: Engine) -> str:
+    """Each bundle's hierarchy-consistency numbers from its evaluation, as Markdown with what each column means."""
+    tables = [hierarchy_markdown(name, getattr(engine.bundles[name], "eval_results", None),
+                                 fusion=trained_fusion(engine.bundles[name])) for name in engine.names]
+    return "\n\n".join([*tables, "\n".join(f"- {line}" for line in HIERARCHY_EXPLANATIONS)])
 
 
 def robustness(engine: Engine, level: str) -> tuple[go.Figure, go.Figure]:

@@ -29,8 +29,10 @@ from hirviz.ui.engine import (
     NoiseSettings,
 )
 from hirviz.ui.handlers import (
+    drift_text,
     eval_tables,
     geometry,
+    hierarchy_tables,
     identify,
     input_message,
     read_examples,
@@ -241,6 +243,7 @@ class _GeometryTab:
     colour_by: gr.Radio
     show_path: gr.Checkbox
     status: gr.Markdown
+    drift: gr.Markdown
     map_plots: list[gr.Plot]
 
 
@@ -258,23 +261,24 @@ def _geometry_tab(engine: Engine) -> _GeometryTab:
             colour_by = gr.Radio(list(COLOUR_LEVELS), value="order", label="Colour by")
             show_path = gr.Checkbox(value=True, label="Show the path as noise rises")
         status = gr.Markdown("")
+        drift = gr.Markdown("", elem_id="hz-drift")
         with gr.Row(equal_height=False):
             initial_maps = geometry(engine, {}, default_space, "order", False)[1]
             map_plots = [gr.Plot(initial_maps[n], show_label=False, elem_id=f"hz-map-{i}")
                          for i, n in enumerate(engine.names)]
-    return _GeometryTab(tab, space, colour_by, show_path, status, map_plots)
+    return _GeometryTab(tab, space, colour_by, show_path, status, drift, map_plots)
 
 
 def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None:
     def run_geometry(session_state, map_space, colour_by, show_path):
         """Redraw the reference maps with the last specimen placed (and its noise path)."""
         message, maps = geometry(engine, session_state, map_space, colour_by, bool(show_path))
-        return (message, *[maps[n] for n in engine.names])
+        return (message, drift_text(engine, session_state, map_space), *[maps[n] for n in engine.names])
 
     # The maps are drawn when the tab is opened (and redrawn on its controls), not on every identification.
     gr.on([tab.tab.select, tab.space.change, tab.colour_by.change, tab.show_path.change],
-          _guarded(1 + len(engine.names), run_geometry),
-          inputs=[session, tab.space, tab.colour_by, tab.show_path], outputs=[tab.status, *tab.map_plots],
+          _guarded(2 + len(engine.names), run_geometry),
+          inputs=[session, tab.space, tab.colour_by, tab.show_path], outputs=[tab.status, tab.drift, *tab.map_plots],
           api_name="geometry", api_description="Draw the reference maps with the last specimen placed.",
           trigger_mode="always_last", concurrency_limit=2, concurrency_id="model")
 
@@ -298,6 +302,8 @@ def _robustness_tab(engine: Engine) -> _RobustnessTab:
         with gr.Row(equal_height=False):
             dna_plot = gr.Plot(dna_figure, show_label=False, elem_id="hz-sweep-dna")
             blur_plot = gr.Plot(blur_figure, show_label=False, elem_id="hz-sweep-blur")
+        with gr.Accordion("Hierarchy consistency: how wrong the models are when they are wrong", open=True):
+            gr.Markdown(hierarchy_tables(engine), elem_id="hz-hierarchy")
         with gr.Accordion("Evaluation tables", open=False):
             gr.Markdown(eval_tables(engine))
     return _RobustnessTab(level, dna_plot, blur_plot)

@@ -18,10 +18,19 @@ A query is scored on the specimens that have its modalities (``avg``/``fused`` n
 ``clean``, ``noisy_dna`` (:class:`hirviz.degrade.DnaNoise` at the paper's rates), ``noisy_image`` (a k x k box
 blur; the paper's kernel size was lost, the default here is :data:`DEFAULT_BLUR_KERNEL`) and ``noisy_both``.
 
+With ``--per-level independent`` (:mod:`~train.evaluate.perlevel`) each level instead ranks its own distinct
+prefixes of the candidate strings; ``_meta.per_level`` says which reading produced the per-level numbers.
+
 Results JSON (accuracies in percent; ``null`` where no evaluated specimen is labelled at a level)::
 
-    {"<condition>": {"<query>": {"<level>": {"top1": float, "top5": float}}},
+    {"<condition>": {"<query>": {"<level>": {"top1": float, "top5": float},
+                                 "hierarchy": {"mistake_severity": {...}, "agreement": {...}, "drift": {...}}}},
      "_meta": {...}, "sweep": [...], "retrieval": {...}}
+
+``hierarchy`` (beside the five levels of every query) holds the hierarchy-consistency numbers of
+:mod:`~train.evaluate.consistency`: mistake severity and hierarchical distance@1/@5 of the ranked strings,
+tree/embedding agreement over a fixed sample of specimen pairs, and the drift of the nearest reference under the
+condition's noise (the baseline without noise in ``clean``).
 
 Queries the data cannot support are left out (a barcode-only file gives only ``dna``), and so is ``fused`` for
 a model trained without the fusion loss (its gate was never trained); a condition that degrades no modality
@@ -48,6 +57,7 @@ from __future__ import annotations
 from hirviz.queries import QUERIES
 from train.evaluate import metrics
 from train.evaluate.cli import add_arguments, run
+from train.evaluate.consistency import AGREEMENT_PAIRS, hierarchy_scores
 from train.evaluate.embedding import KeyBank, QueryEmbedder
 from train.evaluate.metrics import (
     EVAL_LEVELS,
@@ -70,13 +80,16 @@ from train.evaluate.orchestration import (
     evaluate_model,
     noise_sweep,
 )
-from train.evaluate.tables import format_table1, format_table2, format_tables, score_cell
+from train.evaluate.perlevel import PER_LEVEL_READINGS, LevelCandidates, independent_level_scores
+from train.evaluate.tables import format_hierarchy, format_table1, format_table2, format_tables, score_cell
 from train.rundir import SUBSETS, select_rows
 
 __all__ = [
+    "AGREEMENT_PAIRS",
     "CONDITIONS",
     "DEFAULT_BLUR_KERNEL",
     "EVAL_LEVELS",
+    "PER_LEVEL_READINGS",
     "QUERIES",
     "RETRIEVAL_KS",
     "SEEN_DEFINITION",
@@ -85,15 +98,19 @@ __all__ = [
     "SWEEP_DNA_SCALES",
     "TOP_KS",
     "KeyBank",
+    "LevelCandidates",
     "QueryEmbedder",
     "add_arguments",
     "classification_scores",
     "evaluate_bundle",
     "evaluate_model",
+    "format_hierarchy",
     "format_table1",
     "format_table2",
     "format_tables",
+    "hierarchy_scores",
     "hits_at_k",
+    "independent_level_scores",
     "label_codes",
     "metrics",
     "noise_sweep",

@@ -15,6 +15,7 @@ import torch
 
 from train.data import open_images, specimen_ids
 from train.evaluate.orchestration import CONDITIONS, DEFAULT_BLUR_KERNEL, evaluate_bundle
+from train.evaluate.perlevel import PER_LEVEL_READINGS
 from train.evaluate.retrieval import clibd_for_bundle, format_clibd
 from train.evaluate.tables import format_tables
 from train.rundir import SUBSETS, select_rows, split_settings
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partition", default=None,
                         help="--retrieval clibd: partition TSV (sampleid, partition); default: the bundle's "
                              "data.partition, clibd_split.tsv beside the metadata, BIOSCAN-5M's split column, ...")
+    parser.add_argument("--per-level", choices=PER_LEVEL_READINGS, default="string",
+                        help="per-level accuracy from the predicted strings' names (string, default) or from a "
+                             "ranking of each level's own distinct prefixes (independent)")
     parser.add_argument("--out", required=True, help="results JSON to write")
     parser.add_argument("--markdown", default=None, help="also write the tables as markdown here")
     parser.add_argument("--batch-size", type=int, default=256, help="specimens per encoder batch")
@@ -99,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
                               blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
-                              retrieval=args.retrieval == "bank", batch_size=args.batch_size, num_workers=args.num_workers,
+                              retrieval=args.retrieval == "bank", per_level=args.per_level,
+                              batch_size=args.batch_size, num_workers=args.num_workers,
                               device=device, dataset=str(args.metadata))
     results["_meta"].update(info)
     if args.retrieval == "clibd":

@@ -22,16 +22,21 @@ from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import frame_candidates
+from train.evaluate.consistency import AGREEMENT_PAIRS, ReferenceCodes, hierarchy_scores
 from train.evaluate.embedding import KeyBank, QueryEmbedder
 from train.evaluate.metrics import (
     EVAL_LEVELS,
     RETRIEVAL_KS,
     SEEN_DEFINITION,
+    TOP_KS,
     _factorize,
     classification_scores,
     label_codes,
+    ranked_scores,
     retrieval_scores,
+    top_k,
 )
+from train.evaluate.perlevel import PER_LEVEL_READINGS, LevelCandidates, independent_level_scores
 
 if TYPE_CHECKING:
     from hirviz.bundle import Bundle
@@ -62,6 +67,8 @@ def evaluate_model(
     seed: int = 0,
     sweep: bool = False,
     keys: KeyBank | None = None,
+    reference: KeyBank | None = None,
+    per_level: str = "string",
     batch_size: int = 256,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -69,8 +76,12 @@ def evaluate_model(
     """Evaluate ``model`` on ``frame`` (a normalised metadata frame) against ``candidates``.
 
     Returns the results dict described in the module docstring, with ``_meta`` (what was evaluated and how),
-    ``sweep`` when asked for, and ``retrieval`` when a key bank is given.
+    ``sweep`` when asked for, and ``retrieval`` when a key bank is given. ``reference`` is the bank the drift under
+    noise is measured in (:mod:`train.evaluate.consistency`; default ``keys``, none: no drift); ``per_level``
+    picks the reading of the per-level accuracies (:mod:`train.evaluate.perlevel`).
     """
+    if per_level not in PER_LEVEL_READINGS:
+        raise ValueError(f"per_level must be one of {', '.join(PER_LEVEL_READINGS)}, got {per_level!r}")
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
         raise ValueError(f"unknown condition(s) {unknown}; valid: {', '.join(CONDITIONS)}")
@@ -101,14 +112,23 @@ def evaluate_model(
     counts: dict[str, dict[str, int]] = {}
     retrieval: dict[str, Any] = {}
     key_state = _prepare_keys(keys, frame) if keys is not None else None
+    reference = keys if reference is None else reference
+    ref_codes = (ReferenceCodes(reference, frame[list(LEVELS)].to_numpy(dtype=object), specimen_ids(frame))
+                 if reference is not None else None)
+    prefixes = LevelCandidates(candidates.embeddings, cand_codes) if per_level == "independent" else None
+    clean = embedder.queries(embedder.image(0), embedder.dna(None), queries)  # cached: the clean condition's
     for condition in kept:
         blurred, noisy = _CONDITION_NOISE[condition]
-        q = embedder.queries(embedder.image(blur_kernel if blurred else 0),
-                             embedder.dna(dna_noise if noisy else None), queries)
+        q = clean if not (blurred or noisy) else embedder.queries(
+            embedder.image(blur_kernel if blurred else 0), embedder.dna(dna_noise if noisy else None), queries)
         results[condition] = {}
         for name, (emb, mask) in q.items():
-            results[condition][name], counts[name] = classification_scores(
-                emb[mask], truth[mask], candidates.embeddings, cand_codes)
+            ranked = cand_codes[top_k(emb[mask], candidates.embeddings, max(TOP_KS))]
+            scores, counts[name] = ranked_scores(ranked, truth[mask])
+            if prefixes is not None:
+                scores.update(independent_level_scores(emb[mask], truth[mask], prefixes))
+            scores["hierarchy"] = hierarchy_scores(emb, clean[name][0], mask, truth, ranked, ref_codes, name)
+            results[condition][name] = scores
             if key_state is not None and name in key_state["spaces"]:
                 retrieval.setdefault(condition, {})[name] = _retrieve(emb, mask, name, key_state)
         logger.info("%s: %s", condition, _summary(results[condition]))
@@ -132,6 +152,10 @@ def evaluate_model(
         "levels": list(EVAL_LEVELS),
         "metric": "top-k accuracy in percent over the specimens labelled at each level; global = exact match "
                   "of the whole taxonomy string",
+        "per_level": per_level,
+        "hierarchy": {"agreement_pairs": AGREEMENT_PAIRS, "agreement_seed": 0,
+                      "drift_reference": None if reference is None else
+                      {s: int(m.sum()) for s, m in reference.masks.items()}},
     }
     if sweep:
         out["sweep"] = noise_sweep(embedder, truth, candidates, cand_codes, queries, dna_noise)
@@ -225,6 +249,7 @@ def evaluate_bundle(
     seed: int = 0,
     sweep: bool = False,
     retrieval: bool = False,
+    per_level: str = "string",
     batch_size: int = 256,
     num_workers: int = 0,
     device: str | torch.device = "cpu",
@@ -236,7 +261,9 @@ def evaluate_bundle(
     bundle's candidate strings and text embeddings) or ``"dataset"`` (the frame's distinct taxonomy strings
     through the bundle's text tower). ``queries`` defaults to every query the model supports (no ``fused`` for
     a model trained without the fusion loss). ``retrieval`` adds CLIBD's protocol against the bundle's reference
-    bank. ``dataset`` names the evaluated data in ``_meta``. Returns the results dict (module docstring).
+    bank; the drift under noise is always measured in that bank. ``per_level`` is ``"string"`` or
+    ``"independent"`` (:mod:`train.evaluate.perlevel`). ``dataset`` names the evaluated data in ``_meta``. Returns
+    the results dict (module docstring).
     """
     if candidates not in ("bundle", "dataset"):
         raise ValueError(f"candidates must be 'bundle' or 'dataset', got {candidates!r}")
@@ -249,9 +276,10 @@ def evaluate_bundle(
         cands = CandidateSet.from_bundle(bundle)
     else:
         cands = frame_candidates(model, frame, device=device)
-    keys = KeyBank.from_reference(bundle.reference) if retrieval else None
+    bank = KeyBank.from_reference(bundle.reference)
     results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
-                             dna_noise=dna_noise, seed=seed, sweep=sweep, keys=keys, batch_size=batch_size,
+                             dna_noise=dna_noise, seed=seed, sweep=sweep, keys=bank if retrieval else None,
+                             reference=bank, per_level=per_level, batch_size=batch_size,
                              num_workers=num_workers, device=device)
     results["_meta"] = {"bundle": bundle.name, "objective": bundle.objective, "dataset": dataset,
                         **results["_meta"]}

@@ -78,8 +78,12 @@ def format_tables(results: Mapping[str, Any]) -> str:
                   f"{meta.get('candidates', {}).get('source', '')} candidates; image noise = {meta.get('blur_kernel')}"
                   f"x{meta.get('blur_kernel')} box blur; DNA noise = the paper's rates, seed {meta.get('noise_seed')}.",
                   ""]
+        parts += [_PER_LEVEL_NOTES.get(meta.get("per_level") or "string", ""), ""]
     parts += ["## Table 1 layout: no fusion (Top-1 / Top-5 accuracy, %)", "", format_table1({name: results}), "",
               "## Table 2 layout: fusion (Top-1 / Top-5 accuracy, %)", "", format_table2(results), ""]
+    hierarchy = format_hierarchy(results)
+    if hierarchy:
+        parts += ["## Hierarchy consistency", "", hierarchy, "", _HIERARCHY_NOTE, ""]
     if results.get("sweep"):
         parts += ["## Global top-1 accuracy (%) against noise strength", "", _format_sweep(results["sweep"]), ""]
     retrieval = results.get("retrieval") or {}
@@ -89,6 +93,47 @@ def format_tables(results: Mapping[str, Any]) -> str:
                   _format_retrieval(retrieval[condition]), "",
                   str(retrieval.get("definition", "")) + ". Every condition is in the results JSON.", ""]
     return "\n".join(parts)
+
+
+_PER_LEVEL_NOTES = {
+    "string": "Per-level accuracy: the level's name of the predicted taxonomy strings (`--per-level string`); "
+              "Global = the exact whole string.",
+    "independent": "Per-level accuracy: each level ranks its own distinct prefixes (`--per-level independent`); "
+                   "Global = the exact whole string.",
+}
+_HIERARCHY_NOTE = (
+    "Severity: mean tree distance (LCA height, 0 = same species .. 4 = different orders) of the wrong first answers; "
+    "HDist@k: mean tree distance of the first k answers (specimens identified to species); rho: Spearman "
+    "correlation of tree and cosine distance over specimen pairs; Depth: ranks (0-4) the nearest reference of the "
+    "embedding still shares (clean = no noise); Moved: mean cosine distance clean -> degraded. Lower severity and "
+    "HDist, higher rho and depth are better.")
+
+
+# The conditions that change a query (the others repeat its clean row): the JSON has every one.
+_READS = {"image": ("clean", "noisy_image"), "dna": ("clean", "noisy_dna")}
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def format_hierarchy(results: Mapping[str, Any]) -> str:
+    """The hierarchy-consistency numbers of every query and the conditions that change it, as one table ("" when
+    there are none; an image query under DNA noise repeats its clean row, so it is left out here, not in the JSON).
+    """
+    rows = []
+    for query in QUERIES:
+        for condition in _READS.get(query, CONDITIONS):
+            h = ((results.get(condition) or {}).get(query) or {}).get("hierarchy")
+            if not isinstance(h, Mapping):
+                continue
+            sev, agree, drift = h.get("mistake_severity") or {}, h.get("agreement") or {}, h.get("drift") or {}
+            rows.append([query, condition, _number(sev.get("severity")), _number(sev.get("hdist@1")),
+                         _number(sev.get("hdist@5")), _number(agree.get("rho")), _number(drift.get("mean_depth")),
+                         _number(drift.get("mean_displacement"), 3)])
+    if not rows:
+        return ""
+    return _table(["Query", "Cond.", "Severity", "HDist@1", "HDist@5", "rho", "Depth", "Moved"], rows)
 
 
 def _format_sweep(records: Sequence[Mapping[str, Any]]) -> str:

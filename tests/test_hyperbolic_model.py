@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CI_CONFIG, tiny_overrides
 
+from conftest import CI_CONFIG, tiny_overrides
 from hirviz.geometry import Geometry, ReferenceMap
 from hirviz.lorentz import exp_map0, pairwise_distance
 from train.config import load_config
@@ -34,7 +34,6 @@ def lorentz_run(tiny_synth: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def lorentz_bundle(lorentz_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import hirviz.geometry
     from conftest import stand_in_layout
-
     from train.export import export
 
     original = hirviz.geometry.fit_layout
@@ -110,6 +109,45 @@ def test_lorentz_steps_lower_the_loss_and_keep_the_curvature_in_range(tiny_synth
     model.projector.clamp_()
     assert 0.1 <= model.projector.curvature().item() <= 10.0
     assert float(model.projector.log_curvature) == pytest.approx(np.log(10.0), abs=1e-6)
+
+
+def test_frozen_text_cache_gives_the_same_points_as_the_tower(tiny_synth: Path, tmp_path: Path) -> None:
+    """The frozen-tower caches (taxonomy strings and SEL's rank prompts) hold features that the projector embeds in
+    the forward pass: the points equal those of encoding the tokens, and the batch's rank prompts are its own."""
+    from hirviz.model import build_model
+    from hirviz.taxonomy import Taxonomy
+    from train.data import encode_labels, read_metadata
+    from train.embed import embed_texts
+    from train.hyperbolic_training import RankPrompts
+    from train.losses.hyperbolic import rank_prompts
+
+    cfg = _lorentz_config(tiny_synth, tmp_path / "run")
+    model = build_model(cfg.model).eval()
+    frame = read_metadata(str(tiny_synth / "metadata.tsv")).iloc[:40]
+    taxonomy = Taxonomy.from_lineages(frame[["order", "family", "genus", "species"]].itertuples(index=False))
+    texts, text_ids = np.unique(frame["taxonomy"].fillna("").to_numpy(str), return_inverse=True)
+    labels = encode_labels(frame, taxonomy)
+    device = torch.device("cpu")
+    live = RankPrompts(model, texts.tolist(), text_ids, labels, taxonomy, device)
+    frozen = RankPrompts(model, texts.tolist(), text_ids, labels, taxonomy, device, frozen=True)
+    ids = torch.from_numpy(text_ids[:12])
+    a, b = {}, {}
+    live.add(a, ids)
+    frozen.add(b, ids)
+    with torch.no_grad():
+        bank = torch.from_numpy(embed_texts(model, texts.tolist(), features=True))
+        out_live = model({**a, "text_tokens": model.tokenize_text(texts[text_ids[:12]].tolist())})
+        out_frozen = model({**b, "text_features": bank[ids]})
+    torch.testing.assert_close(out_frozen["text"], out_live["text"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_frozen["rank_text"], out_live["rank_text"], rtol=1e-5, atol=1e-6)
+    # Row 0's species-rank point is the embedding of its own deepest prompt.
+    prompts = rank_prompts(frame.iloc[0][["order", "family", "genus", "species"]].tolist())
+    deepest = max(i for i, p in enumerate(prompts) if p is not None)
+    with torch.no_grad():
+        own = model.encode_text(model.tokenize_text([prompts[deepest]]))[0]
+    torch.testing.assert_close(out_live["rank_text"][0, deepest], own, rtol=1e-5, atol=1e-6)
+    unknown = [i for i, p in enumerate(prompts) if p is None]
+    assert all(float(out_live["rank_text"][0, i].abs().sum()) == 0 for i in unknown)
 
 
 def test_lorentz_fit_logs_the_geometry_and_exempts_exactly_the_projector_from_decay(lorentz_run: Path) -> None:

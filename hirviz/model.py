@@ -281,8 +281,8 @@ class HirvizModel(nn.Module):
             if isinstance(param, nn.Parameter):
                 param.requires_grad_(False)
         init = torch.tensor(math.log(1.0 / config.temperature), dtype=torch.float32)
-        if self.projector is not None:
-            pass  # the projector holds the logit scale
+        if self.projector is not None:  # the projector holds the logit scale
+            pass
         elif config.learn_temperature:
             self.logit_scale = nn.Parameter(init)
         else:

@@ -44,6 +44,9 @@ class RankPrompts:
                 if prompt is not None:
                     table[text_id, rank] = prompts.setdefault(prompt, len(prompts))
         self.prompts = list(prompts)
+        if not self.prompts:
+            raise ValueError("loss.entailment=sel needs specimens with a known order (the rank prompts come from the "
+                             "labels); none has one: use another loss.entailment")
         self.table = torch.from_numpy(table).to(device)
         self.device = device
         self.features: torch.Tensor | None = None
@@ -51,7 +54,7 @@ class RankPrompts:
         if frozen:
             self.features = torch.from_numpy(embed_texts(model, self.prompts, device=device, features=True)).to(device)
         else:
-            self.tokens = model.tokenize_text(self.prompts) if self.prompts else None
+            self.tokens = model.tokenize_text(self.prompts)
 
     def add(self, inputs: dict[str, torch.Tensor], text_ids: torch.Tensor) -> None:
         """Put ``rank_index`` ``[B, 4]`` and the batch's distinct prompts (tokens or features) into ``inputs``."""

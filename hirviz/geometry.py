@@ -10,34 +10,119 @@ positions of its ``k`` nearest reference neighbours (in the embedding space). Th
 deterministic, needs no pickled UMAP model (a bundle stores layouts, not fitted UMAP objects) and always lands
 inside the convex hull of those neighbours, exactly on a reference point when the query equals it.
 
-This module needs only faiss and numpy; re-embedding a degraded specimen (a noise path) is the predictor's work,
-in :mod:`hirviz.noise_path`.
+**Geometry.** :class:`Geometry` says how a model's embeddings are compared: cosine similarity of unit vectors
+(``euclidean``), or geodesic distance on the hyperboloid of curvature -c (``lorentz``, METHOD.md section 9).
+For a fixed c the geodesic distance falls as the Lorentzian inner product ``<x,y>_L = x.y - x_t y_t`` rises, and
+that inner product is an ordinary one of augmented vectors, ``[x, x_t] . [y, -y_t]``: so a FAISS inner-product
+index over the augmented keys finds the geodesic nearest neighbours (:meth:`Geometry.search_vectors`). The
+reference map searches a flat (exact) index for ``k`` plus :data:`RERANK_MARGIN` candidates and re-ranks them by
+the exact geodesic distance in float64 (float32 inner products of large space parts lose precision by
+cancellation). A bank too large for a flat index takes an approximate FAISS inner-product index (IVF, HNSW) over
+the same augmented vectors in stage one; the exact re-ranking stays as it is.
+
+This module needs faiss, numpy and (for the Lorentz distances) torch; re-embedding a degraded specimen (a noise
+path) is the predictor's work, in :mod:`hirviz.noise_path`.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
+import torch
 
+from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner, time_part
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
+__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "Geometry", "Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
 
 SPACES: tuple[str, ...] = QUERIES
-# Cosine distance under which a query counts as equal to a reference point (float32 round-off is ~1e-7).
+GEOMETRY_NAMES = ("euclidean", "lorentz")
+# Distance (cosine, or geodesic) under which a query counts as equal to a reference point (float32 round-off).
 _SAME_POINT = 1e-5
+# Extra candidates the Lorentz search fetches by inner product before the exact float64 re-ranking.
+RERANK_MARGIN = 16
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How embeddings are compared: ``name`` ``"euclidean"`` (cosine of unit vectors) or ``"lorentz"`` (geodesic
+    distance on the hyperboloid of curvature ``-curvature``; embeddings are space parts). See the module docstring.
+    """
+
+    name: str = "euclidean"
+    curvature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in GEOMETRY_NAMES:
+            raise ValueError(f"geometry must be one of {GEOMETRY_NAMES}, got {self.name!r}")
+        if not (np.isfinite(self.curvature) and self.curvature > 0):
+            raise ValueError(f"the curvature must be a finite number > 0, got {self.curvature!r}")
+
+    @classmethod
+    def of(cls, model: Any) -> Geometry:
+        """The geometry of a :class:`hirviz.model.HirvizModel` (its current curvature)."""
+        c = model.curvature()
+        return cls(model.geometry, 1.0 if c is None else float(c.detach().cpu()))
+
+    @property
+    def lorentz(self) -> bool:
+        return self.name == "lorentz"
+
+    def _pair(self, queries: np.ndarray, keys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(np.asarray(queries, dtype=np.float64)),
+                torch.from_numpy(np.asarray(keys, dtype=np.float64)))
+
+    def similarity(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """``[n, m]`` float64 scores, higher = nearer: cosine (inner product of unit vectors) or ``<x, y>_L``."""
+        if not self.lorentz:
+            return np.asarray(queries, dtype=np.float64) @ np.asarray(keys, dtype=np.float64).T
+        return pairwise_inner(*self._pair(queries, keys), self.curvature).numpy()
+
+    def distance(self, queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """``[n, m]`` float64 distances: ``1 - cos`` (unit vectors) or the geodesic distance."""
+        if not self.lorentz:
+            return 1.0 - self.similarity(queries, keys)
+        return pairwise_distance(*self._pair(queries, keys), self.curvature, eps=0.0).numpy()
+
+    def logits(self, queries: np.ndarray, keys: np.ndarray, scale: float) -> np.ndarray:
+        """The contrastive logits ``[n, m]``: ``scale * cos`` or ``-scale * d(x, y)`` (METHOD.md sections 1, 9)."""
+        if not self.lorentz:
+            return scale * self.similarity(queries, keys)
+        return -scale * self.distance(queries, keys)
+
+    def search_vectors(self, x: np.ndarray, side: str) -> np.ndarray:
+        """float32 ``[n, d']`` vectors whose inner product ranks as this geometry does: the vectors themselves
+        (Euclidean), or ``[x, x_t]`` for queries and ``[y, -y_t]`` for keys (Lorentz: ``<x, y>_L``)."""
+        if side not in ("query", "key"):
+            raise ValueError(f"side must be 'query' or 'key', got {side!r}")
+        x = np.asarray(x, dtype=np.float32)
+        if not self.lorentz:
+            return np.ascontiguousarray(x)
+        t = time_part(torch.from_numpy(x.astype(np.float64)), self.curvature).numpy()[:, None]
+        return np.ascontiguousarray(np.hstack([x, t if side == "query" else -t]), dtype=np.float32)
+
+    def tangent(self, x: np.ndarray) -> np.ndarray:
+        """Points in the tangent space at the origin (log map; Euclidean: unchanged), float32."""
+        if not self.lorentz:
+            return np.asarray(x, dtype=np.float32)
+        return log_map0(torch.from_numpy(np.asarray(x, dtype=np.float64)), self.curvature).float().numpy()
+
+
+EUCLIDEAN = Geometry()
 
 
 class Neighbours(NamedTuple):
     """The ``k`` nearest reference specimens of each query, best first.
 
-    ``similarity``: cosine similarities ``[n, k]``; ``rows``: row indices into the reference arrays ``[n, k]``
-    (``-1`` with similarity ``-inf`` where the space holds fewer than ``k`` specimens).
+    ``similarity``: cosine similarities ``[n, k]`` (Lorentz: minus the geodesic distance); ``rows``: row indices
+    into the reference arrays ``[n, k]`` (``-1`` with similarity ``-inf`` where the space holds fewer than ``k``
+    specimens).
     """
 
     similarity: np.ndarray
@@ -50,11 +135,13 @@ class ReferenceMap:
     ``reference`` is a bundle's ``Reference`` (anything with ``ids``, ``ranks``, ``embeddings``, ``layouts``
     and optionally ``has_image`` / ``has_dna``). Only specimens that have the modalities of a space take part
     in it (a specimen without a photo is absent from the image and fused spaces). Indices are built lazily,
-    once per space, and are safe to share between threads (the app serves several users at once).
+    once per space, and are safe to share between threads (the app serves several users at once). ``geometry``
+    says how the embeddings compare (:class:`Geometry`; cosine by default).
     """
 
-    def __init__(self, reference: Any) -> None:
+    def __init__(self, reference: Any, geometry: Geometry = EUCLIDEAN) -> None:
         self.reference = reference
+        self.geometry = geometry
         self._indices: dict[str, tuple[faiss.IndexFlatIP, np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -105,7 +192,7 @@ class ReferenceMap:
         with self._lock:
             if space not in self._indices:
                 rows = self.members(space)
-                vectors = np.ascontiguousarray(self._embeddings(space)[rows])
+                vectors = self.geometry.search_vectors(self._embeddings(space)[rows], "key")
                 index = faiss.IndexFlatIP(vectors.shape[1])
                 index.add(vectors)
                 self._indices[space] = (index, rows)
@@ -114,21 +201,47 @@ class ReferenceMap:
     # -- search ------------------------------------------------------------------------------------
 
     def neighbours(self, z: np.ndarray, space: str, k: int = 10) -> Neighbours:
-        """The ``k`` most cosine-similar reference specimens of each query in ``z`` (``[n, d]`` or ``[d]``).
+        """The ``k`` nearest reference specimens of each query in ``z`` (``[n, d]`` or ``[d]``).
 
-        Queries are L2-normalised here, so any non-zero vector works. A 1-D ``z`` gives 1-D results.
+        Euclidean: the most cosine-similar; queries are L2-normalised here, so any non-zero vector works. Lorentz:
+        the nearest by geodesic distance (inner-product candidates, then exact re-ranking; module docstring).
+        A 1-D ``z`` gives 1-D results.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         index, rows = self.index(space)
-        queries, single = _as_queries(z, index.d)
-        sims, pos = index.search(queries, int(k))
+        lorentz = self.geometry.lorentz
+        queries, single = _as_queries(z, index.d - int(lorentz), normalise=not lorentz)
+        if lorentz:
+            sims, pos = self._geodesic_search(index, rows, queries, space, int(k))
+        else:
+            sims, pos = index.search(queries, int(k))
         # FAISS pads with -1 when the space has fewer than k members; keep that marker in reference rows.
         ref_rows = np.where(pos >= 0, rows[np.clip(pos, 0, None)] if len(rows) else -1, -1)
         sims = np.where(pos >= 0, sims, -np.inf).astype(np.float32)
         if single:
             return Neighbours(sims[0], ref_rows[0])
         return Neighbours(sims, ref_rows)
+
+    def _geodesic_search(self, index: faiss.IndexFlatIP, rows: np.ndarray, queries: np.ndarray, space: str, k: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1: ``k + RERANK_MARGIN`` candidates by Lorentzian inner product; stage 2: exact float64 geodesic
+        distances, best ``k`` kept. Returns (minus the distances, index positions), -1 padded as FAISS pads."""
+        fetch = min(index.ntotal, k + RERANK_MARGIN)
+        if fetch == 0:
+            return np.full((len(queries), k), -np.inf), np.full((len(queries), k), -1)
+        _, pos = index.search(self.geometry.search_vectors(queries, "query"), fetch)
+        keys = self._embeddings(space)[rows[np.clip(pos, 0, None)]]  # [n, fetch, d]
+        x = torch.from_numpy(queries.astype(np.float64))[:, None, :]
+        dist = distance(x, torch.from_numpy(keys.astype(np.float64)), self.geometry.curvature, eps=0.0)
+        dist = np.where(pos >= 0, dist.numpy(), np.inf)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        dist, pos = np.take_along_axis(dist, order, axis=1), np.take_along_axis(pos, order, axis=1)
+        if fetch < k:
+            pad = k - fetch
+            dist = np.hstack([dist, np.full((len(dist), pad), np.inf)])
+            pos = np.hstack([pos, np.full((len(pos), pad), -1)])
+        return -dist, pos
 
     def records(self, similarity: Sequence[float], rows: Sequence[int]) -> list[dict[str, Any]]:
         """Hits as an identification engine lists them: ``{"id", "row", "ranks", "similarity"}`` each.
@@ -152,7 +265,7 @@ class ReferenceMap:
         """Positions ``[n, 2]`` (``[2]`` for a 1-D ``z``) of new embeddings on the space's precomputed layout.
 
         Each point goes to the mean of its ``k`` nearest reference neighbours' layout positions weighted by
-        ``1 / (cosine distance)**2`` (Shepard interpolation): convex weights, so it lies in their convex hull,
+        ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex weights, so it lies in their convex hull,
         and a query equal to a reference point (distance below round-off) lands exactly on it.
         """
         layout = self.layout(space)
@@ -163,7 +276,7 @@ class ReferenceMap:
         usable = (rows >= 0) & np.isfinite(pos).all(axis=-1)
         if not usable.any(axis=1).all():
             raise ValueError(f"no reference specimen of the {space!r} space has a layout position")
-        dist = np.clip(1.0 - sims.astype(np.float64), 0.0, None)
+        dist = np.clip((0.0 if self.geometry.lorentz else 1.0) - sims.astype(np.float64), 0.0, None)
         same = usable & (dist <= _SAME_POINT)
         weights = np.where(usable, 1.0 / np.maximum(dist, _SAME_POINT) ** 2, 0.0)
         # A query on a reference point takes that point's position exactly (the mean of duplicates, if any).
@@ -203,8 +316,8 @@ def fit_layout(
     return out
 
 
-def _as_queries(z: np.ndarray, dim: int) -> tuple[np.ndarray, bool]:
-    """Queries as a C-contiguous, L2-normalised float32 array ``[n, dim]``, and whether ``z`` was 1-D."""
+def _as_queries(z: np.ndarray, dim: int, normalise: bool = True) -> tuple[np.ndarray, bool]:
+    """Queries as a C-contiguous (L2-normalised) float32 array ``[n, dim]``, and whether ``z`` was 1-D."""
     x = np.asarray(z, dtype=np.float32)
     single = x.ndim == 1
     x = np.atleast_2d(x)
@@ -213,7 +326,7 @@ def _as_queries(z: np.ndarray, dim: int) -> tuple[np.ndarray, bool]:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.isfinite(x).all() or (norms == 0).any():
         raise ValueError("query embeddings must be finite and non-zero")
-    return np.ascontiguousarray(x / norms), single
+    return np.ascontiguousarray(x / norms if normalise else x), single
 
 
 def _name(value: Any) -> str | None:

@@ -9,6 +9,10 @@ Every encoder maps its modality into one shared, L2-normalised embedding space o
   (DNABERT-2), followed by a per-token linear projection and mean pooling over real tokens;
 * fusion: :class:`GatedFusion`, a per-dimension sigmoid gate mixing the image and DNA embeddings.
 
+With ``geometry="lorentz"`` (METHOD.md section 9) the projected features are not L2-normalised: a
+:class:`hirviz.lorentz.LorentzProjector` scales them per modality and maps them onto the hyperboloid (space
+parts, float32), and the model has no fusion head (HiR and the gated fusion are defined on the unit sphere).
+
 :func:`build_model` turns a JSON-serialisable :class:`ModelConfig` into a :class:`HirvizModel`.
 The backbones are built by :mod:`hirviz.backbones`: pretrained ones come from the local caches first; when
 one is missing and the hub cannot be reached (or offline mode is on), :class:`BackboneUnavailable` is raised
@@ -37,6 +41,7 @@ from hirviz.backbones import (  # noqa: F401  (MODEL_CONFIG_DIR, PROJECT_CLIP_CO
     build_dna_backbone,
 )
 from hirviz.barcode import load_dna_tokenizer
+from hirviz.lorentz import LorentzProjector, tangent_mean
 from hirviz.torchvision_compat import ensure_torchvision
 from hirviz.transforms import tower_transform
 
@@ -56,7 +61,7 @@ __all__ = [
 ]
 
 DNA_ENCODERS = ("kmer-bert", "auto")
-
+GEOMETRIES = ("euclidean", "lorentz")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,6 +97,11 @@ class ModelConfig:
         temperature: contrastive temperature tau; the model holds ``logit_scale = log(1/tau)``.
         learn_temperature: make ``logit_scale`` a trained parameter (its exp() is clamped at 100).
         detach_dna_in_fusion: stop fusion gradients into the DNA encoder (the authors' code does).
+        geometry: ``"euclidean"`` (L2-normalised embeddings, cosine similarity) or ``"lorentz"`` (the hyperbolic
+            variant, METHOD.md section 9: ``temperature`` sets the initial logit scale, ``learn_temperature``
+            whether it is trained).
+        curvature: the initial c of the Lorentz model (curvature -c). learn_curvature: train c (clamped to
+            [0.1, 10]). Both are read only with ``geometry="lorentz"``.
     """
 
     embed_dim: int = 64
@@ -113,8 +123,15 @@ class ModelConfig:
     temperature: float = 0.07
     learn_temperature: bool = False
     detach_dna_in_fusion: bool = False
+    geometry: str = "euclidean"
+    curvature: float = 1.0
+    learn_curvature: bool = True
 
     def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"model.geometry must be one of {GEOMETRIES}, got {self.geometry!r}")
+        if not 0.1 <= self.curvature <= 10.0:
+            raise ValueError(f"model.curvature must be in [0.1, 10], got {self.curvature}")
         if self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.dna_encoder not in DNA_ENCODERS:
@@ -166,6 +183,10 @@ class DnaEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``[B, T]`` with mask ``[B, T]`` (1 = real token) into ``[B, embed_dim]``."""
+        return F.normalize(self.features(input_ids, attention_mask), dim=-1)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled projection ``[B, embed_dim]`` before normalisation (what the Lorentz projector embeds)."""
         if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
             raise ValueError(
                 f"expected input_ids and attention_mask of the same shape [B, T], got "
@@ -176,8 +197,7 @@ class DnaEncoder(nn.Module):
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         tokens = self.proj(hidden)
         mask = attention_mask.to(tokens.dtype).unsqueeze(-1)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return F.normalize(pooled, dim=-1)
+        return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 class GatedFusion(nn.Module):
@@ -224,8 +244,10 @@ class HirvizModel(nn.Module):
     """Image, text and DNA encoders into one space, plus the gated fusion head.
 
     Build one with :func:`build_model`. Attributes: ``clip`` (the OpenCLIP model), ``dna`` (a
-    :class:`DnaEncoder`), ``fusion`` (a :class:`GatedFusion`), ``dna_tokenizer``, ``config`` and
-    ``logit_scale`` (``log(1/tau)``: a parameter when the temperature is learnt, else a buffer).
+    :class:`DnaEncoder`), ``fusion`` (a :class:`GatedFusion`; ``None`` in the Lorentz geometry), ``dna_tokenizer``,
+    ``config`` and ``logit_scale`` (``log(1/tau)``: a parameter when the temperature is learnt, else a buffer;
+    Euclidean only) or ``projector`` (a :class:`~hirviz.lorentz.LorentzProjector` holding the alphas, the curvature
+    and the logit scale; Lorentz only, else ``None``).
     """
 
     def __init__(
@@ -240,7 +262,15 @@ class HirvizModel(nn.Module):
         self.config = config
         self.clip = clip
         self.dna = dna_encoder
-        self.fusion = GatedFusion(config.embed_dim, config.fusion_hidden_mult, config.fusion_dropout)
+        self.fusion: GatedFusion | None = None
+        self.projector: LorentzProjector | None = None
+        if config.geometry == "lorentz":
+            self.projector = LorentzProjector(config.embed_dim, curvature=config.curvature,
+                                              learn_curvature=config.learn_curvature,
+                                              logit_scale=1.0 / config.temperature)
+            self.projector.log_logit_scale.requires_grad_(config.learn_temperature)
+        else:
+            self.fusion = GatedFusion(config.embed_dim, config.fusion_hidden_mult, config.fusion_dropout)
         self.text_tokenizer = text_tokenizer
         self.dna_tokenizer = dna_tokenizer
 
@@ -251,7 +281,9 @@ class HirvizModel(nn.Module):
             if isinstance(param, nn.Parameter):
                 param.requires_grad_(False)
         init = torch.tensor(math.log(1.0 / config.temperature), dtype=torch.float32)
-        if config.learn_temperature:
+        if self.projector is not None:  # the projector holds the logit scale
+            pass
+        elif config.learn_temperature:
             self.logit_scale = nn.Parameter(init)
         else:
             self.register_buffer("logit_scale", init)
@@ -287,8 +319,21 @@ class HirvizModel(nn.Module):
         """Per-channel normalisation std of the image transforms."""
         return tuple(self.preprocess_cfg["std"])
 
+    @property
+    def geometry(self) -> str:
+        """``"euclidean"`` or ``"lorentz"`` (:attr:`ModelConfig.geometry`)."""
+        return self.config.geometry
+
+    def curvature(self) -> torch.Tensor | None:
+        """c of the Lorentz model (a scalar tensor), ``None`` in the Euclidean geometry."""
+        return None if self.projector is None else self.projector.curvature()
+
     def logit_scale_exp(self) -> torch.Tensor:
-        """``1 / tau`` to multiply cosine similarities with; clamped at 100 when learnt, as in CLIP."""
+        """``1 / tau`` to multiply cosine similarities with; clamped at 100 when learnt, as in CLIP.
+
+        In the Lorentz geometry: the projector's scale of the logits ``-d(x, y) * scale``."""
+        if self.projector is not None:
+            return self.projector.logit_scale()
         scale = self.logit_scale.exp()
         return scale.clamp(max=100.0) if self.config.learn_temperature else scale
 
@@ -311,27 +356,57 @@ class HirvizModel(nn.Module):
 
     # -- encoders ---------------------------------------------------------------------------------
 
+    # Every encoder returns points of the model's space: L2-normalised vectors, or (Lorentz) float32 space parts
+    # on the hyperboloid.
+
+    def to_space(self, features: torch.Tensor, modality: str) -> torch.Tensor:
+        """Projected features ``[..., d]`` as points of the model's space (normalised, or the Lorentz embedding)."""
+        if self.projector is not None:
+            return self.projector.embed(features, modality)
+        return F.normalize(features, dim=-1)
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings ``[B, d]`` of preprocessed pixels ``[B, C, H, W]``."""
+        """Image embeddings ``[B, d]`` of preprocessed pixels ``[B, C, H, W]``."""
         if pixels.dim() != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(pixels.shape)}")
+        if self.projector is not None:
+            return self.projector.embed(self.clip.encode_image(pixels, normalize=False), "image")
         return self.clip.encode_image(pixels, normalize=True)
 
-    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text embeddings ``[B, d]`` of token ids ``[B, context_length]``."""
+    def text_features(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Projected text features ``[B, d]`` before :meth:`to_space` (what a frozen tower's cache holds)."""
         if token_ids.dim() != 2:
             raise ValueError(f"expected text token ids [B, T], got shape {tuple(token_ids.shape)}")
+        return self.clip.encode_text(token_ids, normalize=False)
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Text embeddings ``[B, d]`` of token ids ``[B, context_length]``."""
+        if token_ids.dim() != 2:
+            raise ValueError(f"expected text token ids [B, T], got shape {tuple(token_ids.shape)}")
+        if self.projector is not None:
+            return self.projector.embed(self.clip.encode_text(token_ids, normalize=False), "text")
         return self.clip.encode_text(token_ids, normalize=True)
 
     def encode_dna(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised DNA embeddings ``[B, d]`` of token ids and attention mask ``[B, T]``.
+        """DNA embeddings ``[B, d]`` of token ids and attention mask ``[B, T]``.
 
         The mask is required: the k-mer tokenizer pads with its UNK id, so it cannot be rebuilt from the ids.
         """
+        if self.projector is not None:
+            return self.projector.embed(self.dna.features(input_ids, attention_mask), "dna")
         return self.dna(input_ids, attention_mask)
+
+    def average(self, z_image: torch.Tensor, z_dna: torch.Tensor) -> torch.Tensor:
+        """The "Avg" query: :func:`average_fusion`, or (Lorentz) the mean in the tangent space at the origin."""
+        if self.projector is None:
+            return average_fusion(z_image, z_dna)
+        _check_same_shape(z_image, z_dna)
+        return tangent_mean(torch.stack([z_image, z_dna]), self.projector.curvature(), dim=0)
 
     def fuse(self, z_image: torch.Tensor, z_dna: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gated fusion: ``(z_F [B, d], gate [B, d])``."""
+        if self.fusion is None:
+            raise ValueError("a model with geometry='lorentz' has no fusion head (train it with loss.objective=clibd)")
         if self.config.detach_dna_in_fusion:
             z_dna = z_dna.detach()
         return self.fusion(z_image, z_dna)
@@ -341,11 +416,15 @@ class HirvizModel(nn.Module):
 
         Recognised keys: ``image_views`` ``[B, V, C, H, W]`` (V augmented views, all encoded in one
         forward pass) or ``image`` ``[B, C, H, W]``; ``dna_input_ids`` and ``dna_attention_mask``
-        ``[B, T]``; ``text_tokens`` ``[B, L]``.
+        ``[B, T]``; ``text_tokens`` ``[B, L]`` or ``text_features`` ``[B, d]`` (a frozen tower's cached
+        :meth:`text_features`). Lorentz only, for SEL's per-rank prompts: ``rank_tokens`` ``[P, L]`` or
+        ``rank_features`` ``[P, d]`` (P distinct prompts) with ``rank_index`` ``[B, 4]`` (the prompt of each
+        specimen's rank, -1 where unknown).
 
         Returns ``image`` (first view), ``image_views`` ``[B, V, d]`` (when views were given),
-        ``dna``, ``text``, ``fused`` and ``gate`` (only when both image and DNA are present), and
-        ``logit_scale`` (``1 / tau``). Modalities without inputs are omitted.
+        ``dna``, ``text``, ``fused`` and ``gate`` (only when both image and DNA are present and the model has a
+        fusion head), ``logit_scale`` (``1 / tau``), and in the Lorentz geometry ``curvature`` and
+        ``rank_text`` ``[B, 4, d]`` (zeros, the origin, at unknown ranks). Modalities without inputs are omitted.
         """
         out: dict[str, torch.Tensor] = {}
         if "image_views" in batch and "image" in batch:
@@ -377,14 +456,36 @@ class HirvizModel(nn.Module):
 
         if "text_tokens" in batch:
             out["text"] = self.encode_text(batch["text_tokens"])
+        elif "text_features" in batch:
+            out["text"] = self.to_space(batch["text_features"], "text")
+        if "rank_index" in batch:
+            out["rank_text"] = self._rank_text(batch)
 
         sizes = {name: t.shape[0] for name, t in out.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"modalities have different batch sizes: {sizes}")
-        if "image" in out and "dna" in out:
+        if "image" in out and "dna" in out and self.fusion is not None:
             out["fused"], out["gate"] = self.fuse(out["image"], out["dna"])
         out["logit_scale"] = self.logit_scale_exp()
+        if self.projector is not None:
+            out["curvature"] = self.projector.curvature()
         return out
+
+    def _rank_text(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, 4, d]`` points of each specimen's per-rank prompts, embedded once per distinct prompt."""
+        if self.projector is None:
+            raise ValueError("per-rank prompts (rank_index) are an input of the Lorentz geometry only")
+        index = batch["rank_index"]
+        if "rank_tokens" in batch:
+            points = self.encode_text(batch["rank_tokens"])
+        elif "rank_features" in batch:
+            points = self.to_space(batch["rank_features"], "text")
+        else:
+            raise ValueError("rank_index needs rank_tokens [P, L] or rank_features [P, d]")
+        if index.dim() != 2 or (index.numel() and int(index.max()) >= points.shape[0]):
+            raise ValueError(f"rank_index must be [B, 4] indices into {points.shape[0]} prompts")
+        gathered = points[index.clamp(min=0)]
+        return torch.where((index >= 0).unsqueeze(-1), gathered, torch.zeros_like(gathered))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ eval transform, as ``train/embed.py`` does for evaluation) and asks up to four q
 * ``image``: z_I, ``dna``: z_D (whichever inputs are given);
 * ``avg``: normalize(z_I + z_D), ``fused``: the gated fusion z_F (both inputs given).
 
-Each query scores the bundle's candidate taxonomy strings: ``p = softmax(cos(z, z_T) / tau)``. The score of a
+Each query scores the bundle's candidate taxonomy strings: ``p = softmax(cos(z, z_T) / tau)``; for a Lorentz
+bundle (METHOD.md section 9) ``p = softmax(-d(z, z_T) * scale)`` with the geodesic distance d, ``avg`` is the
+tangent-space mean of the image and DNA points, and there is no ``fused`` query (no fusion head). The score of a
 name at a level is the total probability of the candidates carrying it (a genus scores the sum of its
 species, and of candidates identified only to that genus); candidates unknown at a level add to that level's
 ``unassigned`` mass instead of to any name. The nearest reference specimens of each query come from a FAISS
@@ -34,7 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from hirviz.barcode import BarcodeError, parse_barcode
 from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise, Edit, box_blur, degrade_barcode_with_edits
-from hirviz.geometry import ReferenceMap
+from hirviz.geometry import EUCLIDEAN, Geometry, ReferenceMap
 from hirviz.queries import QUERIES, compose_queries
 from hirviz.taxonomy import LEVELS
 
@@ -201,9 +203,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def softmax_scores(z: np.ndarray, text_embeddings: np.ndarray, logit_scale: float) -> np.ndarray:
-    """``softmax(logit_scale * cos)`` over the candidates, ``[n, C]`` for queries ``[n, d]`` (float64)."""
-    logits = logit_scale * (np.asarray(z, dtype=np.float64) @ np.asarray(text_embeddings, dtype=np.float64).T)
+def softmax_scores(z: np.ndarray, text_embeddings: np.ndarray, logit_scale: float,
+                   geometry: Geometry = EUCLIDEAN) -> np.ndarray:
+    """``softmax(logit_scale * cos)`` over the candidates (Lorentz: ``softmax(-logit_scale * d)``), ``[n, C]`` for
+    queries ``[n, d]`` (float64)."""
+    logits = geometry.logits(z, text_embeddings, logit_scale)
     logits -= logits.max(axis=-1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=-1, keepdims=True)
@@ -245,7 +249,7 @@ class QueryResult:
 
     Attributes:
         query: the query's name.
-        embedding: the L2-normalised query embedding ``[d]``.
+        embedding: the query embedding ``[d]`` (L2-normalised, or a Lorentz space part).
         probabilities: probability of every candidate ``[C]`` (aligned with ``bundle.candidates``).
         levels: per level, the top-k ``(name, score)``; a score sums the probabilities of the candidates with
             that name at that level.
@@ -383,6 +387,7 @@ class Predictor:
                 f"({len(self.candidate_set)}, {self.model.embed_dim})"
             )
         self.logit_scale = float(self.model.logit_scale_exp().detach().cpu())
+        self.geometry = Geometry.of(self.model)
         self._reference_map: ReferenceMap | None = None
 
     @property
@@ -391,7 +396,7 @@ class Predictor:
         if self._reference_map is None:
             reference = getattr(self.bundle, "reference", None)
             if reference is not None:
-                self._reference_map = ReferenceMap(reference)
+                self._reference_map = ReferenceMap(reference, self.geometry)
         return self._reference_map
 
     @property
@@ -456,8 +461,9 @@ class Predictor:
             vectors["dna"] = z_dna.cpu().numpy()
         if z_img is not None and z_dna is not None:
             combined = compose_queries(self.model, z_img, z_dna)
-            vectors["avg"], vectors["fused"] = combined["avg"].cpu().numpy(), combined["fused"].cpu().numpy()
-            out.gate = combined["gate"].cpu().numpy()
+            vectors["avg"] = combined["avg"].cpu().numpy()
+            if "fused" in combined:  # a Lorentz model has no fusion head
+                vectors["fused"], out.gate = combined["fused"].cpu().numpy(), combined["gate"].cpu().numpy()
         return out
 
     # -- prediction --------------------------------------------------------------------------------
@@ -495,7 +501,7 @@ class Predictor:
         embedded = self.embed(image, barcode, blur_kernels=[blur_kernel], dna_noises=[dna_noise], seed=seed)
         names = [q for q in QUERIES if q in embedded.vectors]
         stacked = np.concatenate([embedded.vectors[q] for q in names])
-        probs = softmax_scores(stacked, self.text_embeddings, self.logit_scale)
+        probs = softmax_scores(stacked, self.text_embeddings, self.logit_scale, self.geometry)
         hits = self._neighbours(names, embedded, neighbours)
         queries = {}
         for i, query in enumerate(names):

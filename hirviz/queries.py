@@ -21,10 +21,11 @@ QUERIES: tuple[str, ...] = ("image", "dna", "avg", "fused")
 
 def compose_queries(model: HirvizModel, z_image: torch.Tensor, z_dna: torch.Tensor) -> dict[str, torch.Tensor]:
     """The combined queries of paired image and DNA embeddings ``[B, d]``: ``avg``, ``fused`` and the fusion
-    ``gate`` (``[B, d]``, 1 = all image), each float32 on the inputs' device.
+    ``gate`` (``[B, d]``, 1 = all image), each float32 on the inputs' device. A model without a fusion head (the
+    Lorentz geometry, whose ``avg`` is the tangent-space mean) gives ``avg`` only.
     """
-    # Imported here so that reading QUERIES does not load the model code (open_clip, transformers).
-    from hirviz.model import average_fusion
-
+    avg = model.average(z_image, z_dna).float()
+    if model.fusion is None:
+        return {"avg": avg}
     fused, gate = model.fuse(z_image, z_dna)
-    return {"avg": average_fusion(z_image, z_dna).float(), "fused": fused.float(), "gate": gate.float()}
+    return {"avg": avg, "fused": fused.float(), "gate": gate.float()}

@@ -72,6 +72,9 @@ class OptimConfig:
     grad_accum: int = 1
     grad_clip: float | None = None
     precision: str = "auto"  # "auto" = bf16 autocast on GPU, fp32 on CPU; or "fp32" / "bf16"
+    # Lorentz geometry: the alphas, curvature and logit scale go in a group without weight decay (MERU); true
+    # decays them like every other weight (the authors' early hyperbolic code).
+    decay_hyperbolic_params: bool = False
 
 
 @dataclass
@@ -93,6 +96,14 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.geometry == "lorentz":
+            conflicts = self.loss.lorentz_conflicts()
+            if conflicts:
+                raise ValueError(
+                    f"model.geometry=lorentz trains CLIBD only (loss.objective=clibd with unit pair weights): HiR and "
+                    f"the gated fusion are defined for L2-normalised embeddings; unsupported: {', '.join(conflicts)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

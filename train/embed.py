@@ -76,7 +76,9 @@ def embed_frame(
 
     Returns float32 arrays ``[N, d]`` for ``image``, ``dna``, ``avg``, ``fused`` and ``gate`` (zeros where a
     modality is missing) and boolean masks ``has_image`` and ``has_dna``: ``avg``/``fused``/``gate`` are
-    only meaningful where both are true. A modality the frame does not have at all is left out.
+    only meaningful where both are true. A modality the frame does not have at all is left out, and so are
+    ``fused`` and ``gate`` for a model without a fusion head (the Lorentz geometry, whose embeddings are space
+    parts on the hyperboloid and whose ``avg`` is the tangent-space mean).
     """
     model.eval()
     device = torch.device(device)
@@ -111,9 +113,12 @@ def embed_frame(
             for key, value in compose_queries(model, zi, zd).items():
                 out[key][both] = value.cpu().numpy()
     out["has_image"], out["has_dna"] = has_image, has_dna
+    if model.fusion is None:
+        for key in ("fused", "gate"):
+            del out[key]
     if images is None:
         for key in ("image", "avg", "fused", "gate"):
-            del out[key]
+            out.pop(key, None)
     if not has_dna.any() and frame["barcode"].isna().all():
         for key in ("dna", "avg", "fused", "gate"):
             out.pop(key, None)
@@ -122,10 +127,13 @@ def embed_frame(
 
 @torch.no_grad()
 def embed_texts(model: HirvizModel, texts: list[str], batch_size: int = 256,
-                device: str | torch.device = "cpu") -> np.ndarray:
-    """L2-normalised text embeddings ``[len(texts), d]`` of taxonomy strings."""
+                device: str | torch.device = "cpu", features: bool = False) -> np.ndarray:
+    """Text embeddings ``[len(texts), d]`` of taxonomy strings (points of the model's space: L2-normalised, or
+    Lorentz space parts); ``features=True`` gives the projected features before that step
+    (:meth:`HirvizModel.text_features`, what a frozen text tower's cache holds in the Lorentz geometry)."""
     model.eval()
-    chunks = [model.encode_text(model.tokenize_text(texts[i:i + batch_size]).to(device)).float().cpu()
+    encode = model.text_features if features else model.encode_text
+    chunks = [encode(model.tokenize_text(texts[i:i + batch_size]).to(device)).float().cpu()
               for i in range(0, len(texts), batch_size)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, model.embed_dim), dtype=np.float32)
 

@@ -117,8 +117,10 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
     embeddings = {space: emb[space] for space in SPACES if space in emb}
     layouts = {}
     if umap:
-        from hirviz.geometry import fit_layout
+        from hirviz.geometry import Geometry, fit_layout
 
+        # Lorentz: UMAP (cosine metric) of the tangent-space points at the origin (log map), for now.
+        to_layout = Geometry.of(model).tangent
         for space in LAYOUT_SPACES:
             if space not in embeddings:
                 continue
@@ -128,7 +130,7 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
                                space, int(members.sum()))
                 continue
             started = time.perf_counter()
-            layouts[space] = fit_layout(embeddings[space], seed=seed)
+            layouts[space] = fit_layout(to_layout(embeddings[space]), seed=seed)
             logger.info("UMAP layout of the %s space (%d points) in %.1f s", space, int(members.sum()),
                         time.perf_counter() - started)
     ranks = frame[list(LEVELS)].to_numpy(dtype=object)
@@ -240,6 +242,7 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
         "## Objective and recipe",
         "",
         f"- objective: {_OBJECTIVES.get(loss.objective, loss.objective)}" + _loss_weights(loss),
+        *_geometry_lines(cfg),
         f"- image and text towers: OpenCLIP {clip}" + ("; text tower frozen" if m.freeze_text else ""),
         f"- DNA encoder: {dna}; tokenizer: {tokenizer}",
         f"- optimisation: AdamW + OneCycle, max learning rate {o.max_lr}, {o.epochs} epochs, batch size "
@@ -249,6 +252,14 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
         "",
         f"{len(reference)} training specimens (a seeded subsample covering every order and family) embedded in "
         f"the spaces: {spaces}; 2-D UMAP layouts: {layouts}.",
+        *([] if m.geometry == "euclidean" else [
+            "",
+            "Lorentz geometry: the embeddings are space parts on the hyperboloid. Neighbours are searched by "
+            "geodesic distance: a FAISS inner-product index over augmented vectors ([x, x_t] for queries, "
+            "[y, -y_t] for keys, whose inner product is the Lorentzian one) gives candidates, re-ranked by the exact "
+            "float64 distance; a bank too large for the flat index takes an approximate inner-product index (IVF, "
+            "HNSW) over the same vectors in the first stage. The UMAP layouts are of the tangent-space points "
+            "(log map at the origin) with the cosine metric, for now; there is no fused space (no fusion head)."]),
         "",
         "## Evaluation",
         "",
@@ -262,6 +273,17 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
         "",
     ]
     return "\n".join(lines)
+
+
+def _geometry_lines(cfg: TrainConfig) -> list[str]:
+    """The model card's line on the geometry (none for the Euclidean default)."""
+    if cfg.model.geometry == "euclidean":
+        return []
+    loss = cfg.loss
+    return [f"- geometry: Lorentz (hyperbolic, METHOD.md section 9), initial curvature {cfg.model.curvature}"
+            f"{' (learnt)' if cfg.model.learn_curvature else ' (fixed)'}; entailment {loss.entailment} with weight "
+            f"{loss.entail_weight}; pair losses reduced by {loss.hyperbolic_reduction}; candidates ranked by "
+            "geodesic distance, scores softmax(-d * scale), the averaged query is the tangent-space mean"]
 
 
 def _loss_weights(loss: Any) -> str:

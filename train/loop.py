@@ -37,6 +37,7 @@ from train import distributed
 from train.config import TrainConfig, load_config
 from train.data import HierarchicalBatchSampler, SpecimenDataset, make_collate, open_images, train_transform
 from train.embed import embed_texts
+from train.hyperbolic_training import RankPrompts, geometry_record, param_groups
 from train.losses import compute_loss, loggable_parts
 from train.rundir import CHECKPOINT, CONFIG, METRICS, TAXONOMY, load_training_split
 from train.vocab import resolve_dna_vocabulary
@@ -111,11 +112,19 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     group_size = cfg.data.group_size if cfg.data.sampler == "hierarchical" else 1
     sampler = HierarchicalBatchSampler(dataset.labels, cfg.data.batch_size, group_size,
                                        dist.rank, dist.world_size, seed=cfg.run.seed)
-    # A frozen text tower gives every taxonomy string a fixed embedding: compute them once, not per batch.
+    # A frozen text tower gives every taxonomy string a fixed embedding: compute them once, not per batch. (In the
+    # Lorentz geometry the cache holds the tower's features: the projector's learnt text alpha embeds them.)
+    lorentz = cfg.model.geometry == "lorentz"
     text_bank = None
     if cfg.model.freeze_text:
-        text_bank = torch.from_numpy(embed_texts(model, dataset.texts, device=dist.device)).to(dist.device)
-        model.train()
+        text_bank = torch.from_numpy(embed_texts(model, dataset.texts, device=dist.device,
+                                                 features=lorentz)).to(dist.device)
+    # SEL's entailment cones need each specimen's per-rank prompts embedded (METHOD.md section 9).
+    rank_prompts = None
+    if lorentz and cfg.loss.entailment == "sel" and cfg.loss.entail_weight > 0:
+        rank_prompts = RankPrompts(model, dataset.texts, dataset.text_ids, dataset.labels, dataset.taxonomy,
+                                   dist.device, frozen=cfg.model.freeze_text)
+    model.train()
     collate = make_collate(
         dna_tokenizer=model.dna_tokenizer if dataset.has_barcodes else None,
         text_tokenizer=None if text_bank is not None else model.tokenize_text,
@@ -133,7 +142,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         net = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                                       find_unused_parameters=not cfg.loss.uses_fusion)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, params, cfg.optim.decay_hyperbolic_params),
+                                  lr=cfg.optim.max_lr, weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(sampler) / cfg.optim.grad_accum))
     total_steps = steps_per_epoch * cfg.optim.epochs
     # OneCycle is stepped after every optimizer step, the last one included, so it needs one step more
@@ -171,7 +181,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         """Loss of one (micro-)batch, back-propagated; ``None`` when every sample of it was dropped."""
         if len(batch["index"]) == 0:
             return None, {}
-        loss, parts = batch_loss(net, batch, cfg, dist.device, autocast, text_bank, dna_views)
+        loss, parts = batch_loss(net, batch, cfg, dist.device, autocast, text_bank, dna_views, rank_prompts)
         (loss / cfg.optim.grad_accum).backward()
         return loss.detach(), parts
 
@@ -198,6 +208,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                     if cfg.optim.grad_clip:
                         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
                     optimizer.step()
+                    if model.projector is not None:  # keep c, the alphas and the logit scale in range (MERU)
+                        model.projector.clamp_()
                     optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
                     step += 1
@@ -206,7 +218,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                     bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{rate:.0f}")
                     if metrics is not None and (step % cfg.run.log_every == 0 or step == 1):
                         record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                  "loss": loss.item(), **loggable_parts(parts),
+                                  "loss": loss.item(), **loggable_parts(parts), **geometry_record(model),
                                   "samples_per_s": rate, "data_s": data_time, "step_s": step_time}
                         metrics.write(json.dumps(record) + "\n")
                         metrics.flush()
@@ -242,24 +254,31 @@ def _tensorboard(out: Path):
 
 
 def batch_loss(net: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig, device: torch.device, autocast: Any,
-               text_bank: torch.Tensor | None = None, dna_views: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               text_bank: torch.Tensor | None = None, dna_views: int = 1, rank_prompts: RankPrompts | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The training objective of one collated batch: encode (under ``autocast``), then the losses in fp32.
 
-    ``text_bank`` holds a frozen text tower's cached embeddings, looked up by taxonomy-string id; ``dna_views``
-    > 1 feeds each barcode that many times (dropout views, for HiR on DNA embeddings).
+    ``text_bank`` holds a frozen text tower's cached embeddings (Lorentz: its features), looked up by
+    taxonomy-string id; ``dna_views`` > 1 feeds each barcode that many times (dropout views, for HiR on DNA
+    embeddings); ``rank_prompts`` adds SEL's per-rank prompts (Lorentz).
     """
     inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in MODEL_INPUTS}
     if dna_views > 1 and "dna_input_ids" in inputs:
         for key in ("dna_input_ids", "dna_attention_mask"):
             inputs[key] = inputs[key].unsqueeze(1).expand(-1, dna_views, -1)
     text_ids = batch["text_ids"].to(device, non_blocking=True)
+    lorentz = cfg.model.geometry == "lorentz"
+    if text_bank is not None and lorentz:  # embedded inside the forward, where the projector's alpha is trained
+        inputs["text_features"] = text_bank[text_ids]
+    if rank_prompts is not None:
+        rank_prompts.add(inputs, text_ids)
     with autocast:
         outputs = net(inputs)
-    if text_bank is not None:
+    if text_bank is not None and not lorentz:
         outputs["text"] = text_bank[text_ids]
     outputs = {k: v.float() for k, v in outputs.items()}
     return compute_loss(outputs, text_ids, batch["labels"].to(device, non_blocking=True), cfg.loss,
-                        logit_scale=outputs.get("logit_scale"))
+                        logit_scale=outputs.get("logit_scale"), curvature=outputs.get("curvature"))
 
 
 def autocast_for(precision: str, device: torch.device):

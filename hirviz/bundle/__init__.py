@@ -3,13 +3,15 @@
 A bundle holds (format version :data:`FORMAT_VERSION`):
 
 ==========================  =====================================================================================
-``config.json``             ``format_version``, ``name``, ``objective``, ``model`` (:class:`~hirviz.model.ModelConfig`
+``config.json``             ``format_version``, ``name``, ``objective``, ``geometry`` (``{"name": "euclidean" |
+                            "lorentz", "curvature": c}``; absent in older bundles: Euclidean), ``model`` (:class:`~hirviz.model.ModelConfig`
                             as a dict; a BPE DNA tokenizer points at the copy inside the bundle), ``training`` (the
                             run's config) and ``provenance``
 ``model.safetensors``       the :class:`~hirviz.model.HirvizModel` state dict
 ``taxonomy.json``           :meth:`Taxonomy.to_dict` plus ``candidates`` (the distinct taxonomy strings of the
                             training set) and ``candidate_ranks`` ([order, family, genus, species], null = unknown)
-``text_embeddings.npy``     float32 ``[C, d]`` L2-normalised embeddings of the candidates, row-aligned
+``text_embeddings.npy``     float32 ``[C, d]`` embeddings of the candidates, row-aligned (L2-normalised, or
+                            Lorentz space parts)
 ``reference.h5``            the reference specimens: ``ids``, ``ranks``, ``labels``, ``barcodes``,
                             ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>``
 ``eval.json`` (optional)    the evaluation results (``python -m train eval``)

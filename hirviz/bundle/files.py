@@ -50,8 +50,9 @@ def check_version(version: Any, where: str) -> None:
 
 
 def check_candidates(candidates: list[str], ranks: Sequence[Sequence[Any]], embeddings: np.ndarray,
-                      embed_dim: int, where: str) -> None:
-    """Raise :class:`BundleError` unless the candidates, their ranks and their unit embeddings agree."""
+                      embed_dim: int, where: str, unit: bool = True) -> None:
+    """Raise :class:`BundleError` unless the candidates, their ranks and their embeddings agree (``unit``: the
+    embeddings are L2-normalised, as in the Euclidean geometry; Lorentz space parts are not)."""
     if len(ranks) != len(candidates):
         raise BundleError(f"{where}: {len(candidates)} candidates but {len(ranks)} candidate_ranks")
     bad = [i for i, r in enumerate(ranks) if len(r) != len(LEVELS)]
@@ -63,6 +64,10 @@ def check_candidates(candidates: list[str], ranks: Sequence[Sequence[Any]], embe
     if embeddings.dtype != np.float32:
         raise BundleError(f"{where}: text embeddings are {embeddings.dtype}, expected float32")
     norms = np.linalg.norm(embeddings, axis=1)
+    if not unit:
+        if not np.isfinite(embeddings).all():
+            raise BundleError(f"{where}: text embeddings hold NaN or infinite values")
+        return
     if len(norms) and np.abs(norms - 1).max() > _NORM_TOLERANCE:
         raise BundleError(f"{where}: text embeddings are not L2-normalised "
                           f"(norms {norms.min():.3f}..{norms.max():.3f})")

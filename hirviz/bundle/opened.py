@@ -50,7 +50,8 @@ class Bundle:
 
     Attributes (read on opening): ``path``, ``config`` (the whole ``config.json``), ``name``, ``objective``,
     ``training``, ``provenance``, ``taxonomy``, ``candidates``, ``candidate_ranks`` (4-tuples, None = unknown),
-    ``text_embeddings`` (float32 ``[C, d]``), ``eval_results`` (dict or None). Lazy: :attr:`model_config`,
+    ``text_embeddings`` (float32 ``[C, d]``), ``eval_results`` (dict or None), ``geometry_name`` (``"euclidean"``
+    or ``"lorentz"``) and ``curvature`` (Lorentz: the trained c, else ``None``). Lazy: :attr:`model_config`,
     :attr:`model` (built and loaded on first use, in eval mode on the CPU), :attr:`reference`.
     """
 
@@ -73,6 +74,12 @@ class Bundle:
         if not isinstance(self.config["model"], dict) or "embed_dim" not in self.config["model"]:
             raise BundleError(f"{self.path / CONFIG_FILE}: the model config lacks embed_dim")
         self.embed_dim = int(self.config["model"]["embed_dim"])
+        recorded = self.config.get("geometry") or {}
+        self.geometry_name: str = str(recorded.get("name") or self.config["model"].get("geometry", "euclidean"))
+        if self.geometry_name not in ("euclidean", "lorentz"):
+            raise BundleError(f"{self.path / CONFIG_FILE}: unknown geometry {self.geometry_name!r}")
+        self.curvature: float | None = (float(recorded.get("curvature") or self.config["model"].get("curvature", 1.0))
+                                        if self.geometry_name == "lorentz" else None)
 
         tax = read_json(self.path / TAXONOMY_FILE)
         try:
@@ -86,7 +93,7 @@ class Bundle:
         except (OSError, ValueError) as err:
             raise BundleError(f"cannot read {self.path / TEXT_EMBEDDINGS_FILE}: {one_line(err)}") from err
         check_candidates(self.candidates, self.candidate_ranks, self.text_embeddings, self.embed_dim,
-                          where=str(self.path))
+                          where=str(self.path), unit=self.geometry_name == "euclidean")
         check_reference_header(self.path / REFERENCE_FILE, self.embed_dim)
         eval_path = self.path / EVAL_FILE
         self.eval_results: dict[str, Any] | None = read_json(eval_path) if eval_path.is_file() else None
@@ -107,7 +114,7 @@ class Bundle:
 
     def __repr__(self) -> str:
         return (f"Bundle({self.name!r}, path={str(self.path)!r}, objective={self.objective!r}, "
-                f"candidates={len(self.candidates)}, d={self.embed_dim})")
+                f"geometry={self.geometry_name!r}, candidates={len(self.candidates)}, d={self.embed_dim})")
 
     @property
     def model_config(self) -> ModelConfig:

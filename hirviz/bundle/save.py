@@ -72,7 +72,8 @@ def save_bundle(
     text_embeddings = np.ascontiguousarray(text_embeddings, dtype=np.float32)
     candidate_ranks = [tuple(None if r in (None, "") else str(r) for r in row) for row in candidate_ranks]
     embed_dim = int(model.embed_dim)
-    check_candidates(list(candidates), candidate_ranks, text_embeddings, embed_dim, where="save_bundle")
+    check_candidates(list(candidates), candidate_ranks, text_embeddings, embed_dim, where="save_bundle",
+                     unit=model.geometry == "euclidean")
     if not isinstance(reference, Reference):
         reference = Reference.from_dict(reference, taxonomy=taxonomy)
     reference.validate(embed_dim=embed_dim, taxonomy=taxonomy)
@@ -85,10 +86,13 @@ def save_bundle(
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / DNA_TOKENIZER_FILE)
             model_config["dna_tokenizer"] = {**model.dna_tokenizer.to_config(), "tokenizer_file": DNA_TOKENIZER_FILE}
+        curvature = model.curvature()
         config = {
             "format_version": FORMAT_VERSION,
             "name": name,
             "objective": objective,
+            # How embeddings compare (the learnt alphas and logit scale live in the weights, c too: this is a copy).
+            "geometry": {"name": model.geometry, "curvature": None if curvature is None else float(curvature.detach())},
             "model": model_config,
             "training": dict(training_config),
             "provenance": dict(provenance),

@@ -53,8 +53,13 @@ class ReferenceCodes:
 
 
 def hierarchy_scores(embeddings: np.ndarray, clean: np.ndarray, mask: np.ndarray, truth: np.ndarray,
-                     ranked_codes: np.ndarray, reference: ReferenceCodes | None, space: str) -> dict[str, Any]:
+                     ranked_codes: np.ndarray, reference: ReferenceCodes | None, space: str,
+                     cosine: bool = True) -> dict[str, Any]:
     """The hierarchy-consistency numbers of one query (see the module docstring).
+
+    ``cosine=False`` (a Lorentz model, whose points are compared by geodesic distance): only the mistake
+    severity, which reads the ranking, is computed; agreement and drift are measured with cosine distances and
+    are left ``None`` rather than reported in the wrong geometry.
 
     Args:
         embeddings, clean: ``[N, d]`` embeddings of every evaluated specimen in this condition and without noise.
@@ -68,9 +73,12 @@ def hierarchy_scores(embeddings: np.ndarray, clean: np.ndarray, mask: np.ndarray
     z, labels = embeddings[rows], truth[rows, :len(LEVELS)]
     out: dict[str, Any] = {
         "mistake_severity": hierarchy.mistake_severity(labels, ranked_codes[..., :len(LEVELS)]),
-        "agreement": hierarchy.tree_embedding_agreement(z, labels, n_pairs=AGREEMENT_PAIRS, seed=0),
+        "agreement": None,
         "drift": None,
     }
+    if not cosine:
+        return out
+    out["agreement"] = hierarchy.tree_embedding_agreement(z, labels, n_pairs=AGREEMENT_PAIRS, seed=0)
     bank = reference.space(space) if reference is not None else None
     if bank is not None and len(bank[0]) >= 2:
         ref_emb, ref_codes, own = bank

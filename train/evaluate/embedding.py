@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from hirviz.degrade import DnaNoise
+from hirviz.geometry import EUCLIDEAN, Geometry
 from hirviz.model import HirvizModel
 from hirviz.queries import QUERIES, compose_queries
 from train.data import ImageStore
@@ -108,27 +109,32 @@ class QueryEmbedder:
                     zd = torch.from_numpy(dna[0][idx]).to(self.device)
                     combined = compose_queries(self.model, zi, zd)
                     avg[idx] = combined["avg"].cpu().numpy()
-                    fused[idx] = combined["fused"].cpu().numpy()
-                out["avg"], out["fused"] = (avg, both), (fused, both)
+                    if "fused" in combined:  # absent without a fusion head (Lorentz)
+                        fused[idx] = combined["fused"].cpu().numpy()
+                out["avg"] = (avg, both)
+                if self.model.fusion is not None:
+                    out["fused"] = (fused, both)
         return {q: out[q] for q in QUERIES if q in out and q in wanted}
 
 
 
 @dataclass
 class KeyBank:
-    """Reference specimens to retrieve from: ids, ranks ``[M, 4]`` (None = unknown), embeddings per space."""
+    """Reference specimens to retrieve from: ids, ranks ``[M, 4]`` (None = unknown), embeddings per space, and
+    the ``geometry`` their distances are measured in (a Lorentz bank is searched by geodesic distance)."""
 
     ids: np.ndarray
     ranks: np.ndarray
     embeddings: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+    geometry: Geometry = EUCLIDEAN
 
     @classmethod
-    def from_reference(cls, reference: Reference) -> KeyBank:
+    def from_reference(cls, reference: Reference, geometry: Geometry = EUCLIDEAN) -> KeyBank:
         """A bundle's reference bank; each space keeps the rows that have its modalities."""
         both = reference.has_image & reference.has_dna
         masks = {"image": reference.has_image, "dna": reference.has_dna, "avg": both, "fused": both}
         ranks = np.where(reference.ranks == "", None, reference.ranks.astype(object))
         return cls(np.asarray(reference.ids, dtype=object), ranks, dict(reference.embeddings),
-                   {s: masks[s] for s in reference.embeddings})
+                   {s: masks[s] for s in reference.embeddings}, geometry)
 

@@ -7,12 +7,15 @@ docstring of :mod:`train.evaluate` (METHOD.md section 8, REFERENCE_CODE.md 7.2).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from hirviz.taxonomy import LEVELS
+
+if TYPE_CHECKING:
+    from hirviz.geometry import Geometry
 
 EVAL_LEVELS: tuple[str, ...] = (*LEVELS, "global")
 TOP_KS: tuple[int, ...] = (1, 5)
@@ -58,19 +61,22 @@ def label_codes(
 # Ranking and top-k accuracy
 
 
-def top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+def top_k(queries: np.ndarray, keys: np.ndarray, k: int, geometry: Geometry | None = None) -> np.ndarray:
     """Indices ``[N, min(k, K)]`` of each query's most similar keys (inner product), best first.
 
     One matrix product per chunk of rows (chunks keep the score matrix near 64 MB whatever the number of
-    keys), ``argpartition`` for the k best, then a sort of those k only.
+    keys), ``argpartition`` for the k best, then a sort of those k only. ``geometry`` (a
+    :class:`hirviz.geometry.Geometry`) replaces the inner product by its similarity: for a Lorentz geometry the
+    Lorentzian inner product (float64), i.e. nearest by geodesic distance.
     """
+    lorentz = geometry is not None and geometry.lorentz
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     k = min(k, len(keys))
     out = np.empty((len(queries), k), dtype=np.int64)
     step = max(1, _SCORE_BUDGET // max(1, len(keys)))
     for start in range(0, len(queries), step):
-        scores = queries[start:start + step] @ keys.T
+        scores = geometry.similarity(queries[start:start + step], keys) if lorentz else queries[start:start + step] @ keys.T
         # The k largest sit after position K - k once partitioned (no negated copy of the scores needed).
         part = np.argpartition(scores, len(keys) - k, axis=1)[:, len(keys) - k:] if k < len(keys) else \
             np.broadcast_to(np.arange(len(keys)), scores.shape)
@@ -90,9 +96,9 @@ def hits_at_k(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def classification_scores(
     queries: np.ndarray, truth: np.ndarray, candidates: np.ndarray, cand_codes: np.ndarray,
-    ks: Sequence[int] = TOP_KS,
+    ks: Sequence[int] = TOP_KS, geometry: Geometry | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, int]]:
-    """Top-k accuracy (percent) per level of queries ranking candidate embeddings.
+    """Top-k accuracy (percent) per level of queries ranking candidate embeddings (by ``geometry``, see :func:`top_k`).
 
     Args:
         queries: ``[N, d]`` query embeddings (only the rows to score).
@@ -102,7 +108,7 @@ def classification_scores(
     Returns ``({level: {"top1": acc, "top5": acc}}, {level: n labelled})``; an accuracy is None where no
     query is labelled at that level.
     """
-    ranked = top_k(queries, candidates, max(ks))
+    ranked = top_k(queries, candidates, max(ks), geometry)
     return ranked_scores(cand_codes[ranked], truth, ks)
 
 
@@ -137,6 +143,7 @@ def retrieval_scores(
     queries: np.ndarray, query_codes: np.ndarray, keys: np.ndarray, key_codes: np.ndarray,
     query_ids: Sequence[str | None] | None = None, key_ids: Sequence[str] | None = None,
     ks: Sequence[int] = RETRIEVAL_KS, groups: Mapping[str, np.ndarray] | None = None,
+    geometry: Geometry | None = None,
 ) -> dict[str, Any]:
     """CLIBD's key-query retrieval accuracy, split into seen and unseen queries (see the module docstring).
 
@@ -147,6 +154,8 @@ def retrieval_scores(
         groups: ``{name: [N] bool}`` query groups to score; by default ``seen`` (the query's species is among the
             keys'), ``unseen`` (every other query) and ``all``. CLIBD's partition passes its own seen and unseen
             queries, whose unseen species do have keys.
+        geometry: a Lorentz :class:`hirviz.geometry.Geometry` searches by geodesic distance (the inner product of
+            its augmented search vectors); ``None``: inner product of the given vectors.
 
     Returns ``{group: {"n": int, "micro"|"macro": {level: {"top1", "top3", "top5"}}}}``.
     """
@@ -154,6 +163,8 @@ def retrieval_scores(
 
     kmax = max(ks)
     keys = np.ascontiguousarray(keys, dtype=np.float32)
+    if geometry is not None:
+        keys, queries = geometry.search_vectors(keys, "key"), geometry.search_vectors(queries, "query")
     index = faiss.IndexFlatIP(keys.shape[1])
     index.add(keys)
     exclude_self = query_ids is not None and key_ids is not None

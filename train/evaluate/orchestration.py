@@ -17,6 +17,7 @@ import torch
 import hirviz
 from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise
+from hirviz.geometry import Geometry
 from hirviz.model import HirvizModel
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
@@ -102,6 +103,7 @@ def evaluate_model(
     frame = frame.reset_index(drop=True)
     model = model.to(device).eval()
     embedder = QueryEmbedder(model, frame, images, seed, batch_size, num_workers, device)
+    geometry = Geometry.of(model)  # cosine, or (Lorentz) geodesic distance: candidates are ranked by it
     if not embedder.has_images and not embedder.has_barcodes:
         raise ValueError("the specimens have neither images (pass the image store) nor barcodes: nothing to query")
 
@@ -115,6 +117,8 @@ def evaluate_model(
     reference = keys if reference is None else reference
     ref_codes = (ReferenceCodes(reference, frame[list(LEVELS)].to_numpy(dtype=object), specimen_ids(frame))
                  if reference is not None else None)
+    if per_level == "independent" and geometry.lorentz:  # prefix embeddings are renormalised means of unit vectors
+        raise ValueError("--per-level independent is defined for Euclidean (unit-vector) models only")
     prefixes = LevelCandidates(candidates.embeddings, cand_codes) if per_level == "independent" else None
     clean = embedder.queries(embedder.image(0), embedder.dna(None), queries)  # cached: the clean condition's
     for condition in kept:
@@ -123,11 +127,12 @@ def evaluate_model(
             embedder.image(blur_kernel if blurred else 0), embedder.dna(dna_noise if noisy else None), queries)
         results[condition] = {}
         for name, (emb, mask) in q.items():
-            ranked = cand_codes[top_k(emb[mask], candidates.embeddings, max(TOP_KS))]
+            ranked = cand_codes[top_k(emb[mask], candidates.embeddings, max(TOP_KS), geometry)]
             scores, counts[name] = ranked_scores(ranked, truth[mask])
             if prefixes is not None:
                 scores.update(independent_level_scores(emb[mask], truth[mask], prefixes))
-            scores["hierarchy"] = hierarchy_scores(emb, clean[name][0], mask, truth, ranked, ref_codes, name)
+            scores["hierarchy"] = hierarchy_scores(emb, clean[name][0], mask, truth, ranked, ref_codes, name,
+                                                   cosine=not geometry.lorentz)
             results[condition][name] = scores
             if key_state is not None and name in key_state["spaces"]:
                 retrieval.setdefault(condition, {})[name] = _retrieve(emb, mask, name, key_state)
@@ -149,6 +154,8 @@ def evaluate_model(
         "blur_kernel": int(blur_kernel),
         "dna_noise": asdict(dna_noise),
         "noise_seed": int(seed),
+        "geometry": {"name": geometry.name, "curvature": geometry.curvature if geometry.lorentz else None,
+                     "ranking": "geodesic distance" if geometry.lorentz else "cosine similarity"},
         "levels": list(EVAL_LEVELS),
         "metric": "top-k accuracy in percent over the specimens labelled at each level; global = exact match "
                   "of the whole taxonomy string",
@@ -205,7 +212,8 @@ def _retrieve(emb: np.ndarray, mask: np.ndarray, space: str, state: dict[str, An
     keys: KeyBank = state["keys"]
     kmask = keys.masks[space]
     return retrieval_scores(emb[mask], state["query_codes"][mask], keys.embeddings[space][kmask],
-                            state["key_codes"][kmask], state["query_ids"][mask], keys.ids[kmask])
+                            state["key_codes"][kmask], state["query_ids"][mask], keys.ids[kmask],
+                            geometry=keys.geometry)
 
 
 def noise_sweep(
@@ -229,7 +237,8 @@ def noise_sweep(
         image = embedder.image(kernel if kernel is not None else 0, keep=kernel is None or kernel <= 1)
         dna = embedder.dna(noise, keep=noise is None or noise.is_off())
         for name, (emb, mask) in embedder.queries(image, dna, queries).items():
-            scores, _ = classification_scores(emb[mask], truth[mask], candidates.embeddings, cand_codes, ks=(1,))
+            scores, _ = classification_scores(emb[mask], truth[mask], candidates.embeddings, cand_codes, ks=(1,),
+                                              geometry=Geometry.of(embedder.model))
             records += [{"kind": kind, "strength": strength, "query": name, "level": level,
                          "top1": scores[level]["top1"]} for level in EVAL_LEVELS]
         logger.info("sweep %s %s done", kind, strength)
@@ -276,13 +285,17 @@ def evaluate_bundle(
         cands = CandidateSet.from_bundle(bundle)
     else:
         cands = frame_candidates(model, frame, device=device)
-    bank = KeyBank.from_reference(bundle.reference)
+    bank = KeyBank.from_reference(bundle.reference, Geometry.of(model))
     results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
                              dna_noise=dna_noise, seed=seed, sweep=sweep, keys=bank if retrieval else None,
                              reference=bank, per_level=per_level, batch_size=batch_size,
                              num_workers=num_workers, device=device)
     results["_meta"] = {"bundle": bundle.name, "objective": bundle.objective, "dataset": dataset,
                         **results["_meta"]}
+    if model.geometry == "lorentz":  # which hyperbolic variant produced every number
+        loss = bundle.training.get("loss") or {}
+        results["_meta"]["geometry"].update({key: loss.get(key) for key in
+                                             ("entailment", "entail_weight", "hyperbolic_reduction")})
     if "fused" not in queries and not bundle.fusion_trained:
         results["_meta"]["note"] = "no fused query: the model was trained without the fusion loss"
     return results

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hirviz.geometry import Geometry
 from hirviz.model import HirvizModel
 from hirviz.taxonomy import LEVELS
 from train.data import ImageStore, load_partition, read_metadata, specimen_ids
@@ -43,19 +44,21 @@ logger = logging.getLogger(__name__)
 
 PAIRS: tuple[tuple[str, str], ...] = (("image", "image"), ("dna", "dna"), ("image", "dna"))
 CLIBD_DEFINITION = ("CLIBD's protocol: each query of a split searches every key of the partition (seen keys and the "
-                    "unseen keys of validation and test) by inner product; the nearest keys' labels are the "
+                    "unseen keys of validation and test) by inner product (geodesic distance for a hyperbolic model); the nearest keys' labels are the "
                     "predictions; seen / unseen = the query's species was / was not in training")
 _QUERIES = frozenset(query_label(split, seen) for split in EVAL_SPLITS for seen in (True, False))
 
 
 def clibd_scores(embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]], ranks: np.ndarray, labels: np.ndarray,
-                 ks: Sequence[int] = RETRIEVAL_KS, pairs: Sequence[tuple[str, str]] = PAIRS) -> dict[str, Any]:
+                 ks: Sequence[int] = RETRIEVAL_KS, pairs: Sequence[tuple[str, str]] = PAIRS,
+                 geometry: Geometry | None = None) -> dict[str, Any]:
     """Retrieval accuracy of a partition's queries against its keys, per split and modality pair.
 
     Args:
         embeddings: ``{modality: (unit vectors [N, d], has-modality [N] bool)}`` over the same N records.
         ranks: ``[N, 4]`` order .. species names (None = unknown).
         labels: ``[N]`` partition labels (:data:`train.data.clibd_split.PARTITIONS`).
+        geometry: how keys are compared (:class:`hirviz.geometry.Geometry`; None: inner product of unit vectors).
 
     Returns ``{split: {"<query>-><key>": {"keys": n, "seen": group, "unseen": group}}}`` (groups as in
     :func:`retrieval_scores`); a pair whose modalities the records lack is left out.
@@ -76,7 +79,7 @@ def clibd_scores(embeddings: Mapping[str, tuple[np.ndarray, np.ndarray]], ranks:
             if not q_rows.any() or not k_rows.any():
                 continue
             scores = retrieval_scores(q_emb[q_rows], codes[q_rows], k_emb[k_rows], codes[k_rows], ks=ks,
-                                      groups={"seen": seen[q_rows], "unseen": unseen[q_rows]})
+                                      groups={"seen": seen[q_rows], "unseen": unseen[q_rows]}, geometry=geometry)
             out[split][f"{query}->{key}"] = {"keys": int(k_rows.sum()), **scores}
     return out
 
@@ -101,7 +104,8 @@ def evaluate_clibd(model: HirvizModel, frame: pd.DataFrame, labels: np.ndarray, 
     counts = pd.Series(labels).value_counts()
     return {"definition": CLIBD_DEFINITION, "partition": source, "ks": list(RETRIEVAL_KS),
             "records": {p: int(counts.get(p, 0)) for p in PARTITIONS},
-            **clibd_scores(embeddings, sub[list(LEVELS)].to_numpy(dtype=object), labels[rows])}
+            **clibd_scores(embeddings, sub[list(LEVELS)].to_numpy(dtype=object), labels[rows],
+                           geometry=Geometry.of(model))}
 
 
 def clibd_for_bundle(bundle: Bundle, metadata: str | os.PathLike, partition: str | os.PathLike | None = None,

@@ -1,4 +1,6 @@
-"""The training objectives CLIBD, CLIBD-HiR and CLIBD-HiR-Fuse (METHOD.md section 3)."""
+"""The training objectives CLIBD, CLIBD-HiR and CLIBD-HiR-Fuse (METHOD.md section 3), and CLIBD in the Lorentz
+geometry (METHOD.md section 9: :func:`compute_loss` with a ``curvature`` hands over to
+:func:`train.losses.hyperbolic.hyperbolic_objective`)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from train.losses.contrastive import (
 )
 from train.losses.fusion import FUSION_DIRECTIONS
 from train.losses.hir import HIR_MAX_SCOPES, HIR_MODES, hir_loss
+from train.losses.hyperbolic import ENTAILMENT_VARIANTS, REDUCTIONS, HyperbolicLossConfig, hyperbolic_objective
 
 # The terms each objective adds to L_clip (METHOD.md section 3): (HiR, fusion). The one place that maps an
 # objective name to its terms; everything else asks LossConfig.uses_hir / uses_fusion.
@@ -53,6 +56,10 @@ class LossConfig:
         A zero weight (pair, lambda or gamma) skips its term: it is neither computed nor logged.
         detach_dna_in_id: the authors' code quirk: DNA receives no gradient from the image-DNA term.
         gather: all-gather features across ranks under DDP (negatives from the global batch).
+        entailment, entail_weight, hyperbolic_reduction: the Lorentz geometry's entailment variant (``sel``, ``a``,
+            ``b``, ``c`` or ``none``), its weight, and how the three pair losses are reduced (``sum3`` as section 1,
+            or ``mean6``, the authors' mean of the six directed losses); see
+            :class:`train.losses.hyperbolic.HyperbolicLossConfig`. Ignored in the Euclidean geometry.
     """
 
     objective: str = "clibd-hir"
@@ -69,10 +76,14 @@ class LossConfig:
     dna_text_weight: float = 1.0
     detach_dna_in_id: bool = False
     gather: bool = True
+    entailment: str = "sel"
+    entail_weight: float = 1.0
+    hyperbolic_reduction: str = "sum3"
 
     def __post_init__(self) -> None:
         for name, valid in (("objective", OBJECTIVES), ("hir_mode", HIR_MODES), ("hir_max_scope", HIR_MAX_SCOPES),
-                            ("hir_modality", HIR_MODALITIES), ("fusion_direction", FUSION_DIRECTIONS)):
+                            ("hir_modality", HIR_MODALITIES), ("fusion_direction", FUSION_DIRECTIONS),
+                            ("entailment", ENTAILMENT_VARIANTS), ("hyperbolic_reduction", REDUCTIONS)):
             value = getattr(self, name)
             if value not in valid:
                 raise ValueError(f"unknown loss.{name} {value!r}; valid values: {', '.join(valid)}")
@@ -81,7 +92,8 @@ class LossConfig:
                              "(which lifts level means and has no per-anchor maximum)")
         if not self.tau > 0:
             raise ValueError(f"loss.tau must be positive, got {self.tau}")
-        for name in ("hir_weight", "fusion_weight", "image_dna_weight", "image_text_weight", "dna_text_weight"):
+        for name in ("hir_weight", "fusion_weight", "image_dna_weight", "image_text_weight", "dna_text_weight",
+                     "entail_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
@@ -96,6 +108,20 @@ class LossConfig:
         """The objective has the fusion term (whatever its weight)."""
         return _OBJECTIVE_TERMS[self.objective][1]
 
+    def hyperbolic(self) -> HyperbolicLossConfig:
+        """The Lorentz geometry's objective (METHOD.md section 9) with this config's settings."""
+        return HyperbolicLossConfig(reduction=self.hyperbolic_reduction, multi_positive=self.multi_positive,
+                                    entailment=self.entailment, entail_weight=self.entail_weight, gather=self.gather)
+
+    def lorentz_conflicts(self) -> list[str]:
+        """The settings the Lorentz geometry cannot honour (``key=value`` each); empty when there are none."""
+        conflicts = [] if self.objective == "clibd" else [f"loss.objective={self.objective}"]
+        conflicts += [f"loss.{name}={getattr(self, name)}" for name in
+                      ("image_dna_weight", "image_text_weight", "dna_text_weight") if getattr(self, name) != 1.0]
+        if self.detach_dna_in_id:
+            conflicts.append("loss.detach_dna_in_id=true")
+        return conflicts
+
 
 def compute_loss(
     outputs: Mapping[str, Tensor | None],
@@ -103,6 +129,7 @@ def compute_loss(
     labels: Tensor | None,
     cfg: LossConfig,
     logit_scale: Tensor | float | None = None,
+    curvature: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The training objective selected by ``cfg.objective``.
 
@@ -116,6 +143,10 @@ def compute_loss(
         cfg: the objective and its weights.
         logit_scale: ``1 / tau`` for the contrastive and fusion terms, e.g. a learnable parameter of the
             model (already exponentiated); ``None`` uses the fixed ``1 / cfg.tau``.
+        curvature: c of a Lorentz model: the outputs are then hyperboloid space parts (and ``rank_text`` for
+            SEL), and the objective is :func:`~train.losses.hyperbolic.hyperbolic_objective` with
+            :meth:`LossConfig.hyperbolic` (its parts: the pair losses, ``clip``, ``entail``, and for SEL
+            ``entail_intra`` / ``entail_inter``). Only ``objective="clibd"`` is defined there.
 
     Returns:
         ``(total, parts)``: the loss to back-propagate, and the detached terms for logging: the unweighted
@@ -130,6 +161,12 @@ def compute_loss(
     """
     if not isinstance(cfg, LossConfig):
         raise TypeError(f"cfg must be a LossConfig, got {type(cfg).__name__}")
+    if curvature is not None:
+        conflicts = cfg.lorentz_conflicts()
+        if conflicts:
+            raise ValueError(f"the Lorentz geometry trains CLIBD only; unsupported: {', '.join(conflicts)}")
+        scale = 1.0 / cfg.tau if logit_scale is None else logit_scale
+        return hyperbolic_objective(outputs, text_ids, labels, cfg.hyperbolic(), curvature, scale)
     features: dict[str, Tensor] = {}
     batch: int | None = None
     dim: int | None = None

@@ -67,6 +67,7 @@ _PHRASES = {
     "colour": "the photo's colours are flatter than those of the photos it was calibrated on",
     "length": "the barcode is shorter than the barcodes it was calibrated on",
     "acgt_fraction": "the barcode has more unread bases (N) than those it was calibrated on",
+    "coi_hit": "the sequence does not match the COI-5P barcode region, unlike the barcodes it was calibrated on",
     "no_stop_codons": "the barcode has stop codons in its reading frame (a pseudogene or a sequencing error?)",
 }
 

@@ -78,7 +78,7 @@ class BarcodeQuality:
     def signals(self) -> dict[str, float]:
         """The signals calibration thresholds (higher = better evidence)."""
         return {"length": float(self.length), "acgt_fraction": self.acgt_fraction,
-                "no_stop_codons": -float(self.stop_codons)}
+                "coi_hit": float(self.coi_hit), "no_stop_codons": -float(self.stop_codons)}
 
 
 def image_quality(rgb: np.ndarray, size: tuple[int, int]) -> ImageQuality:

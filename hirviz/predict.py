@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hirviz.abstain import assess
 from hirviz.barcode import BarcodeError, parse_barcode
 from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise, Edit, box_blur, degrade_barcode_with_edits
@@ -257,6 +258,10 @@ class QueryResult:
         candidates: the top-k whole taxonomy strings ``(string, probability)``.
         deepest_rank: see :func:`deepest_rank`.
         neighbours: nearest reference specimens, ``{"id", "row", "ranks", "similarity"}`` each.
+        abstained: whether the query answers "no confident match" (:mod:`hirviz.abstain`): its names are kept
+            for inspection but are not an identification.
+        reason: why it abstained, in plain language (``None`` when it did not).
+        signals: the abstention signals measured for it (higher = better evidence).
     """
 
     query: str
@@ -267,6 +272,9 @@ class QueryResult:
     candidates: list[tuple[str, float]]
     deepest_rank: str | None
     neighbours: list[dict[str, Any]] = field(default_factory=list)
+    abstained: bool = False
+    reason: str | None = None
+    signals: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (the full probability vector is left out; the top candidates are in)."""
@@ -277,6 +285,9 @@ class QueryResult:
             "candidates": [{"taxonomy": t, "score": s} for t, s in self.candidates],
             "deepest_rank": self.deepest_rank,
             "neighbours": [dict(n, ranks=dict(n["ranks"])) for n in self.neighbours],
+            "abstained": self.abstained,
+            "reason": self.reason,
+            "signals": {k: (v if np.isfinite(v) else None) for k, v in self.signals.items()},
         }
 
 
@@ -329,6 +340,14 @@ class Prediction:
                         **{lvl: lineage.get(lvl) or "" for lvl in LEVELS}, "score": score,
                     })
         return rows
+
+    @property
+    def verdict(self) -> tuple[str | None, str | None]:
+        """``(query, deepest rank)`` of the first non-abstaining query, joint evidence first
+        (:func:`hirviz.abstain.verdict`); ``(None, None)`` when every query abstains."""
+        from hirviz.abstain import verdict
+
+        return verdict(self)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (everything but the display image and full probability vectors)."""
@@ -389,6 +408,8 @@ class Predictor:
         self.logit_scale = float(self.model.logit_scale_exp().detach().cpu())
         self.geometry = Geometry.of(self.model)
         self._reference_map: ReferenceMap | None = None
+        # The bundle's calibrated abstention policy (None: hard input limits only); see hirviz.abstain.
+        self.abstention = getattr(bundle, "abstention", None)
 
     @property
     def reference_map(self) -> ReferenceMap | None:
@@ -498,6 +519,7 @@ class Predictor:
         if dna_noise is not None and not isinstance(dna_noise, DnaNoise):
             raise InputError(f"dna_noise must be a DnaNoise, got {type(dna_noise).__name__}")
 
+        image = load_image(image) if image is not None else None  # once here: abstention needs the photo's size
         embedded = self.embed(image, barcode, blur_kernels=[blur_kernel], dna_noises=[dna_noise], seed=seed)
         names = [q for q in QUERIES if q in embedded.vectors]
         stacked = np.concatenate([embedded.vectors[q] for q in names])
@@ -523,6 +545,7 @@ class Predictor:
                       "dna_noise": asdict(dna_noise) if dna_noise is not None and barcode is not None else None,
                       "seed": int(seed), "threshold": float(threshold)},
         )
+        prediction.settings["abstention"] = assess(self, queries, embedded, image.size if image is not None else None)
         if embedded.gate is not None:
             prediction.gate_vector = embedded.gate[0]
             prediction.gate = float(embedded.gate[0].mean())

@@ -72,7 +72,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_export_writes_every_file(exported: dict) -> None:
     files = {p.name for p in exported["bundle"].iterdir()}
     assert files == {"config.json", "model.safetensors", "taxonomy.json", "text_embeddings.npy", "reference.h5",
-                     "eval.json", "README.md"}
+                     "eval.json", "README.md", "abstention.json"}
     bundle = load_bundle(exported["bundle"])
     assert bundle.name == exported["run"].name and bundle.objective == "clibd-hir-fuse"
     assert bundle.training == exported["cfg"].to_dict()

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "fit": ("train.loop", "train a model (one process, or data-parallel under torchrun)"),
     "eval": ("train.evaluate", "score a bundle on a dataset: the papers' per-level tables, clean and noisy"),
     "export": ("train.export", "turn a run directory into a model bundle"),
+    "calibrate": ("train.calibrate", "calibrate a bundle's abstention policy on held-out specimens (abstention.json)"),
     "kmer-baseline": ("train.kmer_baseline", "nearest-neighbour identification on k-mer profiles (a BOLD-style baseline)"),
     "demo": ("train.demo", "rebuild the embedded demo bundles in assets/ from scratch"),
 }

@@ -8,7 +8,9 @@ same as the one the run saved (:func:`train.rundir.check_split`). The bundle the
 * the reference bank: a seeded subsample of the training split (at most ``--max-reference`` specimens, every
   order and family represented while the cap allows), embedded clean in every space the model has, with a
   seeded 2-D UMAP layout of the image, DNA and fused spaces;
-* a model card (data, objective, recipe, and the accuracy tables of ``--eval`` when given) and provenance.
+* a model card (data, objective, recipe, and the accuracy tables of ``--eval`` when given) and provenance;
+* ``abstention.json``: the abstention policy calibrated on half of the run's held-out rows and reported on the
+  other half (:func:`train.calibrate.calibrate_bundle`; ``--no-abstention`` skips it).
 
 ``--clibd-h5`` also writes the split's embeddings in the layout of CLIBD's extracted-feature files
 (``encoded_image_feature``, ``encoded_dna_feature``, ``encoded_language_feature``, ``<level>_list``,
@@ -314,8 +316,11 @@ def export(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    abstention: bool = True,
 ) -> Path:
     """Turn a run directory into a bundle at ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    ``abstention``: calibrate the abstention policy on the run's held-out rows (:mod:`train.calibrate`).
 
     ``metadata`` / ``images`` replace the run's data paths (when the files moved since training).
     """
@@ -363,6 +368,10 @@ def export(
                       candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
                       training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
                       card=card, eval_results=eval_results)
+    if abstention and len(test_idx):
+        from train.calibrate import calibrate_bundle
+
+        calibrate_bundle(out, frame.iloc[test_idx], store, seed=seed, source="the run's test split")
     if clibd_h5 is not None:
         rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
         write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
@@ -391,6 +400,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", default=None, help="the run's metadata file, when it moved since training")
     parser.add_argument("--images", default=None, help="the run's images, when they moved since training")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reference subsample and UMAP")
+    parser.add_argument("--abstention", action=argparse.BooleanOptionalAction, default=True,
+                        help="calibrate the abstention policy on the run's held-out rows (default: yes)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
@@ -409,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.run, args.out, name=args.name, max_reference=args.max_reference, umap=args.umap,
                      eval_results=eval_results, clibd_h5=args.clibd_h5, clibd_split=args.clibd_split,
                      metadata=args.metadata, images=args.images, seed=args.seed, batch_size=args.batch_size,
-                     device=device)
+                     device=device, abstention=args.abstention)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from err
     print(out)

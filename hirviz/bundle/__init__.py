@@ -15,6 +15,8 @@ A bundle holds (format version :data:`FORMAT_VERSION`):
 ``reference.h5``            the reference specimens: ``ids``, ``ranks``, ``labels``, ``barcodes``,
                             ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>``
 ``eval.json`` (optional)    the evaluation results (``python -m train eval``)
+``abstention.json`` (opt.)  the abstention policy calibrated on held-out specimens (:mod:`hirviz.abstain`; own
+                            ``version``); without it queries abstain on the hard input limits only
 ``README.md``               the model card
 ==========================  =====================================================================================
 

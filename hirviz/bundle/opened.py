@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hirviz.abstain import AbstentionPolicy, load_policy
 from hirviz.bundle.card import with_eval_section
 from hirviz.bundle.files import (
     CARD_FILE,
@@ -51,7 +52,8 @@ class Bundle:
     Attributes (read on opening): ``path``, ``config`` (the whole ``config.json``), ``name``, ``objective``,
     ``training``, ``provenance``, ``taxonomy``, ``candidates``, ``candidate_ranks`` (4-tuples, None = unknown),
     ``text_embeddings`` (float32 ``[C, d]``), ``eval_results`` (dict or None), ``geometry_name`` (``"euclidean"``
-    or ``"lorentz"``) and ``curvature`` (Lorentz: the trained c, else ``None``). Lazy: :attr:`model_config`,
+    or ``"lorentz"``), ``curvature`` (Lorentz: the trained c, else ``None``) and ``abstention`` (the
+    :class:`~hirviz.abstain.AbstentionPolicy` of ``abstention.json``, or None). Lazy: :attr:`model_config`,
     :attr:`model` (built and loaded on first use, in eval mode on the CPU), :attr:`reference`.
     """
 
@@ -97,6 +99,10 @@ class Bundle:
         check_reference_header(self.path / REFERENCE_FILE, self.embed_dim)
         eval_path = self.path / EVAL_FILE
         self.eval_results: dict[str, Any] | None = read_json(eval_path) if eval_path.is_file() else None
+        try:  # abstention.json is optional: without it the predictor applies the hard input limits only
+            self.abstention: AbstentionPolicy | None = load_policy(self.path)
+        except ValueError as err:
+            raise BundleError(one_line(err)) from err
 
         self._model: HirvizModel | None = None
         self._reference: Reference | None = None

@@ -5,7 +5,8 @@ A :class:`Predictor` embeds the inputs (optionally degraded as in METHOD.md sect
 eval transform, as ``train/embed.py`` does for evaluation) and asks up to four queries:
 
 * ``image``: z_I, ``dna``: z_D (whichever inputs are given);
-* ``avg``: normalize(z_I + z_D), ``fused``: the gated fusion z_F (both inputs given).
+* ``avg``: normalize(z_I + z_D), ``fused``: the gated fusion z_F (both inputs given; only for a bundle whose
+  fusion gate was trained, :attr:`hirviz.bundle.Bundle.fusion_trained`).
 
 Each query scores the bundle's candidate taxonomy strings: ``p = softmax(cos(z, z_T) / tau)``. The score of a
 name at a level is the total probability of the candidates carrying it (a genus scores the sum of its
@@ -281,10 +282,11 @@ class Prediction:
     """The answer of :meth:`Predictor.predict`.
 
     Attributes:
-        queries: the queries the inputs support (image only: ``image``; barcode only: ``dna``; both: all four).
+        queries: the queries the inputs support (image only: ``image``; barcode only: ``dna``; both: all four, or
+            ``image``, ``dna`` and ``avg`` when the model's fusion gate was never trained).
         agreement: per level, whether the top-1 names of all queries agree.
         gate: mean of the fusion gate g over dimensions: how much the fused embedding leaned on the image (1)
-            rather than the DNA (0); ``None`` without both inputs.
+            rather than the DNA (0); ``None`` without both inputs or when the gate was never trained.
         gate_vector: the per-dimension gate ``[d]`` or ``None``.
         barcode: the parsed clean barcode, ``barcode_id`` its FASTA header's first word (or ``None``).
         degraded_barcode: the barcode the model saw when DNA noise was applied, else ``None``.
@@ -493,7 +495,8 @@ class Predictor:
             raise InputError(f"dna_noise must be a DnaNoise, got {type(dna_noise).__name__}")
 
         embedded = self.embed(image, barcode, blur_kernels=[blur_kernel], dna_noises=[dna_noise], seed=seed)
-        names = [q for q in QUERIES if q in embedded.vectors]
+        # An untrained gate's fused embedding is noise, not an answer: such a model has no fused query.
+        names = [q for q in QUERIES if q in embedded.vectors and (q != "fused" or self.fusion_trained)]
         stacked = np.concatenate([embedded.vectors[q] for q in names])
         probs = softmax_scores(stacked, self.text_embeddings, self.logit_scale)
         hits = self._neighbours(names, embedded, neighbours)
@@ -517,7 +520,7 @@ class Predictor:
                       "dna_noise": asdict(dna_noise) if dna_noise is not None and barcode is not None else None,
                       "seed": int(seed), "threshold": float(threshold)},
         )
-        if embedded.gate is not None:
+        if embedded.gate is not None and self.fusion_trained:
             prediction.gate_vector = embedded.gate[0]
             prediction.gate = float(embedded.gate[0].mean())
         if barcode is not None:

@@ -38,6 +38,7 @@ from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
+from train.losses import LossConfig
 from train.rundir import CHECKPOINT, CONFIG, SPLIT, TAXONOMY, check_split, load_training_split, read_split
 
 logger = logging.getLogger(__name__)
@@ -264,13 +265,24 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
     return "\n".join(lines)
 
 
-def _loss_weights(loss: Any) -> str:
+def _loss_weights(loss: LossConfig) -> str:
+    """The weights and variants of the objective's HiR and fusion terms, e.g. `` (HiR weight 0.01, ...)``."""
     parts = []
-    if "hir" in loss.objective:
-        parts.append(f"HiR weight {loss.hir_weight}, {loss.hir_mode} mode, on {loss.hir_modality}")
-    if loss.objective.endswith("fuse"):
-        parts.append(f"fusion weight {loss.fusion_weight}")
+    if loss.uses_hir:
+        # hmce lifts level means and has no per-anchor maximum to scope (LossConfig refuses anchor with it)
+        scope = "" if loss.hir_mode == "hmce" else f", max over {loss.hir_max_scope}"
+        parts.append(f"HiR weight {loss.hir_weight}, {loss.hir_mode} mode{scope}, on {loss.hir_modality}")
+    if loss.uses_fusion:
+        parts.append(f"fusion weight {loss.fusion_weight}, {loss.fusion_direction} direction")
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def fusion_trained(loss: LossConfig) -> bool:
+    """Whether training taught the fusion gate: the objective has the fusion term and its weight is not zero.
+
+    Written into the bundle's config (``fusion_trained``); every reader of a bundle takes it from there.
+    """
+    return loss.uses_fusion and loss.fusion_weight > 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -340,6 +352,7 @@ def export(
     out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
                       candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
                       training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
+                      fusion_trained=fusion_trained(cfg.loss),
                       card=card, eval_results=eval_results)
     if clibd_h5 is not None:
         rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]

@@ -130,6 +130,24 @@ def test_torchrun_two_ranks_on_cpu(synth, tmp_path, free_port):
     assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] == 3
 
 
+def test_ranks_build_the_same_model_and_text_cache_and_then_draw_their_own_randomness(synth, tmp_path, free_port):
+    # A frozen, randomly initialised text tower is cached before DDP syncs any weight: every rank must build the
+    # very same model, or each would train against its own text embeddings.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), "--fit",
+           str(CI_CONFIG), *_overrides(synth, tmp_path / "run", "model.freeze_text=true", "run.seed=7")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"fit_rank{r}.pt") for r in range(2)]
+    assert ranks[0]["weights"].keys() == ranks[1]["weights"].keys()
+    for name, value in ranks[0]["weights"].items():
+        torch.testing.assert_close(ranks[1]["weights"][name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(ranks[1]["text_bank"], ranks[0]["text_bank"], rtol=0, atol=0)
+    # data order and dropout still differ between ranks: each is reseeded with seed + rank after the build
+    assert [r["initial_seed"] for r in ranks] == [7, 8]
+
+
 def test_tensorboard_logging_is_optional(synth, tmp_path):
     pytest.importorskip("tensorboard")
     cfg = load_config(CI_CONFIG, _overrides(synth, tmp_path / "tb", "run.tensorboard=true", "run.log_every=1"))

@@ -90,12 +90,14 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     dist = distributed.setup(cfg.run.device)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.run.seed + dist.rank)
 
     # -- data ------------------------------------------------------------------------------------
     frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
     # A vocabulary the config names but nobody has (or "bpe:N") is trained on the training barcodes first.
     cfg = resolve_dna_vocabulary(cfg, frame["barcode"].iloc[train_idx], out, dist.is_main)
+    # Every rank builds the same model from the base seed: a frozen text tower is cached below, before DDP's
+    # broadcast of rank 0's weights, so a rank-dependent initialisation would give each rank its own text targets.
+    seed_everything(cfg.run.seed)
     model: HirvizModel = build_model(cfg.model).to(dist.device)
     images = open_images(cfg.data.images) if cfg.data.images else None
     hir_on = cfg.loss.hir_modality if cfg.loss.uses_hir else None
@@ -116,6 +118,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     if cfg.model.freeze_text:
         text_bank = torch.from_numpy(embed_texts(model, dataset.texts, device=dist.device)).to(dist.device)
         model.train()
+    seed_everything(cfg.run.seed + dist.rank)  # from here on each rank draws its own dropout and augmentation
     collate = make_collate(
         dna_tokenizer=model.dna_tokenizer if dataset.has_barcodes else None,
         text_tokenizer=None if text_bank is not None else model.tokenize_text,

@@ -38,6 +38,7 @@ from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
+from train.loop import load_checkpoint
 from train.losses import LossConfig
 from train.rundir import CHECKPOINT, CONFIG, SPLIT, TAXONOMY, check_split, load_training_split, read_split
 
@@ -63,8 +64,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished run directory: no {name}")
     cfg = load_config(run_dir / CONFIG)
-    # The checkpoint holds optimizer and RNG state besides the weights; it is the run's own output.
-    ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
     model = build_model(cfg.model)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()

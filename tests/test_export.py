@@ -212,3 +212,56 @@ def test_export_records_whether_the_fusion_gate_was_trained(exported: dict, tmp_
     results = evaluate_bundle(load_bundle(tmp_path / "bundle0"), exported["test"].reset_index(drop=True).head(20),
                               exported["root"] / "synth" / "images.hdf5", conditions=("clean",))
     assert set(results["clean"]) == {"image", "dna", "avg"} and "fusion" in results["_meta"]["note"]
+
+
+def test_split_files_load_without_pickle_and_old_ones_are_not_unpickled(exported: dict, tmp_path: Path,
+                                                                        caplog) -> None:
+    from train.rundir import check_split, read_split, split_ids
+
+    with np.load(exported["run"] / "split.npz", allow_pickle=False) as saved:
+        assert saved["sampleid"].dtype.kind == "U"
+        np.testing.assert_array_equal(saved["sampleid"], split_ids(exported["frame"]))
+    split = read_split(exported["run"])
+    np.testing.assert_array_equal(split.ids, split_ids(exported["frame"]))
+
+    # A split written with the ids as an object array (numpy pickles those): its ids are not unpickled; the split
+    # is still read, and still checked by its length.
+    old = tmp_path / "split.npz"
+    np.savez(old, train=split.train, test=split.test, sampleid=split.ids.astype(object))
+    with caplog.at_level("WARNING", logger="train.rundir"):
+        legacy = read_split(old)
+    assert legacy.ids is None and "pickled" in caplog.text
+    np.testing.assert_array_equal(legacy.train, split.train)
+    with pytest.raises(ValueError, match="specimens but the split"):
+        check_split(legacy, exported["frame"].iloc[:-1], "metadata.tsv")
+
+
+def _open_hdf5_files() -> set[str]:
+    """The HDF5 files this process holds open."""
+    return {Path(f.name.decode()).name for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)}
+
+
+def test_training_and_export_close_the_image_store_they_open(exported: dict, tmp_path: Path, monkeypatch,
+                                                            no_umap) -> None:
+    import train.loop
+
+    opened = []
+
+    def recording(path, *args, **kwargs):
+        opened.append(open_images(path, *args, **kwargs))
+        return opened[-1]
+
+    assert "images.hdf5" not in _open_hdf5_files()
+    for module in (train.loop, export):
+        monkeypatch.setattr(module, "open_images", recording)
+    cfg = load_config(REPO_ROOT / "train" / "configs" / "ci.yaml", [
+        f"data.metadata={exported['cfg'].data.metadata}", f"data.images={exported['cfg'].data.images}",
+        f"run.out_dir={tmp_path / 'run'}"])
+    run = fit(cfg, max_steps=1)
+    export.export(run, tmp_path / "bundle", max_reference=20, umap=False)
+    assert len(opened) == 2  # both stores are still referenced here, yet no handle is left open
+    assert "images.hdf5" not in _open_hdf5_files()
+    # a closed store reopens on the next read, and closes again as a context manager
+    with opened[0] as store:
+        assert store.get(store.keys()[0]) is not None and "images.hdf5" in _open_hdf5_files()
+    assert "images.hdf5" not in _open_hdf5_files()

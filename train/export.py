@@ -324,40 +324,44 @@ def export(
         logger.warning("%s has no %s: cannot check that the metadata is the one the run used", run_dir, SPLIT)
     taxonomy = Taxonomy.load(str(run_dir / TAXONOMY))
     store = open_images(cfg.data.images) if cfg.data.images else None
-    train = frame.iloc[train_idx].reset_index(drop=True)
+    try:
+        train = frame.iloc[train_idx].reset_index(drop=True)
 
-    candidates, candidate_ranks = training_candidates(train)
-    text_embeddings = embed_texts(model, candidates, batch_size=batch_size, device=device)
-    ref_rows = select_reference(train, max_reference, seed)
-    reference = build_reference(model, train.iloc[ref_rows].reset_index(drop=True), store, taxonomy, umap=umap,
-                                seed=seed, batch_size=batch_size, device=device)
+        candidates, candidate_ranks = training_candidates(train)
+        text_embeddings = embed_texts(model, candidates, batch_size=batch_size, device=device)
+        ref_rows = select_reference(train, max_reference, seed)
+        reference = build_reference(model, train.iloc[ref_rows].reset_index(drop=True), store, taxonomy, umap=umap,
+                                    seed=seed, batch_size=batch_size, device=device)
 
-    provenance = {
-        "run": run_dir.resolve().name,
-        "metadata": Path(cfg.data.metadata).name,
-        "images": Path(cfg.data.images).name if cfg.data.images else None,
-        "specimens": int(len(frame)),
-        "train_specimens": int(len(train_idx)),
-        "test_specimens": int(len(test_idx)),
-        "reference_specimens": int(len(reference)),
-        "reference_seed": seed,
-        "steps": counters.get("step"),
-        "epochs_completed": counters.get("epoch"),
-        "git_commit": git_commit(),
-        "hirviz_version": hirviz.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    name = name or run_dir.resolve().name
-    card = model_card(name, cfg, provenance, taxonomy, len(candidates), reference)
-    out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
-                      candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
-                      training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
-                      fusion_trained=fusion_trained(cfg.loss),
-                      card=card, eval_results=eval_results)
-    if clibd_h5 is not None:
-        rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
-        write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
-        logger.info("wrote CLIBD-style embeddings of %d %s specimens to %s", len(rows), clibd_split, clibd_h5)
+        provenance = {
+            "run": run_dir.resolve().name,
+            "metadata": Path(cfg.data.metadata).name,
+            "images": Path(cfg.data.images).name if cfg.data.images else None,
+            "specimens": int(len(frame)),
+            "train_specimens": int(len(train_idx)),
+            "test_specimens": int(len(test_idx)),
+            "reference_specimens": int(len(reference)),
+            "reference_seed": seed,
+            "steps": counters.get("step"),
+            "epochs_completed": counters.get("epoch"),
+            "git_commit": git_commit(),
+            "hirviz_version": hirviz.__version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        name = name or run_dir.resolve().name
+        card = model_card(name, cfg, provenance, taxonomy, len(candidates), reference)
+        out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
+                          candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
+                          training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
+                          fusion_trained=fusion_trained(cfg.loss),
+                          card=card, eval_results=eval_results)
+        if clibd_h5 is not None:
+            rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
+            write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
+            logger.info("wrote CLIBD-style embeddings of %d %s specimens to %s", len(rows), clibd_split, clibd_h5)
+    finally:
+        if store is not None:
+            store.close()
     return out
 
 

@@ -268,6 +268,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                 epoch, batches_done = epoch + 1, 0
             save_checkpoint()
     finally:
+        if images is not None:
+            images.close()
         if metrics is not None:
             metrics.close()
         if board is not None:

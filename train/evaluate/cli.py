@@ -89,14 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if images is None and frame["image_file"].notna().any():
         logger.info("no --images given: image queries are skipped")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
-                                  blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
-                                  retrieval=args.retrieval, batch_size=args.batch_size, num_workers=args.num_workers,
-                                  device=device, dataset=str(args.metadata))
-    finally:
-        if images is not None:
-            images.close()
+    results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
+                              blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
+                              retrieval=args.retrieval, batch_size=args.batch_size, num_workers=args.num_workers,
+                              device=device, dataset=str(args.metadata))
     results["_meta"].update(info)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

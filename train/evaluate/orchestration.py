@@ -241,8 +241,7 @@ def evaluate_bundle(
     if candidates not in ("bundle", "dataset"):
         raise ValueError(f"candidates must be 'bundle' or 'dataset', got {candidates!r}")
     model = bundle.model.to(device)
-    opened = images is not None and not hasattr(images, "get")
-    if opened:
+    if images is not None and not hasattr(images, "get"):
         images = open_images(images)
     if queries is None:
         queries = [q for q in QUERIES if q != "fused" or bundle.fusion_trained]
@@ -251,13 +250,9 @@ def evaluate_bundle(
     else:
         cands = frame_candidates(model, frame, device=device)
     keys = KeyBank.from_reference(bundle.reference) if retrieval else None
-    try:
-        results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
-                                 dna_noise=dna_noise, seed=seed, sweep=sweep, keys=keys, batch_size=batch_size,
-                                 num_workers=num_workers, device=device)
-    finally:
-        if opened:  # a store passed in belongs to the caller
-            images.close()
+    results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
+                             dna_noise=dna_noise, seed=seed, sweep=sweep, keys=keys, batch_size=batch_size,
+                             num_workers=num_workers, device=device)
     results["_meta"] = {"bundle": bundle.name, "objective": bundle.objective, "dataset": dataset,
                         **results["_meta"]}
     if "fused" not in queries and not bundle.fusion_trained:

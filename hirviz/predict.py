@@ -5,7 +5,8 @@ A :class:`Predictor` embeds the inputs (optionally degraded as in METHOD.md sect
 eval transform, as ``train/embed.py`` does for evaluation) and asks up to four queries:
 
 * ``image``: z_I, ``dna``: z_D (whichever inputs are given);
-* ``avg``: normalize(z_I + z_D), ``fused``: the gated fusion z_F (both inputs given).
+* ``avg``: normalize(z_I + z_D), ``fused``: the gated fusion z_F (both inputs given; only for a bundle whose
+  fusion gate was trained, :attr:`hirviz.bundle.Bundle.fusion_trained`).
 
 Each query scores the bundle's candidate taxonomy strings: ``p = softmax(cos(z, z_T) / tau)``; for a Lorentz
 bundle (METHOD.md section 9) ``p = softmax(-d(z, z_T) * scale)`` with the geodesic distance d, ``avg`` is the
@@ -296,10 +297,11 @@ class Prediction:
     """The answer of :meth:`Predictor.predict`.
 
     Attributes:
-        queries: the queries the inputs support (image only: ``image``; barcode only: ``dna``; both: all four).
+        queries: the queries the inputs support (image only: ``image``; barcode only: ``dna``; both: all four, or
+            ``image``, ``dna`` and ``avg`` when the model's fusion gate was never trained).
         agreement: per level, whether the top-1 names of all queries agree.
         gate: mean of the fusion gate g over dimensions: how much the fused embedding leaned on the image (1)
-            rather than the DNA (0); ``None`` without both inputs.
+            rather than the DNA (0); ``None`` without both inputs or when the gate was never trained.
         gate_vector: the per-dimension gate ``[d]`` or ``None``.
         barcode: the parsed clean barcode, ``barcode_id`` its FASTA header's first word (or ``None``).
         degraded_barcode: the barcode the model saw when DNA noise was applied, else ``None``.
@@ -521,7 +523,8 @@ class Predictor:
 
         image = load_image(image) if image is not None else None  # once here: abstention needs the photo's size
         embedded = self.embed(image, barcode, blur_kernels=[blur_kernel], dna_noises=[dna_noise], seed=seed)
-        names = [q for q in QUERIES if q in embedded.vectors]
+        # An untrained gate's fused embedding is noise, not an answer: such a model has no fused query.
+        names = [q for q in QUERIES if q in embedded.vectors and (q != "fused" or self.fusion_trained)]
         stacked = np.concatenate([embedded.vectors[q] for q in names])
         probs = softmax_scores(stacked, self.text_embeddings, self.logit_scale, self.geometry)
         hits = self._neighbours(names, embedded, neighbours)
@@ -546,7 +549,7 @@ class Predictor:
                       "seed": int(seed), "threshold": float(threshold)},
         )
         prediction.settings["abstention"] = assess(self, queries, embedded, image.size if image is not None else None)
-        if embedded.gate is not None:
+        if embedded.gate is not None and self.fusion_trained:
             prediction.gate_vector = embedded.gate[0]
             prediction.gate = float(embedded.gate[0].mean())
         if barcode is not None:

@@ -4,10 +4,15 @@ Every rank builds the same fixed random batch, keeps its own slice, computes the
 (gloo, CPU) and saves the loss, its parts and the gradients to ``OUT_DIR/<scenario>_rank<r>.pt``.
 
     python -m torch.distributed.run --nproc_per_node 2 tests/ddp_worker.py OUT_DIR
+
+With ``--fit CONFIG [overrides]`` (``tests/test_loop.py``) each rank instead runs the trainer's own set-up
+(:func:`train.loop.fit` with ``max_steps=0``) and saves, to ``OUT_DIR/fit_rank<r>.pt``, the model weights and
+the frozen text tower's cached embeddings as the rank computed them, and the seed its RNG was left with.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +141,29 @@ def run_rank(out_dir: Path) -> None:
         )
 
 
+def run_fit_setup(out_dir: Path, config: str, overrides: list[str]) -> None:
+    """The trainer's set-up on this rank: what it built and cached, saved before DDP can broadcast anything."""
+    import train.loop
+    from train.config import load_config
+
+    seen: dict[str, object] = {}
+    embed_texts = train.loop.embed_texts
+
+    def recording_embed_texts(model, texts, **kwargs):
+        seen["weights"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["text_bank"] = torch.from_numpy(embed_texts(model, texts, **kwargs))
+        return seen["text_bank"].numpy()
+
+    train.loop.embed_texts = recording_embed_texts
+    rank = int(os.environ["RANK"])
+    train.loop.fit(load_config(config, overrides), max_steps=0)
+    torch.save({**seen, "initial_seed": torch.initial_seed()}, out_dir / f"fit_rank{rank}.pt")
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[2] == "--fit":
+        run_fit_setup(Path(sys.argv[1]), sys.argv[3], sys.argv[4:])
+        return
     dist.init_process_group("gloo")
     try:
         run_rank(Path(sys.argv[1]))

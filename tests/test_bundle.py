@@ -306,3 +306,29 @@ def test_bundle_class_is_what_load_bundle_returns(bundle_dir: Path) -> None:
     bundle = hirviz.load_bundle(str(bundle_dir))
     assert isinstance(bundle, Bundle) and bundle.path == bundle_dir
     assert "toy" in repr(bundle)
+
+
+def test_reading_a_bundle_leaves_no_hdf5_file_open(bundle_dir: Path) -> None:
+    def open_files() -> set[str]:
+        return {Path(f.name.decode()).name for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)}
+
+    bundle = load_bundle(bundle_dir)  # checks the reference header
+    assert len(bundle.reference) == 3  # reads the whole bank
+    assert "reference.h5" not in open_files()
+    with pytest.raises(BundleError):
+        Reference.load(bundle_dir / "config.json")  # not HDF5: refused, and nothing left open
+    assert "reference.h5" not in open_files() and "config.json" not in open_files()
+
+
+def test_fusion_trained_is_the_bundle_s_explicit_flag(tmp_path: Path, tiny_model) -> None:
+
+    # written by save_bundle (from the training config when not given) and read back as it is
+    inferred = load_bundle(_write(tmp_path / "inferred", tiny_model))
+    assert json.loads((inferred.path / "config.json").read_text())["fusion_trained"] is True
+    assert inferred.fusion_trained
+    assert not load_bundle(_write(tmp_path / "explicit", tiny_model, fusion_trained=False)).fusion_trained
+    # a bad flag is refused on opening, with its key named
+    config = json.loads((inferred.path / "config.json").read_text())
+    (inferred.path / "config.json").write_text(json.dumps({**config, "fusion_trained": "yes"}))
+    with pytest.raises(BundleError, match="fusion_trained"):
+        load_bundle(inferred.path)

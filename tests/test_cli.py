@@ -123,3 +123,25 @@ def test_the_default_bundle_is_the_demo_in_assets(capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(cli, "DEFAULT_BUNDLE", tmp_path / "missing")
     assert main(["predict", "--barcode", "ACGT" * 50]) == EXIT_BAD_INPUT
     assert "pass --bundle" in capsys.readouterr().err
+
+
+def test_a_bundle_without_trained_fusion_prints_no_fused_rows(setup, tmp_path, capsys):
+    # A CLIBD bundle: the fusion head exists but its gate was never trained, so a fused answer would be noise.
+    import shutil
+
+    clibd = tmp_path / "clibd"
+    shutil.copytree(setup["bundle"], clibd)
+    config = json.loads((clibd / "config.json").read_text())
+    config.update(objective="clibd", training={"loss": {"objective": "clibd"}}, fusion_trained=False)
+    (clibd / "config.json").write_text(json.dumps(config))
+    argv = ["predict", "--image", str(setup["image"]), "--barcode", str(setup["fasta"]), "--top-k", "2"]
+    assert main([*argv, "--bundle", str(clibd), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["query"] for r in rows} == {"image", "dna", "avg"}
+    assert main([*argv, "--bundle", str(clibd), "--format", "json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert list(answer["queries"]) == ["image", "dna", "avg"] and answer["fusion_trained"] is False
+    assert answer["gate"] is None
+    # the trained bundle it was copied from still answers with its fused query
+    assert main([*argv, "--bundle", str(setup["bundle"]), "--format", "csv"]) == 0
+    assert "fused" in {r["query"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}

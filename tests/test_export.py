@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from hirviz.bundle import load_bundle
-from hirviz.taxonomy import LEVELS, taxonomy_string
+from hirviz.taxonomy import LEVELS, Taxonomy, taxonomy_string
 from train import export
 from train.config import load_config
 from train.data import open_images
@@ -167,3 +169,99 @@ def test_export_refuses_metadata_that_gives_another_split(exported: dict, tmp_pa
 def test_export_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a finished run directory: no config.yaml"):
         export.run(_parse("--run", str(tmp_path), "--out", str(tmp_path / "b")))
+
+
+def _card(*overrides: str) -> str:
+    """The model card of a (never trained) CI config with these loss overrides."""
+    from hirviz.bundle import Reference
+
+    cfg = load_config(REPO_ROOT / "train" / "configs" / "ci.yaml", list(overrides))
+    taxonomy = Taxonomy.from_lineages([("O", "F", "G", "S")])
+    reference = Reference.from_dict({"ids": [], "ranks": np.zeros((0, 4), dtype=str), "labels": np.zeros((0, 4))})
+    return export.model_card("m", cfg, {}, taxonomy, 1, reference)
+
+
+def test_model_card_states_the_objective_s_terms_and_their_variants() -> None:
+    card = _card("loss.objective=clibd-hir-fuse", "loss.hir_max_scope=anchor", "loss.fusion_direction=fused_anchor",
+                 "loss.hir_weight=0.5", "loss.fusion_weight=2.0")
+    objective = next(line for line in card.splitlines() if line.startswith("- objective:"))
+    assert "HiR weight 0.5" in objective and "max over anchor" in objective
+    assert "fusion weight 2.0" in objective and "fused_anchor" in objective
+    plain = next(line for line in _card("loss.objective=clibd").splitlines() if line.startswith("- objective:"))
+    assert "HiR" not in plain.split(":", 1)[1].replace("CLIBD-HiR", "") and "fusion" not in plain
+    hir = next(line for line in _card("loss.objective=clibd-hir").splitlines() if line.startswith("- objective:"))
+    assert "max over batch" in hir and "fusion weight" not in hir
+
+
+def test_export_records_whether_the_fusion_gate_was_trained(exported: dict, tmp_path: Path, no_umap) -> None:
+    assert json.loads((exported["bundle"] / "config.json").read_text())["fusion_trained"] is True
+    assert load_bundle(exported["bundle"]).fusion_trained
+    # the same weights under a config that never trained the gate (CLIBD, or a zero fusion weight)
+    for i, loss in enumerate(({"objective": "clibd"}, {"objective": "clibd-hir-fuse", "fusion_weight": 0.0})):
+        run = tmp_path / f"run{i}"
+        shutil.copytree(exported["run"], run)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["loss"].update(loss)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        bundle = export.export(run, tmp_path / f"bundle{i}", max_reference=20, umap=False)
+        assert json.loads((bundle / "config.json").read_text())["fusion_trained"] is False
+        assert not load_bundle(bundle).fusion_trained
+    # evaluation reads the flag too: no fused query for the CLIBD bundle, with a note saying why
+    from train.evaluate import evaluate_bundle
+
+    results = evaluate_bundle(load_bundle(tmp_path / "bundle0"), exported["test"].reset_index(drop=True).head(20),
+                              exported["root"] / "synth" / "images.hdf5", conditions=("clean",))
+    assert set(results["clean"]) == {"image", "dna", "avg"} and "fusion" in results["_meta"]["note"]
+
+
+def test_split_files_load_without_pickle_and_old_ones_are_not_unpickled(exported: dict, tmp_path: Path,
+                                                                        caplog) -> None:
+    from train.rundir import check_split, read_split, split_ids
+
+    with np.load(exported["run"] / "split.npz", allow_pickle=False) as saved:
+        assert saved["sampleid"].dtype.kind == "U"
+        np.testing.assert_array_equal(saved["sampleid"], split_ids(exported["frame"]))
+    split = read_split(exported["run"])
+    np.testing.assert_array_equal(split.ids, split_ids(exported["frame"]))
+
+    # A split written with the ids as an object array (numpy pickles those): its ids are not unpickled; the split
+    # is still read, and still checked by its length.
+    old = tmp_path / "split.npz"
+    np.savez(old, train=split.train, test=split.test, sampleid=split.ids.astype(object))
+    with caplog.at_level("WARNING", logger="train.rundir"):
+        legacy = read_split(old)
+    assert legacy.ids is None and "pickled" in caplog.text
+    np.testing.assert_array_equal(legacy.train, split.train)
+    with pytest.raises(ValueError, match="specimens but the split"):
+        check_split(legacy, exported["frame"].iloc[:-1], "metadata.tsv")
+
+
+def _open_hdf5_files() -> set[str]:
+    """The HDF5 files this process holds open."""
+    return {Path(f.name.decode()).name for f in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE)}
+
+
+def test_training_and_export_close_the_image_store_they_open(exported: dict, tmp_path: Path, monkeypatch,
+                                                            no_umap) -> None:
+    import train.loop
+
+    opened = []
+
+    def recording(path, *args, **kwargs):
+        opened.append(open_images(path, *args, **kwargs))
+        return opened[-1]
+
+    assert "images.hdf5" not in _open_hdf5_files()
+    for module in (train.loop, export):
+        monkeypatch.setattr(module, "open_images", recording)
+    cfg = load_config(REPO_ROOT / "train" / "configs" / "ci.yaml", [
+        f"data.metadata={exported['cfg'].data.metadata}", f"data.images={exported['cfg'].data.images}",
+        f"run.out_dir={tmp_path / 'run'}"])
+    run = fit(cfg, max_steps=1)
+    export.export(run, tmp_path / "bundle", max_reference=20, umap=False)
+    assert len(opened) == 2  # both stores are still referenced here, yet no handle is left open
+    assert "images.hdf5" not in _open_hdf5_files()
+    # a closed store reopens on the next read, and closes again as a context manager
+    with opened[0] as store:
+        assert store.get(store.keys()[0]) is not None and "images.hdf5" in _open_hdf5_files()
+    assert "images.hdf5" not in _open_hdf5_files()

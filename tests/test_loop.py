@@ -33,7 +33,7 @@ def _overrides(synth: Path, out_dir: Path, *extra: str) -> list[str]:
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+    return torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
 
 
 def _steps_logged(run_dir: Path) -> int:
@@ -54,7 +54,7 @@ def test_fit_writes_a_run_and_the_loss_falls(tiny_run):
     first = sum(r["loss"] for r in records[:5]) / 5
     last = sum(r["loss"] for r in records[-5:]) / 5
     assert last < first, (first, last)
-    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == EPOCHS and ckpt["batches_done"] == 0
 
 
@@ -72,8 +72,8 @@ def test_sigkilled_run_resumes_to_the_same_weights(synth, tiny_run, tmp_path, ca
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    saved = torch.load(killed / CHECKPOINT, map_location="cpu", weights_only=False)
-    final = torch.load(straight / CHECKPOINT, map_location="cpu", weights_only=False)
+    saved = torch.load(killed / CHECKPOINT, map_location="cpu", weights_only=True)
+    final = torch.load(straight / CHECKPOINT, map_location="cpu", weights_only=True)
     assert 0 < saved["step"] < final["step"], (saved["step"], final["step"])
 
     # What `python -m train fit ... --resume` runs (in this process: a second interpreter start costs seconds).
@@ -127,7 +127,25 @@ def test_torchrun_two_ranks_on_cpu(synth, tmp_path, free_port):
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
-    assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] == 3
+    assert torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)["step"] == 3
+
+
+def test_ranks_build_the_same_model_and_text_cache_and_then_draw_their_own_randomness(synth, tmp_path, free_port):
+    # A frozen, randomly initialised text tower is cached before DDP syncs any weight: every rank must build the
+    # very same model, or each would train against its own text embeddings.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), "--fit",
+           str(CI_CONFIG), *_overrides(synth, tmp_path / "run", "model.freeze_text=true", "run.seed=7")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"fit_rank{r}.pt") for r in range(2)]
+    assert ranks[0]["weights"].keys() == ranks[1]["weights"].keys()
+    for name, value in ranks[0]["weights"].items():
+        torch.testing.assert_close(ranks[1]["weights"][name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(ranks[1]["text_bank"], ranks[0]["text_bank"], rtol=0, atol=0)
+    # data order and dropout still differ between ranks: each is reseeded with seed + rank after the build
+    assert [r["initial_seed"] for r in ranks] == [7, 8]
 
 
 def test_tensorboard_logging_is_optional(synth, tmp_path):
@@ -138,7 +156,7 @@ def test_tensorboard_logging_is_optional(synth, tmp_path):
 
 
 def test_gradient_accumulation_steps_once_per_group_of_batches(synth, tiny_run, tmp_path):
-    steps = lambda run: torch.load(run / CHECKPOINT, map_location="cpu", weights_only=False)["step"]  # noqa: E731
+    steps = lambda run: torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["step"]  # noqa: E731
     one_epoch = steps(tiny_run) // EPOCHS
     two = fit(load_config(CI_CONFIG, _overrides(synth, tmp_path / "a2", "optim.epochs=1", "optim.grad_accum=2")))
     assert steps(two) == -(-one_epoch // 2)
@@ -182,3 +200,30 @@ def test_bad_data_options_are_refused_with_the_valid_choices():
         load_config(CI_CONFIG, ["data.hir_views=same"])
     with pytest.raises(ValueError, match="dna_augment"):
         load_config(CI_CONFIG, ["data.dna_augment=-1"])
+
+
+def test_checkpoints_load_safely_and_older_ones_still_resume(tmp_path):
+    import random
+
+    import numpy as np
+
+    from train.loop import load_checkpoint, rng_state, set_rng_state
+
+    path = tmp_path / "ckpt.pt"
+    torch.save({"rng": [rng_state()], "step": 3}, path)
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    set_rng_state(saved["rng"][0])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
+
+    # a checkpoint from before: the numpy RNG state as numpy's own tuple (an array inside)
+    old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"rng": [old], "step": 3}, path)
+    draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(load_checkpoint(path)["rng"][0])
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
+
+    # anything else a pickle could smuggle in is refused with a message, not executed
+    torch.save({"rng": [old], "evil": tmp_path}, path)
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        load_checkpoint(path)

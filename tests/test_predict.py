@@ -236,6 +236,7 @@ def test_fusion_is_flagged_untrained_for_objectives_without_the_fusion_loss(pred
         copy = tmp_path / f"bundle{len(list(tmp_path.iterdir()))}"
         shutil.copytree(bundle.path, copy)
         config = json.loads((copy / "config.json").read_text())
+        config.pop("fusion_trained")  # a bundle from before the explicit flag: judged by its training config
         (copy / "config.json").write_text(json.dumps({**config, "training": training, "objective": objective}))
         return load_bundle(copy).predictor().predict(specimen_image(10), specimen_barcode(10)).fusion_trained
     assert not flag({"loss": {"objective": "clibd-hir"}}, "clibd-hir")

@@ -72,3 +72,21 @@ def test_results_name_no_absolute_paths(tmp_path):
     got = relative_paths({"data": str(tmp_path / "shared" / "x.tsv"), "runs": [str(root / "runs" / "a")],
                           "name": "clibd", "n": 3}, root)
     assert got == {"data": "../shared/x.tsv", "runs": ["runs/a"], "name": "clibd", "n": 3}
+
+
+def test_run_step_starts_the_trainer_from_any_working_directory(tmp_path, monkeypatch):
+    # `train` is not installed: a study started outside the repository must still find `python -m train`.
+    import sys
+
+    from train.study import run_step
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    log = tmp_path / "step.log"
+    run_step([sys.executable, "-m", "train", "fit", "--help"], log)
+    assert "--resume" in log.read_text()
+    # a study's own relative paths still mean where it was started
+    study = Study(work=Path("work"), config=Path("c.yaml"), metadata=Path("m.tsv"))
+    assert study.work == elsewhere / "work" and study.metadata == elsewhere / "m.tsv" and study.images is None

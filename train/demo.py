@@ -110,6 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for bundle in build_demo(Path(args.out), Path(args.work), args.specimens, args.seed, args.epochs, args.max_steps):
+    # absolute: the pipeline steps run in the repository root, not where the command was started
+    out, work = Path(args.out).resolve(), Path(args.work).resolve()
+    for bundle in build_demo(out, work, args.specimens, args.seed, args.epochs, args.max_steps):
         print(bundle)
     return 0

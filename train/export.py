@@ -40,6 +40,8 @@ from hirviz.taxonomy import LEVELS, NOT_CLASSIFIED, Taxonomy
 from train.config import TrainConfig, load_config
 from train.data import ImageStore, open_images, specimen_ids
 from train.embed import Degradation, embed_frame, embed_texts
+from train.loop import load_checkpoint
+from train.losses import LossConfig
 from train.rundir import CHECKPOINT, CONFIG, SPLIT, TAXONOMY, check_split, load_training_split, read_split
 
 logger = logging.getLogger(__name__)
@@ -64,8 +66,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[T
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir} is not a finished run directory: no {name}")
     cfg = load_config(run_dir / CONFIG)
-    # The checkpoint holds optimizer and RNG state besides the weights; it is the run's own output.
-    ckpt = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
     model = build_model(cfg.model)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
@@ -288,13 +289,24 @@ def _geometry_lines(cfg: TrainConfig) -> list[str]:
             "geodesic distance, scores softmax(-d * scale), the averaged query is the tangent-space mean"]
 
 
-def _loss_weights(loss: Any) -> str:
+def _loss_weights(loss: LossConfig) -> str:
+    """The weights and variants of the objective's HiR and fusion terms, e.g. `` (HiR weight 0.01, ...)``."""
     parts = []
-    if "hir" in loss.objective:
-        parts.append(f"HiR weight {loss.hir_weight}, {loss.hir_mode} mode, on {loss.hir_modality}")
-    if loss.objective.endswith("fuse"):
-        parts.append(f"fusion weight {loss.fusion_weight}")
+    if loss.uses_hir:
+        # hmce lifts level means and has no per-anchor maximum to scope (LossConfig refuses anchor with it)
+        scope = "" if loss.hir_mode == "hmce" else f", max over {loss.hir_max_scope}"
+        parts.append(f"HiR weight {loss.hir_weight}, {loss.hir_mode} mode{scope}, on {loss.hir_modality}")
+    if loss.uses_fusion:
+        parts.append(f"fusion weight {loss.fusion_weight}, {loss.fusion_direction} direction")
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+def fusion_trained(loss: LossConfig) -> bool:
+    """Whether training taught the fusion gate: the objective has the fusion term and its weight is not zero.
+
+    Written into the bundle's config (``fusion_trained``); every reader of a bundle takes it from there.
+    """
+    return loss.uses_fusion and loss.fusion_weight > 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,43 +351,48 @@ def export(
         logger.warning("%s has no %s: cannot check that the metadata is the one the run used", run_dir, SPLIT)
     taxonomy = Taxonomy.load(str(run_dir / TAXONOMY))
     store = open_images(cfg.data.images) if cfg.data.images else None
-    train = frame.iloc[train_idx].reset_index(drop=True)
+    try:
+        train = frame.iloc[train_idx].reset_index(drop=True)
 
-    candidates, candidate_ranks = training_candidates(train)
-    text_embeddings = embed_texts(model, candidates, batch_size=batch_size, device=device)
-    ref_rows = select_reference(train, max_reference, seed)
-    reference = build_reference(model, train.iloc[ref_rows].reset_index(drop=True), store, taxonomy, umap=umap,
-                                seed=seed, batch_size=batch_size, device=device)
+        candidates, candidate_ranks = training_candidates(train)
+        text_embeddings = embed_texts(model, candidates, batch_size=batch_size, device=device)
+        ref_rows = select_reference(train, max_reference, seed)
+        reference = build_reference(model, train.iloc[ref_rows].reset_index(drop=True), store, taxonomy, umap=umap,
+                                    seed=seed, batch_size=batch_size, device=device)
 
-    provenance = {
-        "run": run_dir.resolve().name,
-        "metadata": Path(cfg.data.metadata).name,
-        "images": Path(cfg.data.images).name if cfg.data.images else None,
-        "specimens": int(len(frame)),
-        "train_specimens": int(len(train_idx)),
-        "test_specimens": int(len(test_idx)),
-        "reference_specimens": int(len(reference)),
-        "reference_seed": seed,
-        "steps": counters.get("step"),
-        "epochs_completed": counters.get("epoch"),
-        "git_commit": git_commit(),
-        "hirviz_version": hirviz.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    name = name or run_dir.resolve().name
-    card = model_card(name, cfg, provenance, taxonomy, len(candidates), reference)
-    out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
-                      candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
-                      training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
-                      card=card, eval_results=eval_results)
-    if abstention and len(test_idx):
-        from train.calibrate import calibrate_bundle
+        provenance = {
+            "run": run_dir.resolve().name,
+            "metadata": Path(cfg.data.metadata).name,
+            "images": Path(cfg.data.images).name if cfg.data.images else None,
+            "specimens": int(len(frame)),
+            "train_specimens": int(len(train_idx)),
+            "test_specimens": int(len(test_idx)),
+            "reference_specimens": int(len(reference)),
+            "reference_seed": seed,
+            "steps": counters.get("step"),
+            "epochs_completed": counters.get("epoch"),
+            "git_commit": git_commit(),
+            "hirviz_version": hirviz.__version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        name = name or run_dir.resolve().name
+        card = model_card(name, cfg, provenance, taxonomy, len(candidates), reference)
+        out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
+                          candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
+                          training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
+                          fusion_trained=fusion_trained(cfg.loss),
+                          card=card, eval_results=eval_results)
+        if abstention and len(test_idx):
+            from train.calibrate import calibrate_bundle
 
-        calibrate_bundle(out, frame.iloc[test_idx], store, seed=seed, source="the run's test split")
-    if clibd_h5 is not None:
-        rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
-        write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
-        logger.info("wrote CLIBD-style embeddings of %d %s specimens to %s", len(rows), clibd_split, clibd_h5)
+            calibrate_bundle(out, frame.iloc[test_idx], store, seed=seed, source="the run's test split")
+        if clibd_h5 is not None:
+            rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
+            write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
+            logger.info("wrote CLIBD-style embeddings of %d %s specimens to %s", len(rows), clibd_split, clibd_h5)
+    finally:
+        if store is not None:
+            store.close()
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from contextlib import nullcontext
@@ -57,16 +58,56 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint of :func:`fit`, read with ``torch.load(weights_only=True)`` (tensors and plain values only).
+
+    Checkpoints written before the RNG states were stored as tensors hold the numpy RNG key as a numpy array:
+    for those (and only those) numpy's array reconstruction is allowed as well, which builds no other object.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "numpy" not in str(err):
+            raise _not_a_checkpoint(path, err) from err
+    logger.info("%s stores its numpy RNG state as an array (an older checkpoint); reading it as such", path)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _not_a_checkpoint(path, err) from err
+
+
+def _not_a_checkpoint(path: Path, err: Exception) -> ValueError:
+    reason = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line), type(err).__name__)
+    return ValueError(f"{path} is not a checkpoint this trainer wrote (it holds objects a checkpoint never does: "
+                      f"{reason})")
+
+
+# What unpickling a plain numeric numpy array needs (older checkpoints' numpy RNG key): no callable beyond these.
+# The reconstructor is taken from an array's own pickle recipe, as its module moved between numpy 1 and 2.
+_NUMPY_ARRAY_GLOBALS = [np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values, so that checkpoints load with ``weights_only=True``."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                            "pos": int(numpy_state["state"]["pos"])}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (or the numpy tuple of older checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        key = numpy_state["state"]["key"]
+        key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key.astype(np.uint32)}}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -91,12 +132,14 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     dist = distributed.setup(cfg.run.device)
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.run.seed + dist.rank)
 
     # -- data ------------------------------------------------------------------------------------
     frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
     # A vocabulary the config names but nobody has (or "bpe:N") is trained on the training barcodes first.
     cfg = resolve_dna_vocabulary(cfg, frame["barcode"].iloc[train_idx], out, dist.is_main)
+    # Every rank builds the same model from the base seed: a frozen text tower is cached below, before DDP's
+    # broadcast of rank 0's weights, so a rank-dependent initialisation would give each rank its own text targets.
+    seed_everything(cfg.run.seed)
     model: HirvizModel = build_model(cfg.model).to(dist.device)
     images = open_images(cfg.data.images) if cfg.data.images else None
     hir_on = cfg.loss.hir_modality if cfg.loss.uses_hir else None
@@ -125,6 +168,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         rank_prompts = RankPrompts(model, dataset.texts, dataset.text_ids, dataset.labels, dataset.taxonomy,
                                    dist.device, frozen=cfg.model.freeze_text)
     model.train()
+    seed_everything(cfg.run.seed + dist.rank)  # from here on each rank draws its own dropout and augmentation
     collate = make_collate(
         dna_tokenizer=model.dna_tokenizer if dataset.has_barcodes else None,
         text_tokenizer=None if text_bank is not None else model.tokenize_text,
@@ -156,7 +200,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
 
     step, epoch, batches_done = 0, 0, 0
     if resume and (out / CHECKPOINT).exists():
-        ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(out / CHECKPOINT)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -236,6 +280,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                 epoch, batches_done = epoch + 1, 0
             save_checkpoint()
     finally:
+        if images is not None:
+            images.close()
         if metrics is not None:
             metrics.close()
         if board is not None:

@@ -8,6 +8,7 @@ held out on: :func:`check_split` is the one place that verifies it, and :func:`s
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from train.config import TrainConfig
 from train.data import closed_set_split, load_partition, read_metadata
 from train.data.clibd_split import HELDOUT, TRAINING
 
+logger = logging.getLogger(__name__)
+
 CONFIG = "config.yaml"
 TAXONOMY = "taxonomy.json"
 SPLIT = "split.npz"
@@ -35,8 +38,11 @@ SUBSETS = ("test", "train", "all")
 
 
 def split_ids(frame: pd.DataFrame) -> np.ndarray:
-    """The sample ids saved with a split (``""`` where a format has none), to check a re-read gives the same rows."""
-    return frame["sampleid"].fillna("").to_numpy(dtype=str)
+    """The sample ids saved with a split (``""`` where a format has none), to check a re-read gives the same rows.
+
+    A fixed-width unicode array: numpy stores it without pickling, so ``split.npz`` loads with ``allow_pickle=False``.
+    """
+    return np.asarray(frame["sampleid"].fillna("").astype(str).tolist(), dtype=np.str_)
 
 
 def load_training_split(cfg: TrainConfig, out_dir: Path | None = None
@@ -116,11 +122,13 @@ def read_split(run_or_npz: str | os.PathLike) -> SavedSplit:
             return SavedSplit(npz, train_idx, test_idx, None)
         try:
             return SavedSplit(npz, train_idx, test_idx, saved["sampleid"].astype(str))
-        except ValueError:
+        except ValueError:  # numpy refuses to unpickle an object array without allow_pickle
             pass
-    # The trainer stores the ids as an object array, which numpy pickles; the file is a run's own output.
-    with np.load(npz, allow_pickle=True) as saved:
-        return SavedSplit(npz, train_idx, test_idx, saved["sampleid"].astype(str))
+    # Older trainers could store the ids as an object array, which numpy pickles: never unpickle a file we are
+    # handed. The split stays usable, checked by its length and (with the run's config) by re-splitting.
+    logger.warning("%s stores its sample ids pickled (an older run): they are not read, so the metadata is checked "
+                   "by its length and the re-split only", npz)
+    return SavedSplit(npz, train_idx, test_idx, None)
 
 
 def check_split(saved: SavedSplit, frame: pd.DataFrame, metadata: str | os.PathLike,

@@ -31,16 +31,23 @@ from train.rundir import CHECKPOINT
 logger = logging.getLogger(__name__)
 
 SCORE_KEYS = ("top1", "top3", "top5")
+# `train` is not installed, only importable from the repository root: every step runs there.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_step(cmd: Sequence[str], log: Path) -> None:
-    """Run one pipeline command with one CPU thread, its output appended to ``log``; a failure names the log."""
+    """Run one pipeline command with one CPU thread, its output appended to ``log``; a failure names the log.
+
+    The command runs in the repository root with it on ``PYTHONPATH``, so ``python -m train`` works wherever the
+    study was started; paths in ``cmd`` and ``log`` should therefore be absolute.
+    """
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+           "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PYTHONPATH": path}
     with open(log, "a", encoding="utf-8") as fh:
         fh.write("$ " + " ".join(map(str, cmd)) + "\n")
         fh.flush()
-        done = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env)
+        done = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"step failed ({' '.join(map(str, cmd[2:5]))}...): see {log}")
 
@@ -71,6 +78,11 @@ class Study:
     lanes: int = 2
     eval_args: tuple[str, ...] = ()
     max_reference: int = 2000  # training specimens in each bundle's reference bank (retrieval keys)
+
+    def __post_init__(self) -> None:
+        # the steps run in the repository root (run_step): a path relative to where the study started must not move
+        self.work, self.config, self.metadata = (Path(p).resolve() for p in (self.work, self.config, self.metadata))
+        self.images = Path(self.images).resolve() if self.images else None
 
     def run_dir(self, arm: Arm, seed: int) -> Path:
         return self.work / "runs" / f"{arm.name}-s{seed}"

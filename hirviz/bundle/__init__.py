@@ -6,7 +6,8 @@ A bundle holds (format version :data:`FORMAT_VERSION`):
 ``config.json``             ``format_version``, ``name``, ``objective``, ``geometry`` (``{"name": "euclidean" |
                             "lorentz", "curvature": c}``; absent in older bundles: Euclidean), ``model`` (:class:`~hirviz.model.ModelConfig`
                             as a dict; a BPE DNA tokenizer points at the copy inside the bundle), ``training`` (the
-                            run's config) and ``provenance``
+                            run's config), ``provenance`` and ``fusion_trained`` (whether training taught the
+                            fusion gate; without it, no ``fused`` query is offered)
 ``model.safetensors``       the :class:`~hirviz.model.HirvizModel` state dict
 ``taxonomy.json``           :meth:`Taxonomy.to_dict` plus ``candidates`` (the distinct taxonomy strings of the
                             training set) and ``candidate_ranks`` ([order, family, genus, species], null = unknown)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["FORMAT_VERSION", "SPACES", "LAYOUT_SPACES", "BundleError", "check_version", "check_candidates",
-           "read_json", "write_json", "atomic_write_text", "one_line"]
+           "read_json", "write_json", "atomic_write_text", "one_line", "fusion_trained_flag"]
 
 FORMAT_VERSION = 1
 SPACES: tuple[str, ...] = QUERIES  # the reference bank has one embedding space per query
@@ -29,6 +29,7 @@ REFERENCE_FILE = "reference.h5"
 EVAL_FILE = "eval.json"
 CARD_FILE = "README.md"
 DNA_TOKENIZER_FILE = "dna_tokenizer.json"
+FUSION_TRAINED_KEY = "fusion_trained"  # config.json: whether training taught the fusion gate
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TAXONOMY_FILE, TEXT_EMBEDDINGS_FILE, REFERENCE_FILE)
 
 _NORM_TOLERANCE = 1e-3
@@ -71,6 +72,26 @@ def check_candidates(candidates: list[str], ranks: Sequence[Sequence[Any]], embe
     if len(norms) and np.abs(norms - 1).max() > _NORM_TOLERANCE:
         raise BundleError(f"{where}: text embeddings are not L2-normalised "
                           f"(norms {norms.min():.3f}..{norms.max():.3f})")
+
+
+def fusion_trained_flag(config: Mapping[str, Any], where: str) -> bool:
+    """Whether a bundle's fusion gate was trained, from its ``config.json`` contents.
+
+    The exporter writes the answer as ``fusion_trained``; a bundle written before that key existed is judged by
+    its training config (CLIBD-HiR-Fuse with a non-zero fusion weight), the rule the exporter applies.
+    """
+    if FUSION_TRAINED_KEY in config:
+        flag = config[FUSION_TRAINED_KEY]
+        if not isinstance(flag, bool):
+            raise BundleError(f"{where}: {FUSION_TRAINED_KEY} must be true or false, got {flag!r}")
+        return flag
+    loss = (config.get("training") or {}).get("loss") or {}
+    objective = loss.get("objective") or config.get("objective")
+    try:
+        weight = float(loss.get("fusion_weight", 1.0))
+    except (TypeError, ValueError):
+        raise BundleError(f"{where}: training.loss.fusion_weight is not a number") from None
+    return objective == "clibd-hir-fuse" and weight > 0
 
 
 def read_json(path: Path) -> dict[str, Any]:

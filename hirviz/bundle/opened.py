@@ -30,6 +30,7 @@ from hirviz.bundle.files import (
     atomic_write_text,
     check_candidates,
     check_version,
+    fusion_trained_flag,
     one_line,
     read_json,
 )
@@ -82,6 +83,7 @@ class Bundle:
             raise BundleError(f"{self.path / CONFIG_FILE}: unknown geometry {self.geometry_name!r}")
         self.curvature: float | None = (float(recorded.get("curvature") or self.config["model"].get("curvature", 1.0))
                                         if self.geometry_name == "lorentz" else None)
+        self._fusion_trained = fusion_trained_flag(self.config, str(self.path / CONFIG_FILE))
 
         tax = read_json(self.path / TAXONOMY_FILE)
         try:
@@ -110,13 +112,13 @@ class Bundle:
 
     @property
     def fusion_trained(self) -> bool:
-        """Whether training taught the fusion gate (CLIBD-HiR-Fuse with a non-zero fusion weight).
+        """Whether training taught the fusion gate: the bundle's ``fusion_trained`` flag (written by the exporter).
 
-        Other objectives leave the gate at its random initialisation: their ``fused`` query is not meaningful.
+        A model trained without the fusion loss still has a gate, at its random initialisation: its ``fused``
+        query means nothing, so the predictor, the command line, the app and evaluation all leave it out. Bundles
+        older than the flag are judged by their training config (CLIBD-HiR-Fuse with a non-zero fusion weight).
         """
-        loss = self.training.get("loss") or {}
-        objective = loss.get("objective") or self.objective
-        return objective == "clibd-hir-fuse" and float(loss.get("fusion_weight", 1.0)) > 0
+        return self._fusion_trained
 
     def __repr__(self) -> str:
         return (f"Bundle({self.name!r}, path={str(self.path)!r}, objective={self.objective!r}, "

@@ -20,12 +20,14 @@ from hirviz.bundle.files import (
     DNA_TOKENIZER_FILE,
     EVAL_FILE,
     FORMAT_VERSION,
+    FUSION_TRAINED_KEY,
     REFERENCE_FILE,
     TAXONOMY_FILE,
     TEXT_EMBEDDINGS_FILE,
     WEIGHTS_FILE,
     BundleError,
     check_candidates,
+    fusion_trained_flag,
     write_json,
 )
 from hirviz.bundle.reference import Reference
@@ -54,6 +56,7 @@ def save_bundle(
     provenance: Mapping[str, Any],
     card: str,
     eval_results: Mapping[str, Any] | None = None,
+    fusion_trained: bool | None = None,
 ) -> Path:
     """Write a bundle directory and return its path.
 
@@ -61,6 +64,9 @@ def save_bundle(
     an interrupted export never leaves a half-written bundle. An existing bundle at ``out_dir`` is replaced;
     any other non-empty directory there is refused. A BPE DNA tokenizer's JSON is copied into the bundle and
     the saved model config points at the copy, so the bundle needs no file outside itself.
+
+    ``fusion_trained`` says whether training taught the fusion gate (``config.json``'s ``fusion_trained``); when
+    None it is judged from ``training_config`` and ``objective`` as for a bundle written without the flag.
     """
     from safetensors.torch import save_model
 
@@ -97,6 +103,8 @@ def save_bundle(
             "training": dict(training_config),
             "provenance": dict(provenance),
         }
+        config[FUSION_TRAINED_KEY] = (fusion_trained_flag(config, "save_bundle") if fusion_trained is None
+                                      else bool(fusion_trained))
         write_json(tmp / CONFIG_FILE, config)
         # save_model (not save_file) copes with tensors that share memory, such as tied embeddings.
         save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "hirviz_format_version": "1"})

@@ -41,7 +41,20 @@ def _decode(raw: bytes, source: str, key: str, warn: _WarnOnce) -> Image.Image |
         return None
 
 
-class HDF5Images:
+class _ClosingStore:
+    """``with store: ...`` closes the store's open handles on leaving (a store stays usable: it reopens lazily)."""
+
+    def close(self) -> None:
+        """Release open handles (none by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class HDF5Images(_ClosingStore):
     """Images stored as raw JPEG bytes, one uint8 dataset per ``image_file`` key (the BIOSCAN-1M layout).
 
     The file is opened lazily, once per process, so the object pickles and each DataLoader worker reads through
@@ -100,7 +113,7 @@ class HDF5Images:
         self._file, self._pid = None, None
 
 
-class FolderImages:
+class FolderImages(_ClosingStore):
     """Images as files under ``root``, addressed by their path relative to it (``image_file``).
 
     With ``recursive=True`` a name not found directly is looked up by file name anywhere under ``root`` (the

@@ -100,20 +100,24 @@ def run(args: argparse.Namespace) -> int:
     images = open_images(args.images) if args.images else None
     if images is None and frame["image_file"].notna().any():
         logger.info("no --images given: image queries are skipped")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
-                              blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
-                              retrieval=args.retrieval == "bank", per_level=args.per_level,
-                              batch_size=args.batch_size, num_workers=args.num_workers,
-                              device=device, dataset=str(args.metadata))
-    results["_meta"].update(info)
-    if args.retrieval == "clibd":
-        try:
-            results["retrieval_clibd"] = clibd_for_bundle(bundle, args.metadata, args.partition, images,
-                                                          batch_size=args.batch_size, num_workers=args.num_workers,
-                                                          device=device)
-        except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"--retrieval clibd: {err}") from err
+    try:  # the image store is an open HDF5 file: closed however the evaluation ends
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        results = evaluate_bundle(bundle, frame, images, conditions, candidates=args.candidates,
+                                  blur_kernel=args.blur_kernel, seed=args.noise_seed, sweep=args.sweep,
+                                  retrieval=args.retrieval == "bank", per_level=args.per_level,
+                                  batch_size=args.batch_size, num_workers=args.num_workers,
+                                  device=device, dataset=str(args.metadata))
+        results["_meta"].update(info)
+        if args.retrieval == "clibd":
+            try:
+                results["retrieval_clibd"] = clibd_for_bundle(bundle, args.metadata, args.partition, images,
+                                                              batch_size=args.batch_size, num_workers=args.num_workers,
+                                                              device=device)
+            except (FileNotFoundError, ValueError) as err:
+                raise SystemExit(f"--retrieval clibd: {err}") from err
+    finally:
+        if images is not None:
+            images.close()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -125,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(markdown, encoding="utf-8")
     print(markdown)
     return 0
-
 
 
 def _check_against_bundle(bundle: Bundle, metadata: str | os.PathLike, info: dict[str, Any],

@@ -2,8 +2,9 @@
 
 A bundle's ``reference.h5`` holds the embeddings of its reference specimens in each space (image, DNA,
 averaged, fused) and a precomputed 2-D UMAP layout of the image, DNA and fused spaces. :class:`ReferenceMap`
-searches those embeddings exactly (FAISS inner product on unit vectors = cosine similarity; one flat index
-per space, built on first use) and places new embeddings on a layout.
+searches those embeddings through one :class:`~hirviz.index.ReferenceIndex` per space (inner product on unit
+vectors = cosine similarity; exact for a small bank, the bundle's saved approximate index for a large one, or
+Qdrant when ``HIRVIZ_INDEX=qdrant``; opened on first use) and places new embeddings on a layout.
 
 Placement does not re-run UMAP: a new point is put at the inverse-distance-weighted mean of the layout
 positions of its ``k`` nearest reference neighbours (in the embedding space). This is fast (one search), fully
@@ -20,9 +21,19 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
 
+from hirviz.bundle.files import BundleError
+from hirviz.index import (
+    QdrantIndex,
+    ReferenceIndex,
+    ReferenceIndexError,
+    backend,
+    bank_fingerprint,
+    build_faiss,
+    load_faiss,
+    space_members,
+)
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
@@ -45,7 +56,7 @@ class Neighbours(NamedTuple):
 
 
 class ReferenceMap:
-    """Exact neighbour search and map placement over a bundle's reference specimens.
+    """Neighbour search and map placement over a bundle's reference specimens.
 
     ``reference`` is a bundle's ``Reference`` (anything with ``ids``, ``ranks``, ``embeddings``, ``layouts``
     and optionally ``has_image`` / ``has_dna``). Only specimens that have the modalities of a space take part
@@ -55,7 +66,7 @@ class ReferenceMap:
 
     def __init__(self, reference: Any) -> None:
         self.reference = reference
-        self._indices: dict[str, tuple[faiss.IndexFlatIP, np.ndarray]] = {}
+        self._indices: dict[str, ReferenceIndex] = {}
         self._lock = threading.Lock()
 
     # -- spaces and layouts ------------------------------------------------------------------------
@@ -81,35 +92,40 @@ class ReferenceMap:
 
     def members(self, space: str) -> np.ndarray:
         """Reference rows taking part in a space: those with its modalities and a non-zero embedding."""
-        emb = self._embeddings(space)
-        mask = np.linalg.norm(emb, axis=1) > 0
-        has_image = getattr(self.reference, "has_image", None)
-        has_dna = getattr(self.reference, "has_dna", None)
-        if space in ("image", "avg", "fused") and has_image is not None:
-            mask &= np.asarray(has_image, dtype=bool)
-        if space in ("dna", "avg", "fused") and has_dna is not None:
-            mask &= np.asarray(has_dna, dtype=bool)
-        return np.flatnonzero(mask)
+        self._embeddings(space)
+        return space_members(self.reference, space)
 
     def _embeddings(self, space: str) -> np.ndarray:
+        """The space's embeddings as stored (float32, or a large bank's memory-mapped float16: never copied)."""
         embeddings = self.reference.embeddings
         if space not in embeddings:
             raise ValueError(f"the reference has no {space!r} embeddings; it has {sorted(embeddings)}")
-        return np.asarray(embeddings[space], dtype=np.float32)
+        return embeddings[space]
 
-    def index(self, space: str) -> tuple[faiss.IndexFlatIP, np.ndarray]:
-        """The flat inner-product index of a space and the reference row of each of its entries."""
+    def index(self, space: str) -> ReferenceIndex:
+        """The search index of a space, opened once (its ``search`` answers reference rows)."""
         cached = self._indices.get(space)
         if cached is not None:
             return cached
         with self._lock:
             if space not in self._indices:
-                rows = self.members(space)
-                vectors = np.ascontiguousarray(self._embeddings(space)[rows])
-                index = faiss.IndexFlatIP(vectors.shape[1])
-                index.add(vectors)
-                self._indices[space] = (index, rows)
+                self._indices[space] = self._open_index(space)
             return self._indices[space]
+
+    def _open_index(self, space: str) -> ReferenceIndex:
+        """Qdrant when configured; else the bundle's saved FAISS index; else one built now (exact when small)."""
+        emb = self._embeddings(space)
+        if backend() == "qdrant":
+            rows = self.members(space)
+            return QdrantIndex.build(emb, rows, f"hirviz-{space}-{bank_fingerprint(self.reference.ids, emb, rows)}")
+        saved = (getattr(self.reference, "indexes", None) or {}).get(space)
+        folder = getattr(self.reference, "folder", None)
+        if saved is not None and folder is not None:
+            try:
+                return load_faiss(folder / str(saved["file"]), saved)
+            except ReferenceIndexError as err:
+                raise BundleError(str(err)) from err
+        return build_faiss(emb, self.members(space), kind="auto")
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -120,12 +136,9 @@ class ReferenceMap:
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        index, rows = self.index(space)
+        index = self.index(space)
         queries, single = _as_queries(z, index.d)
-        sims, pos = index.search(queries, int(k))
-        # FAISS pads with -1 when the space has fewer than k members; keep that marker in reference rows.
-        ref_rows = np.where(pos >= 0, rows[np.clip(pos, 0, None)] if len(rows) else -1, -1)
-        sims = np.where(pos >= 0, sims, -np.inf).astype(np.float32)
+        sims, ref_rows = index.search(queries, int(k))  # padded with row -1, similarity -inf
         if single:
             return Neighbours(sims[0], ref_rows[0])
         return Neighbours(sims, ref_rows)
@@ -175,9 +188,13 @@ class ReferenceMap:
     def warm_up(self) -> None:
         """Build every index and run one placement, so that the first user request pays no set-up cost."""
         for space in self.spaces:
-            index, rows = self.index(space)
+            index = self.index(space)
             if space in self.layout_spaces and index.ntotal:
-                self.place(self._embeddings(space)[rows[0]], space)
+                emb = self._embeddings(space)
+                first = np.asarray(emb[:256], dtype=np.float32)
+                usable = np.flatnonzero(np.linalg.norm(first, axis=1) > 0)
+                if len(usable):
+                    self.place(first[usable[0]], space)
 
 
 def fit_layout(

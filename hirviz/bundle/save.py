@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,12 +30,13 @@ from hirviz.bundle.files import (
     write_json,
 )
 from hirviz.bundle.reference import Reference
+from hirviz.index import FLAT_MAX_ROWS, build_faiss, save_faiss, space_members
 from hirviz.taxonomy import Taxonomy
 
 if TYPE_CHECKING:  # torch only when a model is saved
     from hirviz.model import HirvizModel
 
-__all__ = ["save_bundle"]
+__all__ = ["save_bundle", "save_reference"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +56,16 @@ def save_bundle(
     provenance: Mapping[str, Any],
     card: str,
     eval_results: Mapping[str, Any] | None = None,
+    index: str = "auto",
 ) -> Path:
     """Write a bundle directory and return its path.
 
     Everything is written into a temporary directory beside ``out_dir`` and renamed into place at the end, so
     an interrupted export never leaves a half-written bundle. An existing bundle at ``out_dir`` is replaced;
     any other non-empty directory there is refused. A BPE DNA tokenizer's JSON is copied into the bundle and
-    the saved model config points at the copy, so the bundle needs no file outside itself.
+    the saved model config points at the copy, so the bundle needs no file outside itself. ``index`` chooses the
+    search index of each reference space (see :func:`save_reference`); saved ones are recorded in ``config.json``
+    under ``reference_index``.
     """
     from safetensors.torch import save_model
 
@@ -85,6 +90,7 @@ def save_bundle(
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, tmp / DNA_TOKENIZER_FILE)
             model_config["dna_tokenizer"] = {**model.dna_tokenizer.to_config(), "tokenizer_file": DNA_TOKENIZER_FILE}
+        manifest = save_reference(tmp, reference, index=index)
         config = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -92,6 +98,7 @@ def save_bundle(
             "model": model_config,
             "training": dict(training_config),
             "provenance": dict(provenance),
+            **({"reference_index": manifest} if manifest else {}),
         }
         write_json(tmp / CONFIG_FILE, config)
         # save_model (not save_file) copes with tensors that share memory, such as tied embeddings.
@@ -99,7 +106,6 @@ def save_bundle(
         write_json(tmp / TAXONOMY_FILE, {**taxonomy.to_dict(), "candidates": list(candidates),
                                           "candidate_ranks": [list(r) for r in candidate_ranks]})
         np.save(tmp / TEXT_EMBEDDINGS_FILE, text_embeddings, allow_pickle=False)
-        reference.save(tmp / REFERENCE_FILE)
         if eval_results is not None:
             write_json(tmp / EVAL_FILE, json.loads(json.dumps(eval_results)))
         (tmp / CARD_FILE).write_text(with_eval_section(card, eval_results), encoding="utf-8")
@@ -110,6 +116,37 @@ def save_bundle(
         raise
     logger.info("wrote bundle %s to %s", name, out)
     return out
+
+
+def save_reference(folder: str | os.PathLike, reference: Reference, index: str = "auto", seed: int = 0
+                   ) -> dict[str, dict[str, Any]]:
+    """Write ``reference.h5`` into ``folder`` and, for a large bank, one saved FAISS index per space
+    (``index_<space>.faiss``); return the saved indexes' manifest for ``config.json`` (``{}`` when none).
+
+    ``index``: ``"auto"`` saves an approximate index (:data:`hirviz.index.LARGE_INDEX`) for spaces of at least
+    :data:`hirviz.index.FLAT_MAX_ROWS` members and nothing for smaller ones (their exact index is built when the
+    bank is opened); ``"flat"`` saves nothing; ``"large"`` or a FAISS factory string saves that index for every
+    space. Each entry records the file, its size in bytes (a truncated copy is caught on opening), the factory
+    string, search parameters and the number of vectors.
+    """
+    folder = Path(folder)
+    reference.save(folder / REFERENCE_FILE)
+    manifest: dict[str, dict[str, Any]] = {}
+    if index == "flat":
+        return manifest
+    for space in reference.embeddings:
+        rows = space_members(reference, space)
+        if index == "auto" and len(rows) < FLAT_MAX_ROWS:
+            continue
+        started = time.perf_counter()
+        built = build_faiss(reference.embeddings[space], rows, kind="large" if index == "auto" else index, seed=seed)
+        path = folder / f"index_{space}.faiss"
+        save_faiss(built, path)
+        manifest[space] = {"file": path.name, "bytes": path.stat().st_size, **built.params,
+                           "build_seconds": round(time.perf_counter() - started, 1)}
+        logger.info("saved the %s index of the %s space (%d vectors) in %.1f s", built.params["factory"], space,
+                    len(rows), time.perf_counter() - started)
+    return manifest
 
 
 def _default_permissions(folder: Path) -> None:

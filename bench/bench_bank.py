@@ -148,7 +148,7 @@ def rss() -> dict[str, float]:
     return fields
 
 
-def measure(out: Path, n_queries: int, seed: int) -> dict:
+def measure(out: Path, n_queries: int, seed: int, nprobe: int | None = None) -> dict:
     """Runs in a fresh process: open the bank and its indexes, then time and score searches."""
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
@@ -163,7 +163,10 @@ def measure(out: Path, n_queries: int, seed: int) -> dict:
     loaded = time.perf_counter() - started
     refmap = ReferenceMap(reference)
     for space in SPACES:
-        refmap.index(space)
+        index = refmap.index(space)
+        if nprobe is not None and "nprobe" in index.params:  # try another setting without rebuilding
+            faiss.ParameterSpace().set_index_parameter(index.index, "nprobe", nprobe)
+            index.params["nprobe"] = nprobe
     ready = time.perf_counter() - started
     memory = rss()
     bank = Bank(build_info["species"], build_info["dim"], build_info["seed"])
@@ -224,17 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure-only", action="store_true", help="measure the bank already at --out")
+    parser.add_argument("--nprobe", type=int, default=None, help="measure with this nprobe instead of the saved one")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.out, args.queries, args.seed)))
+        print(json.dumps(measure(args.out, args.queries, args.seed, args.nprobe)))
         return 0
     if not args.measure_only:
         info = build(args.out, args.specimens, args.dim, args.species, args.index, args.seed)
         print(json.dumps(info), file=sys.stderr)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.run([sys.executable, "-m", "bench.bench_bank", "--out", str(args.out), "--queries",
-                            str(args.queries), "--seed", str(args.seed), "--child"], cwd=REPO, env=env,
+                            str(args.queries), "--seed", str(args.seed), "--child",
+                            *(["--nprobe", str(args.nprobe)] if args.nprobe else [])], cwd=REPO, env=env,
                            capture_output=True, text=True)
     if child.returncode != 0:
         print(child.stderr, file=sys.stderr)

@@ -38,7 +38,7 @@ FLAT_MAX_ROWS = 100_000
 # The approximate index of a large bank (measured in bench/bench_bank.py on 1.1 M x 512, bench/README.md):
 # an inverted file with ``nlist`` cells over float16 codes (the bank's own precision, so no quantisation loss
 # beyond the cells), searching ``nprobe`` cells.
-LARGE_INDEX: dict[str, Any] = {"factory": "IVF{nlist},SQfp16", "nprobe": 24, "train_size": 65_536}
+LARGE_INDEX: dict[str, Any] = {"factory": "IVF{nlist},SQfp16", "nprobe": 32, "train_size": 65_536}
 _CHUNK = 65_536
 
 

@@ -292,10 +292,13 @@ def export(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    index: str = "auto",
 ) -> Path:
     """Turn a run directory into a bundle at ``out_dir`` (see the module docstring); returns ``out_dir``.
 
-    ``metadata`` / ``images`` replace the run's data paths (when the files moved since training).
+    ``metadata`` / ``images`` replace the run's data paths (when the files moved since training). ``index``: the
+    reference bank's search indexes (:func:`hirviz.bundle.save.save_reference`: ``auto`` saves an approximate
+    FAISS index per space of 100k specimens or more, smaller banks get an exact one when opened).
     """
     if clibd_split not in CLIBD_SPLITS:
         raise ValueError(f"clibd_split must be one of {CLIBD_SPLITS}, got {clibd_split!r}")
@@ -340,7 +343,7 @@ def export(
     out = save_bundle(out_dir, name=name, model=model, taxonomy=taxonomy, candidates=candidates,
                       candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
                       training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
-                      card=card, eval_results=eval_results)
+                      card=card, eval_results=eval_results, index=index)
     if clibd_h5 is not None:
         rows = {"test": test_idx, "train": train_idx, "all": np.arange(len(frame))}[clibd_split]
         write_clibd_h5(clibd_h5, model, frame.iloc[rows].reset_index(drop=True), store, batch_size, device)
@@ -371,6 +374,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the reference subsample and UMAP")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--index", default="auto",
+                        help="reference search index: auto (saved IVF index for 100k+ specimens), flat, large, or a "
+                             "FAISS factory string such as 'HNSW32,Flat' (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -387,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.run, args.out, name=args.name, max_reference=args.max_reference, umap=args.umap,
                      eval_results=eval_results, clibd_h5=args.clibd_h5, clibd_split=args.clibd_split,
                      metadata=args.metadata, images=args.images, seed=args.seed, batch_size=args.batch_size,
-                     device=device)
+                     device=device, index=args.index)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from err
     print(out)

@@ -200,3 +200,18 @@ def test_qdrant_local_mode_gives_the_exact_top_k(monkeypatch):
     again = QdrantIndex.build(reference.embeddings["dna"], np.arange(400), remote.index("dna").collection,
                               client=remote.index("dna").client)
     assert again.ntotal == 400
+
+
+def test_bench_bank_builds_and_measures_a_small_bank(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_bank_smoke", REPO_ROOT / "bench" / "bench_bank.py")
+    bench_bank = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_bank)
+    assert bench_bank.main(["--out", str(tmp_path), "--specimens", "3000", "--dim", "16", "--species", "60",
+                            "--queries", "20", "--index", "large"]) == 0
+    result = json.loads((tmp_path / "bench_result.json").read_text())
+    assert [row["space"] for row in result["spaces"]] == ["image", "dna", "fused"]
+    assert all(row["ntotal"] == 3000 and 0 <= row["recall10"] <= 1 and row["p50_ms"] > 0 for row in result["spaces"])
+    assert result["rss_gb"] > 0
+    assert "| fused | `IVF" in capsys.readouterr().out

@@ -12,6 +12,8 @@ A bundle holds (format version :data:`FORMAT_VERSION`):
 ``text_embeddings.npy``     float32 ``[C, d]`` L2-normalised embeddings of the candidates, row-aligned
 ``reference.h5``            the reference specimens: ``ids``, ``ranks``, ``labels``, ``barcodes``,
                             ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>``
+``index_<space>.faiss``     (large banks only) the space's saved FAISS index, listed with its parameters and size
+                            in ``config.json`` under ``reference_index`` (:func:`~hirviz.bundle.save.save_reference`)
 ``eval.json`` (optional)    the evaluation results (``python -m train eval``)
 ``README.md``               the model card
 ==========================  =====================================================================================

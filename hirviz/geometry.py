@@ -2,8 +2,9 @@
 
 A bundle's ``reference.h5`` holds the embeddings of its reference specimens in each space (image, DNA,
 averaged, fused) and a precomputed 2-D UMAP layout of the image, DNA and fused spaces. :class:`ReferenceMap`
-searches those embeddings exactly (FAISS inner product on unit vectors = cosine similarity; one flat index
-per space, built on first use) and places new embeddings on a layout.
+searches those embeddings through one :class:`~hirviz.index.ReferenceIndex` per space (inner product on unit
+vectors = cosine similarity; exact for a small bank, the bundle's saved approximate index for a large one, or
+Qdrant when ``HIRVIZ_INDEX=qdrant``; opened on first use) and places new embeddings on a layout.
 
 Placement does not re-run UMAP: a new point is put at the inverse-distance-weighted mean of the layout
 positions of its ``k`` nearest reference neighbours (in the embedding space). This is fast (one search), fully
@@ -31,10 +32,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
 import torch
 
+from hirviz.bundle.files import BundleError
+from hirviz.index import (
+    QdrantIndex,
+    ReferenceIndex,
+    ReferenceIndexError,
+    backend,
+    bank_fingerprint,
+    build_faiss,
+    load_faiss,
+    space_members,
+)
 from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner, time_part
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
@@ -130,7 +141,7 @@ class Neighbours(NamedTuple):
 
 
 class ReferenceMap:
-    """Exact neighbour search and map placement over a bundle's reference specimens.
+    """Neighbour search and map placement over a bundle's reference specimens.
 
     ``reference`` is a bundle's ``Reference`` (anything with ``ids``, ``ranks``, ``embeddings``, ``layouts``
     and optionally ``has_image`` / ``has_dna``). Only specimens that have the modalities of a space take part
@@ -142,7 +153,7 @@ class ReferenceMap:
     def __init__(self, reference: Any, geometry: Geometry = EUCLIDEAN) -> None:
         self.reference = reference
         self.geometry = geometry
-        self._indices: dict[str, tuple[faiss.IndexFlatIP, np.ndarray]] = {}
+        self._indices: dict[str, ReferenceIndex] = {}
         self._lock = threading.Lock()
 
     # -- spaces and layouts ------------------------------------------------------------------------
@@ -168,35 +179,46 @@ class ReferenceMap:
 
     def members(self, space: str) -> np.ndarray:
         """Reference rows taking part in a space: those with its modalities and a non-zero embedding."""
-        emb = self._embeddings(space)
-        mask = np.linalg.norm(emb, axis=1) > 0
-        has_image = getattr(self.reference, "has_image", None)
-        has_dna = getattr(self.reference, "has_dna", None)
-        if space in ("image", "avg", "fused") and has_image is not None:
-            mask &= np.asarray(has_image, dtype=bool)
-        if space in ("dna", "avg", "fused") and has_dna is not None:
-            mask &= np.asarray(has_dna, dtype=bool)
-        return np.flatnonzero(mask)
+        self._embeddings(space)
+        return space_members(self.reference, space)
 
     def _embeddings(self, space: str) -> np.ndarray:
+        """The space's embeddings as stored (float32, or a large bank's memory-mapped float16: never copied)."""
         embeddings = self.reference.embeddings
         if space not in embeddings:
             raise ValueError(f"the reference has no {space!r} embeddings; it has {sorted(embeddings)}")
-        return np.asarray(embeddings[space], dtype=np.float32)
+        return embeddings[space]
 
-    def index(self, space: str) -> tuple[faiss.IndexFlatIP, np.ndarray]:
-        """The flat inner-product index of a space and the reference row of each of its entries."""
+    def index(self, space: str) -> ReferenceIndex:
+        """The search index of a space, opened once (its ``search`` answers reference rows)."""
         cached = self._indices.get(space)
         if cached is not None:
             return cached
         with self._lock:
             if space not in self._indices:
-                rows = self.members(space)
-                vectors = self.geometry.search_vectors(self._embeddings(space)[rows], "key")
-                index = faiss.IndexFlatIP(vectors.shape[1])
-                index.add(vectors)
-                self._indices[space] = (index, rows)
+                self._indices[space] = self._open_index(space)
             return self._indices[space]
+
+    def _open_index(self, space: str) -> ReferenceIndex:
+        """Qdrant when configured; else the bundle's saved FAISS index; else one built now (exact when small).
+
+        A Lorentz bank is searched through its augmented vectors ``[x, x_t]`` (their inner product with a query's
+        ``[y, -y_t]`` is the Lorentzian one), in an exact index built here; :meth:`_geodesic_search` re-ranks.
+        """
+        emb = self._embeddings(space)
+        if self.geometry.lorentz:
+            return build_faiss(self.geometry.search_vectors(np.asarray(emb), "key"), self.members(space), kind="flat")
+        if backend() == "qdrant":
+            rows = self.members(space)
+            return QdrantIndex.build(emb, rows, f"hirviz-{space}-{bank_fingerprint(self.reference.ids, emb, rows)}")
+        saved = (getattr(self.reference, "indexes", None) or {}).get(space)
+        folder = getattr(self.reference, "folder", None)
+        if saved is not None and folder is not None:
+            try:
+                return load_faiss(folder / str(saved["file"]), saved)
+            except ReferenceIndexError as err:
+                raise BundleError(str(err)) from err
+        return build_faiss(emb, self.members(space), kind="auto")
 
     # -- search ------------------------------------------------------------------------------------
 
@@ -209,39 +231,36 @@ class ReferenceMap:
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        index, rows = self.index(space)
+        index = self.index(space)
         lorentz = self.geometry.lorentz
         queries, single = _as_queries(z, index.d - int(lorentz), normalise=not lorentz)
         if lorentz:
-            sims, pos = self._geodesic_search(index, rows, queries, space, int(k))
+            sims, ref_rows = self._geodesic_search(index, queries, space, int(k))
         else:
-            sims, pos = index.search(queries, int(k))
-        # FAISS pads with -1 when the space has fewer than k members; keep that marker in reference rows.
-        ref_rows = np.where(pos >= 0, rows[np.clip(pos, 0, None)] if len(rows) else -1, -1)
-        sims = np.where(pos >= 0, sims, -np.inf).astype(np.float32)
+            sims, ref_rows = index.search(queries, int(k))  # padded with row -1, similarity -inf
         if single:
             return Neighbours(sims[0], ref_rows[0])
         return Neighbours(sims, ref_rows)
 
-    def _geodesic_search(self, index: faiss.IndexFlatIP, rows: np.ndarray, queries: np.ndarray, space: str, k: int
+    def _geodesic_search(self, index: ReferenceIndex, queries: np.ndarray, space: str, k: int
                          ) -> tuple[np.ndarray, np.ndarray]:
         """Stage 1: ``k + RERANK_MARGIN`` candidates by Lorentzian inner product; stage 2: exact float64 geodesic
-        distances, best ``k`` kept. Returns (minus the distances, index positions), -1 padded as FAISS pads."""
+        distances, best ``k`` kept. Returns (minus the distances, reference rows), padded with -inf / -1."""
         fetch = min(index.ntotal, k + RERANK_MARGIN)
         if fetch == 0:
-            return np.full((len(queries), k), -np.inf), np.full((len(queries), k), -1)
-        _, pos = index.search(self.geometry.search_vectors(queries, "query"), fetch)
-        keys = self._embeddings(space)[rows[np.clip(pos, 0, None)]]  # [n, fetch, d]
+            return np.full((len(queries), k), -np.inf, dtype=np.float32), np.full((len(queries), k), -1)
+        _, rows = index.search(self.geometry.search_vectors(queries, "query"), fetch)
+        keys = np.asarray(self._embeddings(space))[np.clip(rows, 0, None)]  # [n, fetch, d]
         x = torch.from_numpy(queries.astype(np.float64))[:, None, :]
         dist = distance(x, torch.from_numpy(keys.astype(np.float64)), self.geometry.curvature, eps=0.0)
-        dist = np.where(pos >= 0, dist.numpy(), np.inf)
+        dist = np.where(rows >= 0, dist.numpy(), np.inf)
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        dist, pos = np.take_along_axis(dist, order, axis=1), np.take_along_axis(pos, order, axis=1)
+        dist, rows = np.take_along_axis(dist, order, axis=1), np.take_along_axis(rows, order, axis=1)
         if fetch < k:
             pad = k - fetch
             dist = np.hstack([dist, np.full((len(dist), pad), np.inf)])
-            pos = np.hstack([pos, np.full((len(pos), pad), -1)])
-        return -dist, pos
+            rows = np.hstack([rows, np.full((len(rows), pad), -1)])
+        return (-dist).astype(np.float32), rows
 
     def records(self, similarity: Sequence[float], rows: Sequence[int]) -> list[dict[str, Any]]:
         """Hits as an identification engine lists them: ``{"id", "row", "ranks", "similarity"}`` each.
@@ -288,9 +307,13 @@ class ReferenceMap:
     def warm_up(self) -> None:
         """Build every index and run one placement, so that the first user request pays no set-up cost."""
         for space in self.spaces:
-            index, rows = self.index(space)
+            index = self.index(space)
             if space in self.layout_spaces and index.ntotal:
-                self.place(self._embeddings(space)[rows[0]], space)
+                emb = self._embeddings(space)
+                first = np.asarray(emb[:256], dtype=np.float32)
+                usable = np.flatnonzero(np.linalg.norm(first, axis=1) > 0)
+                if len(usable):
+                    self.place(first[usable[0]], space)
 
 
 def fit_layout(

@@ -141,7 +141,7 @@ def test_indices_are_built_once_even_from_many_threads(reference):
         t.start()
     for t in threads:
         t.join()
-    assert all(b[0] is built[0][0] for b in built)
+    assert all(b is built[0] for b in built)
     refmap.warm_up()
     assert set(refmap._indices) == {"image", "dna", "fused"}
 

@@ -329,12 +329,15 @@ def export(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     abstention: bool = True,
+    index: str = "auto",
 ) -> Path:
     """Turn a run directory into a bundle at ``out_dir`` (see the module docstring); returns ``out_dir``.
 
     ``abstention``: calibrate the abstention policy on the run's held-out rows (:mod:`train.calibrate`).
 
-    ``metadata`` / ``images`` replace the run's data paths (when the files moved since training).
+    ``metadata`` / ``images`` replace the run's data paths (when the files moved since training). ``index``: the
+    reference bank's search indexes (:func:`hirviz.bundle.save.save_reference`: ``auto`` saves an approximate
+    FAISS index per space of 100k specimens or more, smaller banks get an exact one when opened).
     """
     if clibd_split not in CLIBD_SPLITS:
         raise ValueError(f"clibd_split must be one of {CLIBD_SPLITS}, got {clibd_split!r}")
@@ -381,7 +384,7 @@ def export(
                           candidate_ranks=candidate_ranks, text_embeddings=text_embeddings, reference=reference,
                           training_config=cfg.to_dict(), objective=cfg.loss.objective, provenance=provenance,
                           fusion_trained=fusion_trained(cfg.loss),
-                          card=card, eval_results=eval_results)
+                          card=card, eval_results=eval_results, index=index)
         if abstention and len(test_idx):
             from train.calibrate import calibrate_bundle
 
@@ -421,6 +424,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calibrate the abstention policy on the run's held-out rows (default: yes)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--index", default="auto",
+                        help="reference search index: auto (saved IVF index for 100k+ specimens), flat, large, or a "
+                             "FAISS factory string such as 'HNSW32,Flat' (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -437,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.run, args.out, name=args.name, max_reference=args.max_reference, umap=args.umap,
                      eval_results=eval_results, clibd_h5=args.clibd_h5, clibd_split=args.clibd_split,
                      metadata=args.metadata, images=args.images, seed=args.seed, batch_size=args.batch_size,
-                     device=device, abstention=args.abstention)
+                     device=device, abstention=args.abstention, index=args.index)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from err
     print(out)

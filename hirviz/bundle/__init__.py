@@ -15,6 +15,8 @@ A bundle holds (format version :data:`FORMAT_VERSION`):
                             Lorentz space parts)
 ``reference.h5``            the reference specimens: ``ids``, ``ranks``, ``labels``, ``barcodes``,
                             ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>``
+``index_<space>.faiss``     (large banks only) the space's saved FAISS index, listed with its parameters and size
+                            in ``config.json`` under ``reference_index`` (:func:`~hirviz.bundle.save.save_reference`)
 ``eval.json`` (optional)    the evaluation results (``python -m train eval``)
 ``abstention.json`` (opt.)  the abstention policy calibrated on held-out specimens (:mod:`hirviz.abstain`; own
                             ``version``); without it queries abstain on the hard input limits only

@@ -144,6 +144,7 @@ class Bundle:
         return self._model
 
     def _build_model(self) -> HirvizModel:
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         from hirviz.model import build_model
@@ -156,6 +157,8 @@ class Bundle:
             missing, unexpected = load_model(model, str(weights), strict=False, device="cpu")
         except RuntimeError as err:  # shape mismatches
             raise BundleError(f"{weights} does not fit the model config: {one_line(err)}") from err
+        except (SafetensorError, OSError) as err:  # a truncated or damaged weights file
+            raise BundleError(f"cannot read {weights}: {one_line(err)}") from err
         if missing or unexpected:
             raise BundleError(f"{weights} does not match the model config: {len(missing)} missing tensors "
                               f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected "

@@ -12,10 +12,21 @@ from typing import Any
 import h5py
 import numpy as np
 
-from hirviz.bundle.files import FORMAT_VERSION, SPACES, BundleError, check_version, one_line
+from hirviz.bundle.files import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    SPACES,
+    BundleError,
+    check_version,
+    one_line,
+    read_json,
+)
+from hirviz.index import FLAT_MAX_ROWS
 from hirviz.taxonomy import LEVELS, UNKNOWN_ID, Taxonomy
 
-__all__ = ["Reference", "check_reference_header"]
+__all__ = ["Reference", "check_reference_header", "check_index_files"]
+
+_CHUNK_ROWS = 65_536
 
 
 @dataclass
@@ -31,6 +42,13 @@ class Reference:
             model has. Rows of a specimen lacking a modality are meaningless (zeros): see the masks.
         has_image, has_dna: bool ``[N]``, whether the specimen has a photo / a barcode.
         layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions (NaN for rows left out of a space).
+        indexes: space -> the saved search index of a large bank (``file`` beside ``reference.h5`` and its FAISS
+            parameters, as ``config.json`` records them under ``reference_index``); empty for small banks, whose
+            exact index is built when they are opened.
+
+    A large bank (:data:`~hirviz.index.FLAT_MAX_ROWS` rows or more) stores its embeddings as float16, and
+    :meth:`load` maps them from the file instead of reading them (``embeddings`` then holds read-only float16
+    memory maps): the process never holds a float32 copy of the bank.
     """
 
     ids: np.ndarray
@@ -41,13 +59,15 @@ class Reference:
     has_image: np.ndarray
     has_dna: np.ndarray
     layouts: dict[str, np.ndarray] = field(default_factory=dict)
+    indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folder: Path | None = None
 
     def __post_init__(self) -> None:
         self.ids = _str_array(self.ids, "ids")
         self.ranks = _str_array(self.ranks, "ranks").reshape(-1, len(LEVELS))
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1, len(LEVELS))
         self.barcodes = _str_array(self.barcodes, "barcodes")
-        self.embeddings = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.embeddings.items()}
+        self.embeddings = {k: _embedding_array(v) for k, v in self.embeddings.items()}
         self.has_image = np.asarray(self.has_image, dtype=bool)
         self.has_dna = np.asarray(self.has_dna, dtype=bool)
         self.layouts = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.layouts.items()}
@@ -123,8 +143,14 @@ class Reference:
         return cls(ids=data["ids"], ranks=ranks, labels=labels, barcodes=barcodes, embeddings=embeddings,
                    has_image=has_image, has_dna=has_dna, layouts=layouts)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``reference.h5`` (strings as UTF-8, arrays as float32 / int64 / bool)."""
+    def save(self, path: str | os.PathLike, dtype: Any = None) -> None:
+        """Write ``reference.h5`` (strings as UTF-8, arrays as int64 / bool, layouts as float32).
+
+        Embeddings are float16 for a bank of :data:`~hirviz.index.FLAT_MAX_ROWS` rows or more and float32 below
+        (``dtype`` overrides), written chunk by chunk into contiguous datasets so that :meth:`load` can map them.
+        """
+        if dtype is None:
+            dtype = np.float16 if len(self) >= FLAT_MAX_ROWS else np.float32
         text = h5py.string_dtype("utf-8")
         with h5py.File(path, "w") as h5:
             h5.attrs["format_version"] = FORMAT_VERSION
@@ -135,7 +161,9 @@ class Reference:
             h5.create_dataset("has_image", data=self.has_image)
             h5.create_dataset("has_dna", data=self.has_dna)
             for space, values in self.embeddings.items():
-                h5.create_dataset(f"embeddings/{space}", data=values)
+                ds = h5.create_dataset(f"embeddings/{space}", shape=values.shape, dtype=dtype)
+                for start in range(0, len(values), _CHUNK_ROWS):
+                    ds[start:start + _CHUNK_ROWS] = np.asarray(values[start:start + _CHUNK_ROWS], dtype=dtype)
             for space, values in self.layouts.items():
                 h5.create_dataset(f"umap/{space}", data=values)
 
@@ -150,13 +178,54 @@ class Reference:
                     ranks=h5["ranks"].asstr()[()],
                     labels=h5["labels"][()],
                     barcodes=h5["barcodes"].asstr()[()],
-                    embeddings={k: v[()] for k, v in h5.get("embeddings", {}).items()},
+                    embeddings={k: _read_embeddings(v, path) for k, v in h5.get("embeddings", {}).items()},
                     has_image=h5["has_image"][()],
                     has_dna=h5["has_dna"][()],
                     layouts={k: v[()] for k, v in h5.get("umap", {}).items()},
+                    indexes=_index_manifest(Path(path).parent),
+                    folder=Path(path).parent,
                 )
             except KeyError as err:
                 raise BundleError(f"{path} lacks a dataset: {one_line(err)}") from err
+
+
+def _embedding_array(values: Any) -> np.ndarray:
+    """float16 embeddings (a large bank, possibly memory-mapped) as they are; anything else as float32."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float16:
+        return values
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _read_embeddings(ds: h5py.Dataset, path: str | os.PathLike) -> np.ndarray:
+    """A float16 dataset memory-mapped from the file (contiguous, uncompressed, as :meth:`Reference.save` writes
+    it), else read into memory: float32 banks (every bundle before float16 storage) load as they always did."""
+    offset = ds.id.get_offset() if ds.dtype == np.float16 and ds.chunks is None else None
+    if offset is None:
+        return ds[()]
+    return np.memmap(path, dtype=np.float16, mode="r", offset=offset, shape=ds.shape)
+
+
+def _index_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """The saved indexes that ``config.json`` (beside ``reference.h5``) records under ``reference_index``."""
+    config = folder / CONFIG_FILE
+    if not config.is_file():
+        return {}
+    manifest = read_json(config).get("reference_index") or {}
+    if not isinstance(manifest, dict) or not all(isinstance(v, dict) and "file" in v for v in manifest.values()):
+        raise BundleError(f"{config}: reference_index must map spaces to {{'file': ..., ...}}")
+    return manifest
+
+
+def check_index_files(folder: Path, manifest: Mapping[str, Mapping[str, Any]]) -> None:
+    """Cheap checks of saved index files: present, and of the recorded size (a truncated copy fails here)."""
+    for space, entry in manifest.items():
+        path = folder / str(entry["file"])
+        if not path.is_file():
+            raise BundleError(f"{path} is missing (the {space!r} index that config.json records)")
+        size = entry.get("bytes")
+        if size is not None and path.stat().st_size != int(size):
+            raise BundleError(f"{path} is truncated or damaged: {path.stat().st_size} bytes, config.json records "
+                              f"{int(size)}")
 
 
 def _str_array(values: Any, name: str) -> np.ndarray:
@@ -195,3 +264,4 @@ def check_reference_header(path: Path, embed_dim: int) -> None:
         for space, ds in h5.get("umap", {}).items():
             if ds.shape != (n, 2):
                 raise BundleError(f"{path}: umap/{space} has shape {ds.shape}, expected ({n}, 2)")
+    check_index_files(path.parent, _index_manifest(path.parent))

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,13 @@ from hirviz.bundle.files import (
     write_json,
 )
 from hirviz.bundle.reference import Reference
+from hirviz.index import FLAT_MAX_ROWS, build_faiss, save_faiss, space_members
 from hirviz.taxonomy import Taxonomy
 
 if TYPE_CHECKING:  # torch only when a model is saved
     from hirviz.model import HirvizModel
 
-__all__ = ["save_bundle"]
+__all__ = ["save_bundle", "save_reference"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def save_bundle(
     card: str,
     eval_results: Mapping[str, Any] | None = None,
     fusion_trained: bool | None = None,
+    index: str = "auto",
 ) -> Path:
     """Write a bundle directory and return its path.
 
@@ -67,6 +70,8 @@ def save_bundle(
 
     ``fusion_trained`` says whether training taught the fusion gate (``config.json``'s ``fusion_trained``); when
     None it is judged from ``training_config`` and ``objective`` as for a bundle written without the flag.
+    ``index`` chooses the search index of each reference space (see :func:`save_reference`); saved ones are
+    recorded in ``config.json`` under ``reference_index``.
     """
     from safetensors.torch import save_model
 
@@ -93,6 +98,7 @@ def save_bundle(
             shutil.copyfile(tokenizer_file, tmp / DNA_TOKENIZER_FILE)
             model_config["dna_tokenizer"] = {**model.dna_tokenizer.to_config(), "tokenizer_file": DNA_TOKENIZER_FILE}
         curvature = model.curvature()
+        manifest = save_reference(tmp, reference, index=index)
         config = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -102,6 +108,7 @@ def save_bundle(
             "model": model_config,
             "training": dict(training_config),
             "provenance": dict(provenance),
+            **({"reference_index": manifest} if manifest else {}),
         }
         config[FUSION_TRAINED_KEY] = (fusion_trained_flag(config, "save_bundle") if fusion_trained is None
                                       else bool(fusion_trained))
@@ -111,7 +118,6 @@ def save_bundle(
         write_json(tmp / TAXONOMY_FILE, {**taxonomy.to_dict(), "candidates": list(candidates),
                                           "candidate_ranks": [list(r) for r in candidate_ranks]})
         np.save(tmp / TEXT_EMBEDDINGS_FILE, text_embeddings, allow_pickle=False)
-        reference.save(tmp / REFERENCE_FILE)
         if eval_results is not None:
             write_json(tmp / EVAL_FILE, json.loads(json.dumps(eval_results)))
         (tmp / CARD_FILE).write_text(with_eval_section(card, eval_results), encoding="utf-8")
@@ -122,6 +128,37 @@ def save_bundle(
         raise
     logger.info("wrote bundle %s to %s", name, out)
     return out
+
+
+def save_reference(folder: str | os.PathLike, reference: Reference, index: str = "auto", seed: int = 0
+                   ) -> dict[str, dict[str, Any]]:
+    """Write ``reference.h5`` into ``folder`` and, for a large bank, one saved FAISS index per space
+    (``index_<space>.faiss``); return the saved indexes' manifest for ``config.json`` (``{}`` when none).
+
+    ``index``: ``"auto"`` saves an approximate index (:data:`hirviz.index.LARGE_INDEX`) for spaces of at least
+    :data:`hirviz.index.FLAT_MAX_ROWS` members and nothing for smaller ones (their exact index is built when the
+    bank is opened); ``"flat"`` saves nothing; ``"large"`` or a FAISS factory string saves that index for every
+    space. Each entry records the file, its size in bytes (a truncated copy is caught on opening), the factory
+    string, search parameters and the number of vectors.
+    """
+    folder = Path(folder)
+    reference.save(folder / REFERENCE_FILE)
+    manifest: dict[str, dict[str, Any]] = {}
+    if index == "flat":
+        return manifest
+    for space in reference.embeddings:
+        rows = space_members(reference, space)
+        if index == "auto" and len(rows) < FLAT_MAX_ROWS:
+            continue
+        started = time.perf_counter()
+        built = build_faiss(reference.embeddings[space], rows, kind="large" if index == "auto" else index, seed=seed)
+        path = folder / f"index_{space}.faiss"
+        save_faiss(built, path)
+        manifest[space] = {"file": path.name, "bytes": path.stat().st_size, **built.params,
+                           "build_seconds": round(time.perf_counter() - started, 1)}
+        logger.info("saved the %s index of the %s space (%d vectors) in %.1f s", built.params["factory"], space,
+                    len(rows), time.perf_counter() - started)
+    return manifest
 
 
 def _default_permissions(folder: Path) -> None:

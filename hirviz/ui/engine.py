@@ -171,7 +171,7 @@ def data_kind(bundle: Any) -> str:
     ``"real"``. Told by the reference specimens' ids, which the synthetic benchmark writes as ``SYN<number>``."""
     try:
         ids = bundle.reference.ids
-    except Exception:  # a bundle whose reference cannot be read is not shown as real data either
+    except (OSError, ValueError, AttributeError):  # an unreadable reference (BundleError) is not shown as real
         return "synthetic"
     return "synthetic" if len(ids) and all(str(i).startswith(_SYNTHETIC_ID_PREFIX) for i in ids[:50]) else "real"
 

@@ -55,15 +55,22 @@ def server(tmp_path_factory, free_port):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module (Playwright's sync API allows one running instance per thread)."""
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server["url"])
-        page.wait_for_selector("#hz-identify")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server["url"])
+    page.wait_for_selector("#hz-identify")
+    yield page
+    page.close()
 
 
 def _status(page) -> str:
@@ -183,7 +190,7 @@ def test_gradio_client_can_identify(server):
 
 
 @pytest.fixture(scope="module")
-def real_page(tmp_path_factory, free_port):
+def real_page(tmp_path_factory, free_port, browser):
     """The app as it ships (two synthetic photo models and the real COI bundle), open in Chromium."""
     from test_ui import REAL_COI, build_tiny_bundles
 
@@ -198,14 +205,12 @@ def real_page(tmp_path_factory, free_port):
     finally:
         os.environ.pop("GRADIO_SERVER_PORT", None)
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS * 2)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_selector("#hz-identify")
-            yield page, demo
-            browser.close()
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS * 2)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#hz-identify")
+        yield page, demo
+        page.close()
     finally:
         demo.close()
 

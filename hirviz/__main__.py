@@ -16,6 +16,8 @@ from pathlib import Path
 
 # The demo bundle shipped in the repository's assets/ folder (beside the package).
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "demo-hir-fuse"
+# The real COI-barcode bundle (real BOLD / BIOSCAN-5M barcodes): `identify`'s default references and model.
+DEFAULT_COI_BUNDLE = DEFAULT_BUNDLE.parent / "real-coi"
 EXIT_BAD_INPUT = 2
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "identify":
             from hirviz.coi_cli import run
 
-            return run(args, _BadInput)
+            return run(args, _BadInput, default_bundle=DEFAULT_COI_BUNDLE)
         return predict(args)
     except _BadInput as err:
         sys.stderr.write("error: " + " ".join(str(err).split()) + "\n")

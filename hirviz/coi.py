@@ -29,8 +29,8 @@ from hirviz.coi_check import BarcodeCheck, check_barcode
 from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, rank_verdicts
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "identify_barcode", "identify_fasta",
-           "load_references"]
+__all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "fasta_records", "identify_barcode",
+           "identify_fasta", "load_references"]
 
 # The model names a rank when its top name there scores at least this: the Predictor's own deepest_rank rule.
 MODEL_THRESHOLD = 0.5
@@ -188,7 +188,7 @@ def identify_fasta(path_or_text: str | os.PathLike, references: ReferencesLike =
     """
     text = _read_text(path_or_text)
     refs = load_references(references)
-    for number, chunk in enumerate(_records(text), start=1):
+    for number, chunk in enumerate(fasta_records(text), start=1):
         header = chunk.split("\n", 1)[0][1:].strip() if chunk.startswith(">") else ""
         record_id = header.split()[0] if header else f"query{number}"
         try:
@@ -209,8 +209,10 @@ def _read_text(path_or_text: str | os.PathLike) -> str:
     return path_or_text
 
 
-def _records(text: str) -> Iterator[str]:
-    """The text of each FASTA record (a text without headers is one record); parsing is left to each record."""
+def fasta_records(text: str) -> Iterator[str]:
+    """The text of each FASTA record (a text without headers is one record); parsing is left to each record.
+
+    :func:`identify_fasta` yields one row per item, so ``len(list(fasta_records(text)))`` is a batch's size."""
     if ">" not in text:
         yield text
         return

@@ -55,15 +55,22 @@ def server(tmp_path_factory, free_port):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One Chromium for the module (Playwright's sync API allows one running instance per thread)."""
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server["url"])
-        page.wait_for_selector("#hz-identify")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server["url"])
+    page.wait_for_selector("#hz-identify")
+    yield page
+    page.close()
 
 
 def _status(page) -> str:
@@ -177,3 +184,64 @@ def test_gradio_client_can_identify(server):
     assert raw["tiny-clibd-hir-fuse"]["degraded_barcode"] != raw["tiny-clibd-hir-fuse"]["barcode"]
     refused = client.predict(image=None, barcode="ACGT" * 25_000, api_name="/identify")
     assert refused[0].startswith("✗ Barcode refused")
+
+
+# ------------------------------------------------------------------------- the app with the real COI bundle
+
+
+@pytest.fixture(scope="module")
+def real_page(tmp_path_factory, free_port, browser):
+    """The app as it ships (two synthetic photo models and the real COI bundle), open in Chromium."""
+    from test_ui import REAL_COI, build_tiny_bundles
+
+    tiny = build_tiny_bundles(tmp_path_factory.getbasetemp() / "ui-bundles")
+    app = _load_app_module()
+    port = free_port()
+    os.environ.pop("SPACE_ID", None)
+    os.environ["GRADIO_SERVER_PORT"] = str(port)
+    try:
+        demo = app.build_app([str(tiny["hir"]), str(tiny["clibd"]), str(REAL_COI)], tiny["examples"])
+        app.launch(demo, prevent_thread_lock=True, quiet=True)
+    finally:
+        os.environ.pop("GRADIO_SERVER_PORT", None)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS * 2)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#hz-identify")
+        yield page, demo
+        page.close()
+    finally:
+        demo.close()
+
+
+def test_a_pasted_barcode_is_identified_by_the_real_bundle(real_page, tmp_path):
+    from test_ui import REAL_COI
+
+    import hirviz
+
+    page, _ = real_page
+    reference = hirviz.load_bundle(REAL_COI).reference
+    rows = [i for i in range(len(reference)) if reference.ranks[i, 3] and len(reference.barcodes[i]) >= 600][:2]
+    record_id, species = str(reference.ids[rows[0]]), str(reference.ranks[rows[0], 3])
+    page.fill("#hz-barcode textarea", f">{record_id}\n{reference.barcodes[rows[0]]}")
+    page.click("#hz-identify")
+    status = _wait_status(page, "decided by alignment")
+    assert species in status
+    page.wait_for_function("id => document.querySelector('#hz-coi-hits').innerText.includes(id)", arg=record_id)
+    hits = page.inner_text("#hz-coi-hits")
+    assert "identity %" in hits and "100" in hits
+    answer = page.inner_text("#hz-coi")
+    assert "Real model" in answer and species in answer and "decided by alignment" in answer
+    assert "invented" in page.inner_text("#hz-result-0")  # the photo models are marked as the synthetic demo
+    page.screenshot(path=str(tmp_path / "real-barcode.png"), full_page=True)
+
+    # A FASTA of two barcodes on the batch tab gives a TSV to download.
+    fasta = tmp_path / "two.fasta"
+    fasta.write_text("".join(f">{reference.ids[i]}\n{reference.barcodes[i]}\n" for i in rows))
+    page.get_by_role("tab", name="Batch barcodes").click()
+    page.set_input_files("#hz-batch-file input[type=file]", str(fasta))
+    page.click("#hz-batch-run")
+    page.wait_for_function("document.querySelector('#hz-batch-status').innerText.includes('Identified 2 records')")
+    page.wait_for_selector("#hz-batch-download a")
+    assert record_id in page.inner_text("#hz-batch-table")

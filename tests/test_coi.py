@@ -8,6 +8,7 @@ them as real COI and their identities to one another follow the tree.
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -267,9 +268,33 @@ def test_package_level_api_and_cli(tree: dict, tmp_path) -> None:
     rows = list(csv.DictReader(out.open(), delimiter="\t"))
     assert [r["id"] for r in rows] == ["spec1", "junk"]
     assert rows[0]["species"] == lineage[3] and float(rows[0]["identity"]) >= 98.0
-    missing = subprocess.run([sys.executable, "-m", "hirviz", "identify", "--fasta", str(fasta)],
-                             check=False, capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 2 and "--references" in missing.stderr
+    missing = subprocess.run([sys.executable, "-m", "hirviz", "identify", "--fasta", str(fasta), "--bundle",
+                              str(tmp_path / "no-such-bundle")], check=False, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and "no-such-bundle" in missing.stderr
+
+
+# The committed real COI-barcode bundle (real BOLD / BIOSCAN-5M barcodes; see assets/real-coi/README.md).
+REAL_COI = Path(os.environ.get("HIRVIZ_REAL_COI", Path(__file__).resolve().parents[1] / "assets" / "real-coi"))
+
+
+def test_cli_identifies_with_the_real_bundle_by_default(tmp_path, monkeypatch) -> None:
+    from hirviz import __main__ as cli
+
+    reference = hirviz.load_bundle(REAL_COI).reference
+    row = next(i for i in range(len(reference)) if reference.ranks[i, 3] and len(reference.barcodes[i]) >= 600)
+    fasta = tmp_path / "real.fasta"
+    fasta.write_text(f">{reference.ids[row]}\n{reference.barcodes[row]}\n")
+    out = tmp_path / "real.tsv"
+    monkeypatch.setattr(cli, "DEFAULT_COI_BUNDLE", REAL_COI)
+    assert cli.main(["identify", "--fasta", str(fasta), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(), delimiter="\t"))
+    assert list(rows[0]) == list(ROW_COLUMNS)
+    assert [rows[0][level] for level in LEVELS] == list(reference.ranks[row])
+    assert rows[0]["best_hit"] == reference.ids[row] and float(rows[0]["identity"]) == 100.0
+    assert rows[0]["decided_by"].startswith("order:alignment")
+    monkeypatch.setattr(cli, "DEFAULT_COI_BUNDLE", tmp_path / "absent")
+    assert cli.main(["identify", "--fasta", str(fasta)]) == 2  # no default bundle: a clear error, not a crash
 
 
 def test_bench_identify_runs_on_a_small_reference_table(tree: dict, tmp_path, capsys) -> None:

@@ -410,7 +410,8 @@ def test_every_event_has_an_api_name_and_sliders_do_not_flood(engine, tiny):
     demo = build_ui(engine.bundles, tiny["examples"], engine=engine)
     config = demo.get_config_file()
     names = [d["api_name"] for d in config["dependencies"]]
-    assert set(names) - {"load_example"} == set(API_NAMES), names
+    # Without a COI bundle there are no real-barcode examples to click.
+    assert set(names) - {"load_example"} == set(API_NAMES) - {"identify_real_example"}, names
     assert len(names) == len(set(names))  # no name was silently suffixed
     identify_dep = next(d for d in config["dependencies"] if d["api_name"] == "identify")
     triggers = {event for _, event in identify_dep["targets"]}
@@ -482,3 +483,125 @@ def test_image_formats_are_read(engine, example, tmp_path):
     original = identify(engine, str(_image_file(tmp_path, "rgb.png", rgb)), None)
     np.testing.assert_allclose(embeddings[0], original.predictions["HiR-Fuse"].queries["image"].embedding, atol=1e-5)
     np.testing.assert_allclose(embeddings[2], embeddings[3], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- the real COI bundle
+
+# The committed real COI-barcode bundle (real BOLD / BIOSCAN-5M barcodes; see assets/real-coi/README.md).
+REAL_COI = Path(os.environ.get("HIRVIZ_REAL_COI", Path(__file__).resolve().parents[1] / "assets" / "real-coi"))
+
+
+@pytest.fixture(scope="session")
+def real_engine(tiny):
+    """The app's engine as it runs: two synthetic photo models and the real COI bundle."""
+    import hirviz
+    from hirviz.ui import Engine
+
+    bundles = {"HiR-Fuse": hirviz.load_bundle(tiny["hir"]), "CLIBD": hirviz.load_bundle(tiny["clibd"]),
+               "real-coi": hirviz.load_bundle(REAL_COI)}
+    return Engine(bundles)
+
+
+def _bank_record(engine, order: str | None = None) -> tuple[str, list[str], str]:
+    """A record of the real bundle's own reference bank identified to species: id, ranks, barcode."""
+    reference = engine.bundles[engine.coi_name].reference
+    rows = [i for i in range(len(reference)) if reference.ranks[i, 3] and len(reference.barcodes[i]) >= 600
+            and (order is None or reference.ranks[i, 0] == order)]
+    row = rows[0]
+    return str(reference.ids[row]), list(reference.ranks[row]), str(reference.barcodes[row])
+
+
+def test_real_bundle_ships_its_references_tokenizer_and_licence():
+    import hirviz
+
+    bundle = hirviz.load_bundle(REAL_COI)
+    reference = bundle.reference
+    assert len(reference) > 5000 and (np.char.str_len(reference.barcodes.astype(str)) > 500).mean() > 0.9
+    assert all(i and not i.startswith("SYN") for i in reference.ids[:100])  # BOLD process ids
+    assert (REAL_COI / "dna_tokenizer.json").is_file()
+    assert bundle.model_config.dna_tokenizer["tokenizer_file"] == "dna_tokenizer.json"
+    licence = (REAL_COI / "LICENSE").read_text(encoding="utf-8")
+    assert "Attribution-ShareAlike 4.0 International" in licence and "BIOSCAN-5M" in licence
+    card = (REAL_COI / "README.md").read_text(encoding="utf-8")
+    for credit in ("10.5883/DP-BOLD_Public.", "naturalis/barcode-constrained-phylogeny",
+                   "NaturalHistoryMuseum/ukbol", "DS-PBBC4", "DMnBI/DeepCOI", "BIOSCAN-5M", "CC BY 3.0",
+                   "CC BY-SA 4.0"):
+        assert credit in card, credit
+    assert bundle.eval_results and bundle.eval_results["_meta"]["subset"] == "test"  # held-out accuracy
+
+
+def test_a_real_barcode_gets_its_species_by_alignment(real_engine):
+    from hirviz.ui import identify
+
+    record_id, ranks, barcode = _bank_record(real_engine)
+    view = identify(real_engine, None, f">{record_id}\n{barcode}")
+    assert view.ok, view.status
+    assert real_engine.coi_name == "real-coi" and real_engine.names == ["HiR-Fuse", "CLIBD"]
+    top = view.coi_hits.iloc[0]
+    assert top["reference"] == record_id and top["identity %"] == 100.0 and top["coverage %"] >= 99.0
+    assert ranks[3] in view.status and "decided by alignment" in view.status
+    row = view.raw["coi"]["row"]
+    assert [row[level] for level in LEVELS] == ranks and row["decided_by"].startswith("order:alignment")
+    assert "decided by alignment" in view.coi_html and "the model says" in view.coi_html
+    assert "98 % identical over at least 400 aligned bases" in view.coi_html  # the rule, in words
+    assert "data-kind='real'" in view.coi_html
+    assert not view.predictions  # the barcode went to the real model only (the default route)
+
+
+def test_synthetic_demo_answers_are_marked_as_invented(real_engine, example):
+    from hirviz.ui import identify
+
+    image, _ = example
+    _, ranks, barcode = _bank_record(real_engine)
+    view = identify(real_engine, image, barcode)
+    assert view.ok, view.status
+    for name in ("HiR-Fuse", "CLIBD"):
+        assert "data-kind='synthetic'" in view.results[name] and "invented" in view.results[name]
+        assert "dna" not in view.predictions[name].queries  # the photo went to the demo, the barcode did not
+    assert "data-kind='real'" in view.coi_html and ranks[3] in view.coi_html
+    both = identify(real_engine, None, barcode, route="both")
+    assert "dna" in both.predictions["HiR-Fuse"].queries and both.raw["coi"]["row"]["species"] == ranks[3]
+
+
+@pytest.mark.parametrize("case", ["empty", "protein", "20 bp"])
+def test_bad_barcodes_get_clear_messages_from_the_real_bundle(real_engine, case):
+    from hirviz.ui import identify
+
+    text = {"empty": "  \n", "protein": "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQ" * 5,
+            "20 bp": "ACGTTGCAAGGCTTACGATC"}[case]
+    view = identify(real_engine, None, text)
+    expected = {"empty": "nothing to identify", "protein": "protein", "20 bp": "too short"}[case]
+    assert expected in view.status.lower(), view.status
+    assert view.status.startswith("✗") or "no name" in view.status
+    assert view.coi_hits.empty
+
+
+def test_batch_fasta_gives_a_tsv_with_the_engine_columns(real_engine, tmp_path):
+    from hirviz.coi import ROW_COLUMNS
+    from hirviz.ui.coi_view import batch_identify
+
+    records = [_bank_record(real_engine, order) for order in ("Lepidoptera", "Diptera")]
+    fasta = tmp_path / "three.fasta"
+    fasta.write_text("".join(f">{i}\n{b}\n" for i, _, b in records) + ">protein\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    steps = []
+    status, path, frame = batch_identify(real_engine, str(fasta), lambda done, total: steps.append((done, total)))
+    assert status.startswith("✓") and steps[-1] == (3, 3)
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    assert list(table.columns) == list(ROW_COLUMNS) and list(table["id"]) == [r[0] for r in records] + ["protein"]
+    for (_, ranks, _), (_, row) in zip(records, table.iloc[:2].iterrows()):
+        assert row["species"] == ranks[3] and float(row["identity"]) == 100.0
+    assert table.loc[2, "species"] == "" and "protein" in table.loc[2, "notes"]
+    refused, nothing, _ = batch_identify(real_engine, None)
+    assert refused.startswith("✗") and nothing is None
+
+
+def test_the_app_wires_the_batch_tab_and_the_route(real_engine, tiny):
+    from hirviz.ui import API_NAMES, build_ui
+
+    demo = build_ui(real_engine.bundles, tiny["examples"], engine=real_engine)
+    names = [d["api_name"] for d in demo.get_config_file()["dependencies"]]
+    # Gradio names each examples list's own loading event load_example, load_example_1, ...
+    assert {n for n in names if not n.startswith("load_example")} == set(API_NAMES)
+    assert len(names) == len(set(names))
+    route = next(c for c in demo.get_config_file()["components"] if c["props"].get("elem_id") == "hz-route")
+    assert route["props"]["value"] == "real" and route["props"]["visible"] is not False

@@ -1,5 +1,10 @@
 """The app's models and controls: an :class:`Engine` over the loaded bundles, and the noise settings users set.
 
+The bundles play two roles. A bundle trained without images (:func:`barcode_only`, e.g. ``assets/real-coi``) is
+the app's COI-barcode bundle: pasted barcodes go to the identification engine (:mod:`hirviz.coi`) with its
+reference bank and model. The others are the photo (+ barcode) models compared side by side. Every bundle says
+what it was trained on (:func:`data_kind`): real records, or the synthetic teaching benchmark with invented names.
+
 :class:`NoiseSettings` and the input readers turn raw widget values into checked values or an
 :class:`~hirviz.predict.InputError` whose message the page shows.
 """
@@ -19,7 +24,8 @@ from hirviz.degrade import DnaNoise
 from hirviz.predict import InputError, Prediction, Predictor, agreement
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["Engine", "NoiseSettings", "trained_fusion", "image_source", "barcode_text"]
+__all__ = ["Engine", "NoiseSettings", "trained_fusion", "barcode_only", "data_kind", "image_source", "barcode_text",
+           "BARCODE_ROUTES"]
 
 MAX_BARCODE_BP = 20_000  # hirviz.barcode.parse_barcode's default limit
 MAP_SPACES: tuple[str, ...] = ("fused", "image", "dna")
@@ -36,6 +42,12 @@ DNA_SLIDERS: tuple[tuple[str, str, float, float], ...] = (
     ("truncation", "Tail truncation (fraction cut)", 0.5, 0.01),
 )
 PAPER_NOISE = DnaNoise()
+# Where a pasted barcode goes: (label, value) pairs of the Identify tab's radio.
+BARCODE_ROUTES: tuple[tuple[str, str], ...] = (
+    ("the real COI model (alignment + model)", "real"), ("the synthetic demo models", "demo"), ("both", "both"),
+)
+# The synthetic benchmark (train/synthetic) names its specimens SYN0000001, SYN0000002, ...
+_SYNTHETIC_ID_PREFIX = "SYN"
 
 
 # ----------------------------------------------------------------------------------------------------- engine
@@ -52,10 +64,31 @@ class Engine:
         if not bundles:
             raise ValueError("the app needs at least one bundle")
         self.bundles: dict[str, Any] = dict(bundles)
-        self.names: list[str] = list(self.bundles)
+        # The first barcode-only bundle is the COI bundle; the others answer photos (and barcodes on request).
+        self.coi_name: str | None = next((n for n, b in self.bundles.items() if barcode_only(b)), None)
+        self.names: list[str] = [n for n in self.bundles if n != self.coi_name] or list(self.bundles)
         self.primary: str = self.names[0]
         self._predictors: dict[str, Predictor] = {}
+        self._references: Any = None
         self._lock = threading.Lock()
+
+    def coi_references(self) -> Any:
+        """The COI bundle's reference barcodes as a :class:`~hirviz.coi_refs.ReferenceSet` (indexed once)."""
+        if self._references is None and self.coi_name is not None:
+            with self._lock:
+                if self._references is None:
+                    from hirviz.coi_refs import ReferenceSet
+
+                    self._references = ReferenceSet.from_bundle(self.bundles[self.coi_name])
+        return self._references
+
+    def default_route(self) -> str:
+        """Where a pasted barcode goes unless the user says otherwise: the real COI model when there is one."""
+        return "real" if self.coi_name is not None else "demo"
+
+    def data_kind(self, name: str) -> str:
+        """``"synthetic"`` or ``"real"``: :func:`data_kind` of one bundle."""
+        return data_kind(self.bundles[name])
 
     def predictor(self, name: str) -> Predictor:
         """The predictor of one bundle (built once)."""
@@ -76,6 +109,9 @@ class Engine:
             if predictor.reference_map is not None:
                 predictor.reference_map.warm_up()
             predictor.predict(image=probe, barcode="ACGT" * 100, neighbours=1)
+        if self.coi_name is not None:
+            self.predictor(self.coi_name).predict(barcode="ACGT" * 100, neighbours=1)
+            self.coi_references().hits("ACGT" * 100, k=1)  # builds the k-mer index
 
     def blur_limit(self) -> int:
         """The largest blur kernel every model accepts (the side of the smallest model input grid)."""
@@ -122,6 +158,22 @@ def trained_fusion(bundle: Any) -> bool:
     nothing; the app leaves them out rather than show noise as an answer.
     """
     return bool(getattr(bundle, "fusion_trained", True))
+
+
+def barcode_only(bundle: Any) -> bool:
+    """Whether a bundle was trained on DNA (and taxonomy text) without any image: its image tower is untrained."""
+    data = (getattr(bundle, "training", None) or {}).get("data") or {}
+    return "metadata" in data and not data.get("images")
+
+
+def data_kind(bundle: Any) -> str:
+    """``"synthetic"`` for a bundle of the synthetic teaching benchmark (its taxon names are invented), else
+    ``"real"``. Told by the reference specimens' ids, which the synthetic benchmark writes as ``SYN<number>``."""
+    try:
+        ids = bundle.reference.ids
+    except (OSError, ValueError, AttributeError):  # an unreadable reference (BundleError) is not shown as real
+        return "synthetic"
+    return "synthetic" if len(ids) and all(str(i).startswith(_SYNTHETIC_ID_PREFIX) for i in ids[:50]) else "real"
 
 
 def _sweep_records(results: Mapping[str, Any] | None) -> list[dict[str, Any]]:

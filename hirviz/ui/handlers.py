@@ -24,7 +24,9 @@ from hirviz.hierarchy import describe_drift, specimen_drift
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS, Prediction, load_image
 from hirviz.taxonomy import LEVELS
+from hirviz.ui.coi_view import CoiView, empty_coi_html, hits_frame, identify_coi
 from hirviz.ui.engine import (
+    BARCODE_ROUTES,
     COLOUR_LEVELS,
     MAP_SPACES,
     SWEEP_LEVELS,
@@ -66,6 +68,8 @@ class IdentifyView:
     neighbours: pd.DataFrame = field(default_factory=lambda: neighbours_frame(None))
     raw: dict[str, Any] = field(default_factory=dict)
     session: dict[str, Any] = field(default_factory=dict)
+    coi_html: str = ""
+    coi_hits: pd.DataFrame = field(default_factory=lambda: hits_frame(None))
 
 
 def identify(
@@ -75,32 +79,55 @@ def identify(
     noise: NoiseSettings | None = None,
     *,
     level: str = "species",
+    route: str | None = None,
 ) -> IdentifyView:
     """Identify one specimen with every bundle; never raises on bad input (``ok=False`` and a message instead).
 
     ``image`` is an upload (Gradio file payload or path) or an image; ``barcode`` pasted text (raw or FASTA).
-    ``level`` picks the score chart's level. The maps are drawn by :func:`geometry` from the returned
-    ``session`` (the Geometry tab does it when opened, so that a request does not pay for maps nobody looks at).
+    ``route`` says where the barcode goes (:data:`~hirviz.ui.engine.BARCODE_ROUTES`: ``"real"``, the COI bundle's
+    identification engine; ``"demo"``, the photo models; ``"both"``); the default is the COI bundle when there is
+    one. A photo always goes to the photo models. ``level`` picks the score chart's level. The maps are drawn by
+    :func:`geometry` from the returned ``session`` (the Geometry tab does it when opened, so that a request does
+    not pay for maps nobody looks at).
     """
     noise = noise or NoiseSettings()
+    routes = [value for _, value in BARCODE_ROUTES]
+    route = route if route in routes else engine.default_route()
+    coi: CoiView | None = None
     try:
         source, text = image_source(image), barcode_text(barcode)
         if source is None and text is None:
             return refused(engine, "Nothing to identify: upload a specimen photo and/or paste its DNA barcode "
                                    "(raw sequence or FASTA), then press Identify.")
+        demo_text = text if route != "real" or engine.coi_name is None else None
+        if text is not None and engine.coi_name is not None and route != "demo":
+            coi = identify_coi(engine, text)
+            if not coi.ok and source is None:
+                view = refused(engine, coi.status.split(" ", 1)[1])
+                view.coi_html = coi.html
+                return view
         if source is not None:
             source = load_image(source)  # decode once, then every model reuses it
-        predictions = {name: engine.predict(name, source, text, noise) for name in engine.names}
+        predictions = ({name: engine.predict(name, source, demo_text, noise) for name in engine.names}
+                       if source is not None or demo_text is not None else {})
     except INPUT_ERRORS as err:
         return refused(engine, input_message(err))
+    if not predictions:  # a barcode for the COI bundle only
+        view = refused(engine, "")
+        view.ok, view.status, view.coi_html, view.coi_hits = True, coi.status, coi.html, coi.hits
+        view.raw = {"coi": coi.raw}
+        view.session = {"barcode": text, "levels": {}, "embeddings": {}}
+        return view
 
     main = predictions[engine.primary]
     view = IdentifyView(ok=True, status="", predictions=predictions)
+    if coi is not None:
+        view.coi_html, view.coi_hits = coi.html, coi.hits
     view.model_image = main.model_input_image
     view.barcode = barcode_html(main.barcode, main.degraded_barcode, main.barcode_edits)
     view.gate = figures.gate_figure(main.gate, main.gate_vector, title=f"Fusion gate ({engine.primary})")
     view.results = {name: result_html(name, p, note=role_note(engine, name),
-                                      fusion=trained_fusion(engine.bundles[name]))
+                                      fusion=trained_fusion(engine.bundles[name]), data=engine.data_kind(name))
                     for name, p in predictions.items()}
     view.session = {
         "image": source_path(image),
@@ -113,7 +140,10 @@ def identify(
     view.bars = score_chart(engine, view.session, level)
     view.neighbours = neighbours_frame(main)
     view.raw = {name: p.to_dict() for name, p in predictions.items()}
-    used = " + ".join(w for w, given in (("image", source is not None), ("barcode", text is not None)) if given)
+    if coi is not None:
+        view.raw["coi"] = coi.raw
+    used = " + ".join(w for w, given in (("image", source is not None), ("barcode", demo_text is not None))
+                      if given)
     joint = _joint_query(main)
     deepest = main.queries[joint].deepest_rank
     support = (f"the evidence supports a name down to the **{deepest}**" if deepest else
@@ -121,6 +151,10 @@ def identify(
     view.status = status_line(
         "ok", f"Identified from the {used} with {len(predictions)} model{'s' * (len(predictions) > 1)}. "
               f"{engine.primary} ({query_label(joint).lower()}): {support}. {agreement_text(main)}")
+    if engine.data_kind(engine.primary) == "synthetic":
+        view.status += " (Synthetic demo: invented names.)"
+    if coi is not None:
+        view.status += f" Barcode: {coi.status.split(' ', 1)[1]}"
     return view
 
 
@@ -156,8 +190,9 @@ def refused(engine: Engine, message: str) -> IdentifyView:
     return IdentifyView(
         ok=False, status=status_line("error", message), barcode=barcode_html(None, None, []),
         gate=figures.gate_figure(None, title=f"Fusion gate ({engine.primary})"),
-        results={name: result_html(name, None, note=role_note(engine, name)) for name in engine.names},
-        bars=figures.empty_figure("identify a specimen to see its scores"),
+        results={name: result_html(name, None, note=role_note(engine, name), data=engine.data_kind(name))
+                 for name in engine.names},
+        bars=figures.empty_figure("identify a specimen to see its scores"), coi_html=empty_coi_html(engine),
     )
 
 

@@ -18,7 +18,10 @@ import gradio as gr
 from hirviz import figures
 from hirviz.predict import MAX_IMAGE_PIXELS, InputError
 from hirviz.taxonomy import LEVELS
+from hirviz.ui.barcode_tab import BATCH_API_NAME, batch_tab, real_examples, wire_batch
+from hirviz.ui.coi_view import empty_coi_html, hits_frame
 from hirviz.ui.engine import (
+    BARCODE_ROUTES,
     COLOUR_LEVELS,
     DNA_SLIDERS,
     MAP_SPACES,
@@ -41,7 +44,7 @@ from hirviz.ui.handlers import (
     role_note,
     score_chart,
 )
-from hirviz.ui.render import CSS, barcode_html, image_html, neighbours_frame, result_html, status_line
+from hirviz.ui.render import CSS, barcode_html, data_badge, image_html, neighbours_frame, result_html, status_line
 
 __all__ = ["API_NAMES", "build_ui"]
 
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 # The names of the app's endpoints (``gradio_client``: ``client.predict(..., api_name="/identify")``).
 API_NAMES: tuple[str, ...] = (
     "identify", "identify_example", "paper_noise", "identify_paper_noise", "no_noise", "identify_no_noise",
-    "geometry", "score_chart", "robustness",
+    "geometry", "score_chart", "robustness", "identify_real_example", BATCH_API_NAME,
 )
 LIMIT_TEXT = f"JPEG, PNG, WebP, TIFF, BMP (RGB, RGBA, grey, 16-bit); up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
 
@@ -71,18 +74,16 @@ def build_ui(
     engine = engine or Engine(bundles)
     with gr.Blocks(title="hirviz", fill_width=False) as demo:
         session = gr.State({})
-        gr.Markdown(
-            f"## {title}\nModels: " + ", ".join(f"**{html.escape(n)}**" for n in engine.names)
-            + ". Give a specimen photo, its DNA barcode, or both; degrade them with the noise controls to see "
-              "how each query copes. Names are scored at every rank (a rank's score sums its descendants')."
-        )
+        gr.Markdown(f"## {title}\n" + _models_text(engine))
         with gr.Tabs():
             identify_tab = _identify_tab(engine, examples_dir)
+            batch = batch_tab(engine)
             geometry_tab = _geometry_tab(engine)
             robustness_tab = _robustness_tab(engine)
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about_text(engine))
         _wire_identify(engine, identify_tab, session)
+        wire_batch(engine, batch, _guarded)
         _wire_geometry(engine, geometry_tab, session)
         _wire_score_chart(engine, identify_tab, session)
         _wire_robustness(engine, robustness_tab)
@@ -98,8 +99,10 @@ class _IdentifyTab:
 
     image: gr.Image
     barcode: gr.Textbox
+    route: gr.Radio
     run_button: gr.Button
     examples: gr.Examples | None
+    real_examples: gr.Examples | None
     blur: gr.Slider
     rate_sliders: list[gr.Slider]
     seed: gr.Number
@@ -113,6 +116,8 @@ class _IdentifyTab:
     bars_level: gr.Radio
     bars: gr.Plot
     neighbours: gr.Dataframe
+    coi: gr.HTML
+    coi_hits: gr.Dataframe
     raw: gr.JSON
 
 
@@ -127,9 +132,19 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                 barcode = gr.Textbox(label=f"DNA barcode (raw sequence or FASTA, up to {MAX_BARCODE_BP:,} bp)",
                                      lines=4, max_lines=8, placeholder="AACATTATATTTTATTTTTGG… or >id\\nAACATT…",
                                      elem_id="hz-barcode")
+                route = gr.Radio(list(BARCODE_ROUTES), value=engine.default_route(), label="Send the barcode to",
+                                 info="photos always go to the synthetic demo models", elem_id="hz-route",
+                                 visible=engine.coi_name is not None)
                 run_button = gr.Button("Identify", variant="primary", elem_id="hz-identify")
+                real_texts, real_labels = real_examples(engine)
+                real = None
+                if real_texts:
+                    real = gr.Examples([[text, "real"] for text in real_texts], [barcode, route],
+                                       label=f"Real barcodes from {engine.coi_name}'s reference bank (click one)",
+                                       example_labels=real_labels)
                 if example_rows:
-                    examples = gr.Examples(example_rows, [image, barcode], label="Example specimens (click one)",
+                    examples = gr.Examples([[*row, "demo"] for row in example_rows], [image, barcode, route],
+                                           label="Synthetic demo specimens, invented names (click one)",
                                            example_labels=example_labels, examples_per_page=8)
             with gr.Column(scale=4, min_width=300):
                 with gr.Accordion("Noise (degrade the inputs)", open=True):
@@ -152,11 +167,18 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                 model_image = gr.HTML(image_html(None), css_template=CSS, js_on_load=None, elem_id="hz-model-image")
                 gate_plot = gr.Plot(figures.gate_figure(None, title=f"Fusion gate ({engine.primary})"),
                                     show_label=False, elem_id="hz-gate")
+        with gr.Row(equal_height=False):
+            coi = gr.HTML(empty_coi_html(engine), css_template=CSS, js_on_load=None, elem_id="hz-coi",
+                          elem_classes="hz-result-box", visible=engine.coi_name is not None)
+            coi_hits = gr.Dataframe(hits_frame(None), label=f"Closest reference barcodes ({engine.coi_name})",
+                                    interactive=False, wrap=True, max_height=420, elem_id="hz-coi-hits",
+                                    visible=engine.coi_name is not None)
         barcode_view = gr.HTML(barcode_html(None, None, []), css_template=CSS, js_on_load=None,
                                elem_id="hz-barcode-view")
         with gr.Row(equal_height=False):
             result_views = [
-                gr.HTML(result_html(n, None, note=role_note(engine, n)), css_template=CSS, js_on_load=None,
+                gr.HTML(result_html(n, None, note=role_note(engine, n), data=engine.data_kind(n)), css_template=CSS,
+                        js_on_load=None,
                         elem_id=f"hz-result-{i}", elem_classes="hz-result-box")
                 for i, n in enumerate(engine.names)
             ]
@@ -171,20 +193,21 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                           elem_id="hz-neighbours")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="Predictions")
-    return _IdentifyTab(image, barcode, run_button, examples, blur, rate_sliders, seed, paper_button, off_button,
-                        status, model_image, gate_plot, barcode_view, result_views, bars_level, bars, neighbours,
-                        raw)
+    return _IdentifyTab(image, barcode, route, run_button, examples, real, blur, rate_sliders, seed, paper_button,
+                        off_button, status, model_image, gate_plot, barcode_view, result_views, bars_level, bars,
+                        neighbours, coi, coi_hits, raw)
 
 
 def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
     names = engine.names
-    identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level]
+    identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route]
     identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
-                        tab.neighbours, tab.raw, session]
+                        tab.neighbours, tab.coi, tab.coi_hits, tab.raw, session]
 
     def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
-                     seed, score_level):
-        """Identify a specimen from a photo and/or a DNA barcode (raw or FASTA), with optional noise."""
+                     seed, score_level, route=None):
+        """Identify a specimen from a photo and/or a DNA barcode (raw or FASTA), with optional noise. ``route``:
+        where the barcode goes ("real": the real COI model, "demo": the synthetic demo models, "both")."""
         rates = dict(substitution=substitution, n_mask=n_mask, insertion=insertion, deletion=deletion,
                      n_run=n_run, truncation=truncation)
         try:
@@ -192,12 +215,13 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
         except InputError as err:
             view = refused(engine, input_message(err))
         else:
-            view = identify(engine, image, barcode, noise, level=score_level)
+            view = identify(engine, image, barcode, noise, level=score_level, route=route)
         if not view.ok:
             gr.Warning(view.status.split(" ", 1)[1])
         return (view.status, image_html(view.model_image), view.barcode, view.gate,
                 *[view.results[n] for n in names],
-                view.bars, view.neighbours, view.raw, view.session)
+                view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.raw,
+                view.session)
 
     run_identify = _guarded(len(identify_outputs), run_identify)
     # One endpoint for the button and every slider release: "always_last" drops superseded requests, and
@@ -211,6 +235,9 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
     if tab.examples is not None:
         tab.examples.load_input_event.then(api_name="identify_example", api_visibility="undocumented",
                                            **identify_event)
+    if tab.real_examples is not None:
+        tab.real_examples.load_input_event.then(api_name="identify_real_example", api_visibility="undocumented",
+                                                **identify_event)
 
     def set_paper_noise():
         return tuple(getattr(PAPER_NOISE, name) for name, *_ in DNA_SLIDERS)
@@ -321,12 +348,29 @@ def _wire_robustness(engine: Engine, tab: _RobustnessTab) -> None:
 # --------------------------------------------------------------------------------------------------- about
 
 
+def _models_text(engine: Engine) -> str:
+    """Which models the page uses, and which are real or the synthetic teaching demo (the header)."""
+    kinds = {name: engine.data_kind(name) for name in engine.bundles}
+    lines = []
+    if engine.coi_name is not None:
+        lines.append(f"**Barcodes** go to **{html.escape(engine.coi_name)}** by default: real COI barcodes of "
+                     "insects, alignment to its reference barcodes plus its DNA model.")
+    photo = ", ".join(f"**{html.escape(n)}**" for n in engine.names)
+    synthetic = all(kinds[n] == "synthetic" for n in engine.names)
+    lines.append(f"**Photos** go to {photo}" + (": the synthetic teaching demo, trained on simulated specimens "
+                                                 "whose taxon names are invented." if synthetic else "."))
+    badges = "".join(data_badge(kind) for kind in dict.fromkeys(kinds.values()))
+    return " ".join(lines) + " Degrade the inputs with the noise controls to see how each model copes.\n\n" + badges
+
+
 def _about_text(engine: Engine) -> str:
     cards = []
-    for name in engine.names:
+    for name in engine.bundles:
         bundle = engine.bundles[name]
         card = getattr(bundle, "card", "") or "(no model card)"
-        cards.append(f"<details><summary><b>{html.escape(name)}</b> model card</summary>\n\n{card}\n\n</details>")
+        kind = "real data" if engine.data_kind(name) == "real" else "synthetic teaching demo, invented names"
+        cards.append(f"<details><summary><b>{html.escape(name)}</b> model card ({kind})</summary>\n\n{card}\n\n"
+                     "</details>")
     return (
         "### Using the app\n"
         f"- Photos: {LIMIT_TEXT}. Barcodes: raw sequence or one FASTA record, up to {MAX_BARCODE_BP:,} bp "

@@ -21,8 +21,8 @@ from hirviz.degrade import Edit
 from hirviz.predict import QUERIES, Prediction
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["CSS", "EDIT_STYLES", "result_html", "barcode_html", "neighbours_frame", "image_html", "status_line",
-           "hierarchy_markdown", "HIERARCHY_EXPLANATIONS"]
+__all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
+           "status_line", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS"]
 
 EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
     "substitution": ("hz-sub", "substitution"),
@@ -33,7 +33,19 @@ EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
     "truncation": ("hz-trunc", "truncated tail (not seen by the model)"),
 }
 
+# What each kind of bundle was trained on, shown next to every answer it gives (engine.data_kind).
+DATA_BADGES: dict[str, tuple[str, str]] = {
+    "real": ("hz-real", "Real model: trained on real public COI barcodes (BOLD Systems, BIOSCAN-5M); names are "
+                        "real taxa"),
+    "synthetic": ("hz-synthetic", "Synthetic teaching demo: trained on simulated specimens; its taxon names are "
+                                  "invented, not real insects"),
+}
+
 CSS = """
+.hz-badge { display: inline-block; margin: 0 0 6px; padding: 2px 8px; border-radius: 10px; font-size: 12px; }
+.hz-real { background: #e3f4e8; color: #14532d; border: 1px solid #9bd3ac; }
+.hz-synthetic { background: #fff1d6; color: #7a4b00; border: 1px solid #f0c46b; }
+.hz-model { color: #1f4fa3; font-weight: 600; }
 .hz-result { font-size: 13px; }
 .hz-result h4 { margin: 4px 0 6px; font-size: 15px; }
 .hz-result .hz-sub-title { color: #555; font-weight: normal; font-size: 12px; }
@@ -81,15 +93,23 @@ def _needs(query: str, fusion: bool = True) -> str:
     return {"image": "needs an image", "dna": "needs a barcode"}.get(query, "needs an image and a barcode")
 
 
-def result_html(name: str, prediction: Prediction | None, *, note: str = "", fusion: bool = True) -> str:
+def data_badge(kind: str) -> str:
+    """The marker of what a model was trained on: ``"real"`` or ``"synthetic"`` (:data:`DATA_BADGES`)."""
+    css, text = DATA_BADGES.get(kind, DATA_BADGES["synthetic"])
+    return f"<div class='hz-badge {css}' data-kind='{html.escape(kind)}'>{html.escape(text)}</div>"
+
+
+def result_html(name: str, prediction: Prediction | None, *, note: str = "", fusion: bool = True,
+                data: str = "") -> str:
     """One model's answers as an HTML table: levels down, the four queries across, and their agreement.
 
     Each cell lists the top names with their scores (a rank's score sums its descendants' probabilities); the
     last row gives the deepest rank each query's evidence supports. ``fusion=False`` says that the model has
-    no trained fusion (its fused column explains that instead of asking for inputs).
+    no trained fusion (its fused column explains that instead of asking for inputs). ``data`` (``"real"`` or
+    ``"synthetic"``) adds the marker of what the model was trained on.
     """
     subtitle = f" <span class='hz-sub-title'>{html.escape(note)}</span>" if note else ""
-    title = f"<h4>{html.escape(name)}{subtitle}</h4>"
+    title = f"<h4>{html.escape(name)}{subtitle}</h4>" + (data_badge(data) if data else "")
     if prediction is None:
         return f"<div class='hz-result'>{title}<p class='hz-na'>No prediction yet.</p></div>"
     gate = ""

@@ -40,7 +40,7 @@ from hirviz.backbones import (  # noqa: F401  (MODEL_CONFIG_DIR, PROJECT_CLIP_CO
     build_clip,
     build_dna_backbone,
 )
-from hirviz.barcode import load_dna_tokenizer
+from hirviz.dna_tokenizers import load_dna_tokenizer
 from hirviz.lorentz import LorentzProjector, tangent_mean
 from hirviz.torchvision_compat import ensure_torchvision
 from hirviz.transforms import tower_transform
@@ -91,7 +91,7 @@ class ModelConfig:
         dna_model: local directory or hub id of the ``"auto"`` checkpoint.
         dna_trust_remote_code: passed to ``AutoModel.from_pretrained``; DNABERT-2 needs ``True``.
         dna_hidden, dna_layers, dna_heads, dna_intermediate, dna_dropout: size of the k-mer BERT.
-        dna_tokenizer: spec for :func:`hirviz.barcode.load_dna_tokenizer` (``"kmer"``, ``"kmer:6"``,
+        dna_tokenizer: spec for :func:`hirviz.dna_tokenizers.load_dna_tokenizer` (``"kmer"``, ``"kmer:6"``,
             a tokenizer JSON path or its config dict).
         fusion_hidden_mult, fusion_dropout: :class:`GatedFusion` hidden width (multiple of d), dropout.
         temperature: contrastive temperature tau; the model holds ``logit_scale = log(1/tau)``.

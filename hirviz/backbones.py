@@ -13,19 +13,17 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from hirviz import hub
+from hirviz.model_config import ModelConfig
 from hirviz.torchvision_compat import ensure_torchvision
 
 ensure_torchvision()  # open_clip imports torchvision, which needs the shim on a CPU-only torch
 import open_clip  # noqa: E402
-
-if TYPE_CHECKING:  # only for type hints: the model module imports this one
-    from hirviz.model import ModelConfig
 
 __all__ = ["MODEL_CONFIG_DIR", "PROJECT_CLIP_CONFIGS", "BackboneUnavailable", "build_clip", "build_dna_backbone"]
 

@@ -16,36 +16,44 @@ species, and of candidates identified only to that genus); candidates unknown at
 ``unassigned`` mass instead of to any name. The nearest reference specimens of each query come from a FAISS
 search of the bundle's reference bank (:class:`hirviz.geometry.ReferenceMap`).
 
-Inputs are validated with messages meant for the user: every error caused by the input is an
-:class:`InputError` or a :class:`hirviz.barcode.BarcodeError`; catch :data:`INPUT_ERRORS` to get both.
+Inputs are validated with messages meant for the user (:mod:`hirviz.inputs`): every error caused by the input
+is an :class:`InputError` or a :class:`hirviz.barcode.BarcodeError`; catch :data:`INPUT_ERRORS` to get both.
+The scoring and the result objects live in :mod:`hirviz.prediction`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from hirviz.abstain import assess
-from hirviz.barcode import BarcodeError, parse_barcode
+from hirviz.barcode import parse_barcode
 from hirviz.candidates import CandidateSet
-from hirviz.degrade import DnaNoise, Edit, box_blur, degrade_barcode_with_edits
-from hirviz.geometry import EUCLIDEAN, Geometry, ReferenceMap
+from hirviz.degrade import DnaNoise, box_blur, degrade_barcode_with_edits
+from hirviz.geometry import Geometry, ReferenceMap
+from hirviz.inputs import INPUT_ERRORS, MAX_IMAGE_PIXELS, ImageTooLarge, InputError, InvalidImage, load_image
+from hirviz.prediction import (
+    ROW_COLUMNS,
+    Embedded,
+    Prediction,
+    QueryResult,
+    agreement,
+    deepest_rank,
+    softmax_scores,
+)
 from hirviz.queries import QUERIES, compose_queries
-from hirviz.taxonomy import LEVELS
 
+# Callers import all of these from hirviz.predict, whichever module defines them (re-exports included).
 __all__ = [
     "INPUT_ERRORS",
     "MAX_IMAGE_PIXELS",
     "QUERIES",
+    "ROW_COLUMNS",
     "CandidateSet",
     "Embedded",
     "ImageTooLarge",
@@ -57,331 +65,11 @@ __all__ = [
     "agreement",
     "deepest_rank",
     "load_image",
+    "softmax_scores",
 ]
 
-# Larger photos are refused: decoding one costs hundreds of MB and the model sees a few hundred pixels anyway.
-MAX_IMAGE_PIXELS = 40_000_000
 # The model's input image is shown enlarged to this width/height (nearest neighbour: its real pixels stay visible).
 DISPLAY_SIZE = 256
-ROW_COLUMNS: tuple[str, ...] = ("file_name", "barcode_id", "query", "rank", *LEVELS, "score")
-
-
-class InputError(ValueError):
-    """An input the predictor cannot use; the message is meant for the user."""
-
-
-class InvalidImage(InputError):
-    """Not an image, a corrupt or truncated file, or an image of an unusable shape or colour mode."""
-
-
-class ImageTooLarge(InputError):
-    """An image with more pixels than :data:`MAX_IMAGE_PIXELS` (including decompression bombs)."""
-
-
-# Every error a user's input can cause: the UI and the CLI catch these and show the message.
-INPUT_ERRORS: tuple[type[Exception], ...] = (InputError, BarcodeError)
-
-
-# ---------------------------------------------------------------------------------------------------- images
-
-
-def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Read an image into 8-bit RGB, as the model's transforms expect.
-
-    ``image`` is a PIL image, a numpy array (``[H, W]``, ``[H, W, 1|3|4]``; uint8, uint16, bool, other integers
-    or floats in [0, 1]), a path, or the bytes of an image file (JPEG, PNG, WebP, TIFF, BMP, GIF ... anything
-    PIL reads; the first frame of an animation). The EXIF orientation of a file is applied. 16-bit and float
-    images are scaled to 8 bits (16-bit: ``v / 257``), not clipped; transparency is composited onto white
-    (specimen photos are shot on white).
-
-    Raises:
-        InvalidImage: a missing file, non-image or corrupt data, an empty image or an unusable array shape.
-        ImageTooLarge: more than ``max_pixels`` pixels (checked from the header, before decoding).
-    """
-    if isinstance(image, Image.Image):
-        _check_size(image.size, max_pixels)
-        try:
-            image.load()  # an image opened lazily by the caller may still hold undecoded, broken data
-        except (OSError, ValueError, SyntaxError, EOFError) as err:
-            raise InvalidImage(f"the image is corrupt or truncated: {err}") from None
-        return _to_rgb(image)
-    if isinstance(image, np.ndarray):
-        return _to_rgb(_from_array(image, max_pixels))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return _open(io.BytesIO(bytes(image)), "the uploaded data", max_pixels)
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise InvalidImage(f"image file not found: {path}")
-        return _open(path, f"{path.name!r}", max_pixels)
-    raise InvalidImage(f"expected an image (PIL image, numpy array, path or bytes), got {type(image).__name__}")
-
-
-def _check_size(size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
-    if width < 1 or height < 1:
-        raise InvalidImage(f"the image is empty ({width} x {height} pixels)")
-    if width * height > max_pixels:
-        raise ImageTooLarge(
-            f"the image is {width} x {height} = {width * height / 1e6:.1f} megapixels; the limit is "
-            f"{max_pixels / 1e6:g} megapixels: downscale it first"
-        )
-
-
-def _open(source: Any, what: str, max_pixels: int) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            # Our own limit (checked next, from the header) is lower than PIL's warning threshold.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                _check_size(img.size, max_pixels)
-                img.seek(0)
-                img.load()  # decode now, inside the error handling: truncated data fails here
-                try:
-                    img = ImageOps.exif_transpose(img)
-                except Exception:  # a broken EXIF block should not lose the picture itself
-                    pass
-                return _to_rgb(img)
-    except Image.DecompressionBombError as err:
-        raise ImageTooLarge(f"{what} is too large to decode safely (a decompression bomb?): {err}") from None
-    except UnidentifiedImageError:
-        raise InvalidImage(f"{what} is not an image file PIL can read (JPEG, PNG, WebP, TIFF, ...)") from None
-    except InputError:
-        raise
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise InvalidImage(f"{what} is a corrupt or truncated image: {err}") from None
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale an integer, float or bool array to uint8 by its type's natural range (not by its own extremes)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    values = array.astype(np.float64)
-    if not np.isfinite(values).all():
-        raise InvalidImage("the image holds NaN or infinite values")
-    top = float(values.max()) if values.size else 0.0
-    if np.issubdtype(array.dtype, np.floating):
-        scale = 255.0 if top <= 1.0 else 1.0  # floats: [0, 1] or already [0, 255]
-        if top > 255.0:
-            scale = 255.0 / 65535.0 if top <= 65535.0 else 255.0 / top
-    elif array.dtype == np.uint16 or top > 255:
-        # 16-bit data, also when stored in wider integers (PIL's mode "I"); beyond 16 bits: scale by the maximum.
-        scale = 1.0 / 257.0 if top <= 65535 else 255.0 / top
-    else:
-        scale = 1.0
-    return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-
-
-def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise InvalidImage(f"an image array must be [H, W] or [H, W, 1|3|4], got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
-        raise InvalidImage(f"an image array must hold numbers, got dtype {array.dtype}")
-    _check_size((array.shape[1], array.shape[0]), max_pixels)
-    mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}[array.shape[2]]
-    return Image.fromarray(np.ascontiguousarray(_to_uint8(array)), mode)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB; high-bit-depth modes rescaled, transparent areas made white."""
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)), "L")
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    try:
-        if has_alpha:
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            background.alpha_composite(rgba)
-            return background.convert("RGB")
-        return img.convert("RGB")
-    except (ValueError, OSError) as err:
-        raise InvalidImage(f"cannot convert an image of mode {img.mode!r} to RGB: {err}") from None
-
-
-# ---------------------------------------------------------------------------------------------------- scoring
-
-
-def softmax_scores(z: np.ndarray, text_embeddings: np.ndarray, logit_scale: float,
-                   geometry: Geometry = EUCLIDEAN) -> np.ndarray:
-    """``softmax(logit_scale * cos)`` over the candidates (Lorentz: ``softmax(-logit_scale * d)``), ``[n, C]`` for
-    queries ``[n, d]`` (float64)."""
-    logits = geometry.logits(z, text_embeddings, logit_scale)
-    logits -= logits.max(axis=-1, keepdims=True)
-    weights = np.exp(logits)
-    return weights / weights.sum(axis=-1, keepdims=True)
-
-
-def deepest_rank(levels: dict[str, list[tuple[str, float]]], threshold: float = 0.5) -> str | None:
-    """The deepest level whose top-1 score is at least ``threshold``, going down from order.
-
-    The walk stops at the first level that falls short (or has no names), so a confident species under an
-    uncertain genus does not count. ``None`` when even the order is uncertain.
-    """
-    deepest = None
-    for level in LEVELS:
-        ranked = levels.get(level) or []
-        if not ranked or ranked[0][1] < threshold:
-            break
-        deepest = level
-    return deepest
-
-
-def agreement(levels_by_query: dict[str, dict[str, list[tuple[str, float]]]]) -> dict[str, bool]:
-    """Per level, whether every query's top-1 name is the same (a lone query agrees with itself).
-
-    A query with no name at a level (no candidate known that deep) disagrees.
-    """
-    out = {}
-    for level in LEVELS:
-        tops = [ranked[level][0][0] if ranked.get(level) else None for ranked in levels_by_query.values()]
-        out[level] = bool(tops) and None not in tops and len(set(tops)) == 1
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class QueryResult:
-    """What one query (image, dna, avg or fused) says.
-
-    Attributes:
-        query: the query's name.
-        embedding: the query embedding ``[d]`` (L2-normalised, or a Lorentz space part).
-        probabilities: probability of every candidate ``[C]`` (aligned with ``bundle.candidates``).
-        levels: per level, the top-k ``(name, score)``; a score sums the probabilities of the candidates with
-            that name at that level.
-        unassigned: per level, the probability mass of candidates unknown at that level.
-        candidates: the top-k whole taxonomy strings ``(string, probability)``.
-        deepest_rank: see :func:`deepest_rank`.
-        neighbours: nearest reference specimens, ``{"id", "row", "ranks", "similarity"}`` each.
-        abstained: whether the query answers "no confident match" (:mod:`hirviz.abstain`): its names are kept
-            for inspection but are not an identification.
-        reason: why it abstained, in plain language (``None`` when it did not).
-        signals: the abstention signals measured for it (higher = better evidence).
-    """
-
-    query: str
-    embedding: np.ndarray
-    probabilities: np.ndarray
-    levels: dict[str, list[tuple[str, float]]]
-    unassigned: dict[str, float]
-    candidates: list[tuple[str, float]]
-    deepest_rank: str | None
-    neighbours: list[dict[str, Any]] = field(default_factory=list)
-    abstained: bool = False
-    reason: str | None = None
-    signals: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable (the full probability vector is left out; the top candidates are in)."""
-        return {
-            "embedding": [float(x) for x in self.embedding],
-            "levels": {lvl: [{"name": n, "score": s} for n, s in ranked] for lvl, ranked in self.levels.items()},
-            "unassigned": dict(self.unassigned),
-            "candidates": [{"taxonomy": t, "score": s} for t, s in self.candidates],
-            "deepest_rank": self.deepest_rank,
-            "neighbours": [dict(n, ranks=dict(n["ranks"])) for n in self.neighbours],
-            "abstained": self.abstained,
-            "reason": self.reason,
-            "signals": {k: (v if np.isfinite(v) else None) for k, v in self.signals.items()},
-        }
-
-
-@dataclass
-class Prediction:
-    """The answer of :meth:`Predictor.predict`.
-
-    Attributes:
-        queries: the queries the inputs support (image only: ``image``; barcode only: ``dna``; both: all four, or
-            ``image``, ``dna`` and ``avg`` when the model's fusion gate was never trained).
-        agreement: per level, whether the top-1 names of all queries agree.
-        gate: mean of the fusion gate g over dimensions: how much the fused embedding leaned on the image (1)
-            rather than the DNA (0); ``None`` without both inputs or when the gate was never trained.
-        gate_vector: the per-dimension gate ``[d]`` or ``None``.
-        barcode: the parsed clean barcode, ``barcode_id`` its FASTA header's first word (or ``None``).
-        degraded_barcode: the barcode the model saw when DNA noise was applied, else ``None``.
-        barcode_edits: the changes the noise made (:class:`hirviz.degrade.Edit`).
-        model_input_image: what the image tower saw (after the eval transform and blur), enlarged for display.
-        settings: the degradation settings used (blur kernel, DNA noise, seed, threshold).
-        fusion_trained: whether the model's fusion gate was trained (see :attr:`Predictor.fusion_trained`).
-        candidate_set: the candidates the probabilities refer to.
-    """
-
-    queries: dict[str, QueryResult]
-    agreement: dict[str, bool]
-    gate: float | None = None
-    gate_vector: np.ndarray | None = None
-    barcode: str | None = None
-    barcode_id: str | None = None
-    degraded_barcode: str | None = None
-    barcode_edits: list[Edit] = field(default_factory=list)
-    model_input_image: Image.Image | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    fusion_trained: bool = True
-    candidate_set: CandidateSet | None = field(default=None, repr=False)
-
-    def to_rows(self, file_name: str | None = None, barcode_id: str | None = None) -> list[dict[str, Any]]:
-        """One row per query x level x top-k name, pybioclip-style (columns :data:`ROW_COLUMNS`).
-
-        ``rank`` is the row's level; the level columns hold the name's lineage down to that level ("" where
-        unknown or below). ``barcode_id`` defaults to the FASTA header of the barcode.
-        """
-        barcode_id = self.barcode_id if barcode_id is None else barcode_id
-        rows = []
-        for query, result in self.queries.items():
-            for level, ranked in result.levels.items():
-                for name, score in ranked:
-                    lineage = self.candidate_set.lineage(level, name) if self.candidate_set else {level: name}
-                    rows.append({
-                        "file_name": file_name or "", "barcode_id": barcode_id or "", "query": query, "rank": level,
-                        **{lvl: lineage.get(lvl) or "" for lvl in LEVELS}, "score": score,
-                    })
-        return rows
-
-    @property
-    def verdict(self) -> tuple[str | None, str | None]:
-        """``(query, deepest rank)`` of the first non-abstaining query, joint evidence first
-        (:func:`hirviz.abstain.verdict`); ``(None, None)`` when every query abstains."""
-        from hirviz.abstain import verdict
-
-        return verdict(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (everything but the display image and full probability vectors)."""
-        return {
-            "queries": {name: result.to_dict() for name, result in self.queries.items()},
-            "agreement": dict(self.agreement),
-            "gate": self.gate,
-            "gate_vector": None if self.gate_vector is None else [float(x) for x in self.gate_vector],
-            "barcode": self.barcode,
-            "barcode_id": self.barcode_id,
-            "degraded_barcode": self.degraded_barcode,
-            "barcode_edits": [asdict(e) for e in self.barcode_edits],
-            "settings": dict(self.settings),
-            "fusion_trained": self.fusion_trained,
-        }
-
-
-@dataclass
-class Embedded:
-    """Query embeddings of ``m`` variants of one specimen (one per degradation setting).
-
-    ``vectors`` maps each available query to ``[m, d]``; ``gate`` is ``[m, d]`` when both inputs were given;
-    ``pixels`` ``[m, C, H, W]`` is the normalised model input; ``clean_barcode`` the parsed barcode and
-    ``barcodes`` / ``edits`` what the DNA tower saw.
-    """
-
-    vectors: dict[str, np.ndarray]
-    gate: np.ndarray | None = None
-    pixels: torch.Tensor | None = None
-    clean_barcode: str | None = None
-    barcodes: list[str] | None = None
-    edits: list[list[Edit]] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- predictor

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,19 @@ def test_parse_fasta_errors_name_the_record() -> None:
         parse_fasta(f">good\n{BARCODE}\n>protein\nMKTAYIAKQRQISFV\n")
     with pytest.raises(BarcodeError, match=r"record 2 \('empty'\)"):
         parse_fasta(f">good\n{BARCODE}\n>empty\n>third\nACGT\n")
+
+
+def test_parsing_does_not_load_torch_and_the_tokenizers_keep_their_old_import_path() -> None:
+    # The tokenizers live in hirviz.dna_tokenizers; code written against hirviz.barcode must keep working.
+    code = ("import sys; from hirviz.barcode import parse_barcode; assert parse_barcode('acgt') == 'ACGT'; "
+            "assert 'torch' not in sys.modules, 'parsing imported torch'; "
+            "import hirviz.barcode as b, hirviz.dna_tokenizers as t; "
+            "assert b.KmerTokenizer is t.KmerTokenizer and b.load_dna_tokenizer is t.load_dna_tokenizer; "
+            "from hirviz.barcode import BPETokenizer, DnaTokenizer, TokenizerNotFoundError; "
+            "assert (BPETokenizer, DnaTokenizer, TokenizerNotFoundError) == "
+            "(t.BPETokenizer, t.DnaTokenizer, t.TokenizerNotFoundError); "
+            "assert not hasattr(b, 'NoSuchName')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------------- k-mers

@@ -408,6 +408,19 @@ def test_importing_hirviz_leaves_torchvision_alone_until_a_model_needs_it():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+
+def test_a_model_config_is_read_without_torch_and_keeps_its_old_import_path():
+    import subprocess
+    import sys
+
+    # Checking a bundle's or a run's model settings must not cost a torch import; hirviz.model re-exports the class.
+    code = ("import sys; from hirviz.model_config import ModelConfig; "
+            "assert ModelConfig.from_dict({'embed_dim': 32, 'geometry': 'lorentz'}).embed_dim == 32; "
+            "assert 'torch' not in sys.modules, 'imported torch'; "
+            "import hirviz.model; assert hirviz.model.ModelConfig is ModelConfig")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
 # -- loading pretrained backbones ----------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hirviz.barcode import BPETokenizer, load_dna_tokenizer
+from hirviz.dna_tokenizers import BPETokenizer, load_dna_tokenizer
 from train.__main__ import add_fit_arguments as add_arguments
 from train.__main__ import run_fit as run
 from train.config import load_config

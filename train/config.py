@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from hirviz.model import ModelConfig
+from hirviz.model_config import ModelConfig
 from train.losses import LossConfig
 
 

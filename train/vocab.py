@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VOCAB_SIZE = 4096
 VOCAB_DIR = "dna_tokenizer"
-# The names hirviz.barcode.BPETokenizer expects by default; [UNK] first so that unseen symbols have an id.
+# The names hirviz.dna_tokenizers.BPETokenizer expects by default; [UNK] first so that unseen symbols have an id.
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 ALPHABET = ("A", "C", "G", "T", "N")
 
@@ -38,7 +38,7 @@ def train_barcode_bpe(barcodes: Iterable[str], out_dir: str | os.PathLike, vocab
     """Train a BPE vocabulary on ``barcodes`` and save it as ``out_dir/tokenizer.json``; returns that path.
 
     Each barcode is one word (no pre-tokenizer: a barcode has no spaces to split on), the alphabet is ACGTN, and
-    the special tokens are the BERT names :class:`hirviz.barcode.BPETokenizer` uses. A small training set gives
+    the special tokens are the BERT names :class:`hirviz.dna_tokenizers.BPETokenizer` uses. A small training set gives
     fewer than ``vocab_size`` tokens (BPE stops when no pair occurs twice).
     """
     from tokenizers import Tokenizer, models, trainers

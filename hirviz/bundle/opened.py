@@ -126,8 +126,8 @@ class Bundle:
 
     @property
     def model_config(self) -> ModelConfig:
-        """The :class:`~hirviz.model.ModelConfig` of the bundled model."""
-        from hirviz.model import ModelConfig
+        """The :class:`~hirviz.model_config.ModelConfig` of the bundled model."""
+        from hirviz.model_config import ModelConfig
 
         try:
             return ModelConfig.from_dict(self.config["model"])

@@ -203,8 +203,12 @@ def run(args: argparse.Namespace) -> int:
         images = open_images(args.images) if args.images else None
         if images is not None and not args.split:
             check_reference_images(bundle, read_metadata(args.metadata), images)
-        policy = calibrate_bundle(args.bundle, heldout, images, target_reject=args.target, seed=args.seed,
-                                  source=source)
+        try:
+            policy = calibrate_bundle(args.bundle, heldout, images, target_reject=args.target, seed=args.seed,
+                                      source=source)
+        finally:
+            if images is not None:
+                images.close()
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from err
     print(Path(args.bundle) / "abstention.json")

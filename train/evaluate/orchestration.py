@@ -277,7 +277,8 @@ def evaluate_bundle(
     if candidates not in ("bundle", "dataset"):
         raise ValueError(f"candidates must be 'bundle' or 'dataset', got {candidates!r}")
     model = bundle.model.to(device)
-    if images is not None and not hasattr(images, "get"):
+    opened = images is not None and not hasattr(images, "get")  # a path: the store opened here is closed here
+    if opened:
         images = open_images(images)
     if queries is None:
         queries = [q for q in QUERIES if q != "fused" or bundle.fusion_trained]
@@ -286,10 +287,14 @@ def evaluate_bundle(
     else:
         cands = frame_candidates(model, frame, device=device)
     bank = KeyBank.from_reference(bundle.reference, Geometry.of(model))
-    results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
-                             dna_noise=dna_noise, seed=seed, sweep=sweep, keys=bank if retrieval else None,
-                             reference=bank, per_level=per_level, batch_size=batch_size,
-                             num_workers=num_workers, device=device)
+    try:
+        results = evaluate_model(model, frame, cands, images, conditions, queries=queries, blur_kernel=blur_kernel,
+                                 dna_noise=dna_noise, seed=seed, sweep=sweep, keys=bank if retrieval else None,
+                                 reference=bank, per_level=per_level, batch_size=batch_size,
+                                 num_workers=num_workers, device=device)
+    finally:
+        if opened:
+            images.close()
     results["_meta"] = {"bundle": bundle.name, "objective": bundle.objective, "dataset": dataset,
                         **results["_meta"]}
     if model.geometry == "lorentz":  # which hyperbolic variant produced every number

@@ -172,18 +172,28 @@ class ReferenceSet:
         """The ``prefilter`` candidates aligned, best first (identity, then coverage); the first ``k`` are the top
         hits, the rest is what :func:`rank_verdicts` checks for agreement. Alignments overlapping less than
         :data:`MIN_OVERLAP_BP` (or half a shorter query) are left out. ``query`` is clean ``ACGTN``."""
-        if not query:
-            return []
-        profile = KmerProfiler(self.k)([query])
-        cosines, rows = self._faiss_index().search(profile, min(max(prefilter, k), len(self)))
-        hits = [_align(query, self.sequences[r], self.ids[r], self.ranks[r], float(c))
-                for c, r in zip(cosines[0], rows[0]) if r >= 0]
-        # A few identical bases are all an unrelated reference may share with the query (100 % identity over 3
-        # columns): an alignment overlapping less than half the query (or 100 bp) is no hit.
-        overlap = min(MIN_OVERLAP_BP, len(query) // 2)
-        hits = [h for h in hits if h.aligned >= overlap]
-        hits.sort(key=lambda h: (-h.identity, -h.coverage, h.id))
-        return hits
+        return self.hits_many([query], k, prefilter)[0]
+
+    def hits_many(self, queries: Sequence[str], k: int = 5, prefilter: int = PREFILTER) -> list[list[Hit]]:
+        """:meth:`hits` for many queries, with one k-mer prefilter search for all of them (a batch of FASTA
+        records costs one FAISS call instead of one per record)."""
+        out: list[list[Hit]] = [[] for _ in queries]
+        present = [i for i, q in enumerate(queries) if q]
+        if not present:
+            return out
+        profiles = KmerProfiler(self.k)([queries[i] for i in present])
+        cosines, rows = self._faiss_index().search(profiles, min(max(prefilter, k), len(self)))
+        for i, cos_row, ref_row in zip(present, cosines, rows):
+            query = queries[i]
+            hits = [_align(query, self.sequences[r], self.ids[r], self.ranks[r], float(c))
+                    for c, r in zip(cos_row, ref_row) if r >= 0]
+            # A few identical bases are all an unrelated reference may share with the query (100 % identity over
+            # 3 columns): an alignment overlapping less than half the query (or 100 bp) is no hit.
+            overlap = min(MIN_OVERLAP_BP, len(query) // 2)
+            hits = [h for h in hits if h.aligned >= overlap]
+            hits.sort(key=lambda h: (-h.identity, -h.coverage, h.id))
+            out[i] = hits
+        return out
 
 
 def _clean_reference(seq: Any) -> str:

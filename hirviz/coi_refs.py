@@ -6,7 +6,10 @@ closest references in two steps, as BLAST-like identification engines do: a chea
 and a real alignment of each of them (parasail's striped semi-global alignment, end gaps free, so a partial
 query or a longer reference is not penalised for the part the other lacks). Percent identity is counted on the
 alignment: identical columns over all columns between the first and last column where both sequences have a
-base (terminal overhangs are not columns of the alignment; internal gaps are).
+base (terminal overhangs are not columns of the alignment; internal gaps are), leaving out columns with an N in
+either sequence: an unread base is no evidence for or against a reference, so a query with an N-run or masked
+bases keeps the identity its read bases have (otherwise 5 % of N would cost every hit 5 points and push true
+conspecifics below the species threshold). ``aligned`` counts the same compared columns.
 
 :func:`rank_verdicts` turns the hits into one answer per rank with the thresholds of :data:`RANK_THRESHOLDS`.
 """
@@ -27,6 +30,7 @@ from hirviz.taxonomy import LEVELS
 
 __all__ = [
     "AGREEMENT",
+    "NEAR_BEST",
     "PREFILTER",
     "RANK_THRESHOLDS",
     "Hit",
@@ -63,6 +67,10 @@ length guards the species call: at 400 bp, 98 % still allows 8 differences, whil
 mismatch moves identity by a percent or more and closely related species are not told apart (BOLD itself wants
 500+ bp for its barcode-compliant records). Shorter queries can still be placed at genus and above.
 """
+
+
+NEAR_BEST: dict[str, float] = {level: 100.0 for level in LEVELS}
+"""Per rank, how many identity points below the closest qualifying hit a hit may be and still vote there."""
 
 
 class ReferenceError(ValueError):
@@ -215,7 +223,8 @@ def _matrix():
 
 
 def _align(query: str, ref: str, ref_id: str, ranks: np.ndarray, cosine: float) -> Hit:
-    """Semi-global alignment; identity and coverage between the first and last column with two bases."""
+    """Semi-global alignment; identity (over columns without N) and coverage between the first and last column
+    with two bases."""
     import parasail
 
     trace = parasail.sg_trace_scan_16(query, ref, _GAP_OPEN, _GAP_EXTEND, _matrix()).traceback
@@ -225,29 +234,36 @@ def _align(query: str, ref: str, ref_id: str, ranks: np.ndarray, cosine: float) 
     if not len(both):
         return Hit(ref_id, dict(zip(LEVELS, ranks)), 0.0, 0.0, 0, cosine)
     q, r = q[both[0]:both[-1] + 1], r[both[0]:both[-1] + 1]
-    matches = int(((q == r) & (q != ord("N"))).sum())
-    columns = len(q)
+    read = (q != ord("N")) & (r != ord("N"))
+    matches = int(((q == r) & read).sum())
+    columns = int(read.sum())
     covered = int((q != gap).sum())
-    return Hit(ref_id, dict(zip(LEVELS, (str(x) for x in ranks))), 100.0 * matches / columns,
+    return Hit(ref_id, dict(zip(LEVELS, (str(x) for x in ranks))), 100.0 * matches / max(columns, 1),
                100.0 * covered / len(query), columns, cosine)
 
 
-def rank_verdicts(hits: Sequence[Hit]) -> dict[str, RankVerdict]:
+def rank_verdicts(hits: Sequence[Hit], thresholds: dict[str, tuple[float, int]] | None = None,
+                  near_best: dict[str, float] | None = None) -> dict[str, RankVerdict]:
     """One :class:`RankVerdict` per rank from aligned hits, walking down from order.
 
-    At each rank the hits meeting :data:`RANK_THRESHOLDS` vote; hits whose reference is unknown at that rank
+    At each rank the hits meeting ``thresholds`` (default :data:`RANK_THRESHOLDS`) and within ``near_best``
+    (default :data:`NEAR_BEST`) points of the closest of them vote; hits whose reference is unknown at that rank
     abstain. A name needs :data:`AGREEMENT` of the votes and the closest voting hit; otherwise the hits disagree,
     the rank is not named and the ``note`` lists the names. The walk stops at the first rank with no qualifying
     hit or a disagreement, so a finer name is never given under an undecided coarser rank; a rank the references
     leave unnamed is passed over. Outvoted minority names are kept in the ``note``.
     """
+    thresholds = RANK_THRESHOLDS if thresholds is None else thresholds
+    near_best = NEAR_BEST if near_best is None else near_best
     out = {level: RankVerdict() for level in LEVELS}
     for level in LEVELS:
-        min_identity, min_aligned = RANK_THRESHOLDS[level]
+        min_identity, min_aligned = thresholds[level]
         close = [h for h in hits if h.identity >= min_identity and h.aligned >= min_aligned]
         if not close:
             out[level].note = f"no hit at >= {min_identity:g} % identity over >= {min_aligned} bp"
             break
+        nearest = max(h.identity for h in close)
+        close = [h for h in close if h.identity >= nearest - near_best[level]]
         votes: dict[str, list[Hit]] = {}
         for hit in close:
             if hit.ranks.get(level):

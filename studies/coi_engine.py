@@ -22,11 +22,12 @@ scores are recomputed from them, so a change of verdict or reconciliation rules 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hirviz import coi_refs  # noqa: E402
 from hirviz.barcode import BarcodeError  # noqa: E402
 from hirviz.coi import assemble  # noqa: E402
 from hirviz.coi_check import check_barcode  # noqa: E402
@@ -48,6 +50,18 @@ from train.rundir import select_rows  # noqa: E402
 
 PARTIAL_BP = 313
 METHODS = ("k-mer NN", "alignment", "reconciled", "model")
+# The engine's verdict settings before this study, then each change it made, cumulatively (hirviz.coi_refs
+# constants; the last step is the shipped default). Every choice was made on the val/* rows.
+STEPS: list[tuple[str, dict[str, Any]]] = [
+    ("before: every hit above the threshold votes; species 98 %",
+     {"NEAR_BEST": {level: 100.0 for level in LEVELS}, "CONSENSUS": {},
+      "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
+    ("+ only hits within 3 points of the closest vote",
+     {"CONSENSUS": {}, "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
+    ("+ order / family from >= 3 agreeing hits at >= 80 / 85 %",
+     {"RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
+    ("+ species at 97 % (shipped defaults)", {}),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,11 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         "metric": "per rank, over the queries labelled there: accuracy (abstention = wrong), abstention rate, "
                   "error rate among named answers (percent)",
     }}
+    results["steps"] = {}
     for name, (frame, seqs, refs_frame) in sets.items():
         truth = frame[list(LEVELS)].fillna("").astype(str).to_numpy(dtype=object)
         answers = _answers(cached[name], seqs, refs_frame, predictor is not None)
         results[name] = {method: score(names, truth) for method, names in answers.items()}
         results[name]["_seconds_per_query"] = cached[name]["seconds"] / max(len(seqs), 1)
+        results["steps"][name] = {}
+        for step, settings in STEPS:
+            with _settings(settings):
+                answers = _answers(cached[name], seqs, refs_frame, predictor is not None, kmer=False)
+            results["steps"][name][step] = {method: score(names, truth) for method, names in answers.items()}
     (out / "coi_engine.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (out / "coi_engine.md").write_text(report(results, (time.time() - started) / 60), encoding="utf-8")
     print(report(results, (time.time() - started) / 60))
@@ -176,13 +196,28 @@ def _model(predictor, seq: str) -> dict[str, list[tuple[str, float]]] | None:
     return {level: [(str(n), float(s)) for n, s in levels.get(level, [])] for level in LEVELS}
 
 
+@contextlib.contextmanager
+def _settings(settings: dict[str, Any]) -> Iterator[None]:
+    """Temporarily replace :mod:`hirviz.coi_refs` constants (read by ``rank_verdicts`` at each call)."""
+    saved = {name: getattr(coi_refs, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(coi_refs, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(coi_refs, name, value)
+
+
 def _answers(cached: dict[str, Any], seqs: list[str], refs_frame: pd.DataFrame, with_model: bool,
-             engine: Callable = assemble) -> dict[str, np.ndarray]:
+             engine: Callable = assemble, kmer: bool = True) -> dict[str, np.ndarray]:
     """The name each method gives at each rank (``[N, 4]``, "" = abstention)."""
-    refs = refs_frame[refs_frame["barcode"].fillna("") != ""]
-    kmer = KmerNearestNeighbour().fit(refs["barcode"].tolist(), refs[list(LEVELS)].fillna("").to_numpy(dtype=object))
-    found = np.asarray(kmer.predict([s or "N" for s in seqs], 1)[:, 0], dtype=object)
-    out = {"k-mer NN": found}
+    out = {}
+    if kmer:
+        refs = refs_frame[refs_frame["barcode"].fillna("") != ""]
+        index = KmerNearestNeighbour().fit(refs["barcode"].tolist(),
+                                           refs[list(LEVELS)].fillna("").to_numpy(dtype=object))
+        out["k-mer NN"] = np.asarray(index.predict([s or "N" for s in seqs], 1)[:, 0], dtype=object)
     arms = (("alignment", False), ("reconciled", True)) if with_model else (("alignment", False),)
     for method, use_model in arms:
         names = np.full((len(seqs), len(LEVELS)), "", dtype=object)
@@ -193,7 +228,7 @@ def _answers(cached: dict[str, Any], seqs: list[str], refs_frame: pd.DataFrame, 
             result = engine(check, cached["hits"][i], levels)
             names[i] = [result.answers[level].name for level in LEVELS]
         out[method] = names
-    if with_model:
+    if with_model and kmer:
         out["model"] = np.asarray([[(m or {}).get(level, [("", 0.0)])[0][0] if m else "" for level in LEVELS]
                                    for m in cached["model"]], dtype=object).reshape(-1, len(LEVELS))
     return out
@@ -234,6 +269,16 @@ def table(results: dict[str, Any], names: list[str]) -> list[str]:
     return lines
 
 
+def steps_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| queries | step | method | " + " | ".join(LEVELS) + " |", "|---|---|---" + "|---" * len(LEVELS) + "|"]
+    for name, steps in results["steps"].items():
+        for step, scores in steps.items():
+            for method, per_level in scores.items():
+                lines.append(f"| {name} | {step} | {method} | "
+                             + " | ".join(_cell(per_level[level]) for level in LEVELS) + " |")
+    return lines
+
+
 def report(results: dict[str, Any], minutes: float) -> str:
     meta = results["_meta"]
     lines = [
@@ -250,6 +295,10 @@ def report(results: dict[str, Any], minutes: float) -> str:
         "## Test",
         "",
         *table(results, [n for n in results if n.startswith("test/")]),
+        "",
+        "## What each engine change bought (engine columns; cumulative, top to bottom)",
+        "",
+        *steps_table(results),
         "",
         "## Validation slice of the training split (where settings are chosen)",
         "",

@@ -219,10 +219,27 @@ def test_far_hits_do_not_outvote_close_ones() -> None:
     assert rank_verdicts(tie)["order"].conflict
 
 
+def test_order_and_family_from_several_agreeing_hits_below_the_threshold() -> None:
+    def hit(identity: float, n: int, order: str = "Hymenoptera") -> Hit:
+        return Hit(f"r{n}", {"order": order, "family": "Formicidae", "genus": "", "species": ""}, identity, 100.0,
+                   560, 0.5)
+
+    # An ant whose genus is missing from the references: its closest hits are confamilial at ~86 % identity.
+    three = [hit(86.5, 0), hit(86.2, 1), hit(86.0, 2)]
+    verdicts = rank_verdicts(three)
+    assert verdicts["order"].name == "Hymenoptera" and verdicts["family"].name == "Formicidae"
+    assert verdicts["genus"].name == ""
+    # One such hit is not enough below the family threshold (90 %), nor are agreeing hits of mixed orders.
+    assert rank_verdicts(three[:1])["family"].name == "" and "3 needed" in rank_verdicts(three[:1])["family"].note
+    mixed = [*three, hit(86.1, 3, "Diptera")]
+    assert rank_verdicts(mixed)["order"].name == ""
+
+
 def test_one_outvoted_record_does_not_veto_a_clear_answer(tree: dict) -> None:
     lineage, query = next(iter(tree["queries"].items()))
     hits = identify_barcode(query, tree["refs"], k=50).hits
-    wrong = type(hits[-1])(hits[-1].id, {**hits[-1].ranks, "order": "Wrong"}, 86.0, 100.0, 650, 0.5)
+    # A mislabelled record as close as the second-best hit (inside the near-best window, so it does vote).
+    wrong = Hit(hits[-1].id, {**hits[-1].ranks, "order": "Wrong"}, hits[1].identity, 100.0, 650, 0.5)
     verdicts = rank_verdicts([*hits, wrong])
     assert verdicts["order"].name == lineage[0] and "Wrong (1)" in verdicts["order"].note
 

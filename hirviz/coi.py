@@ -29,11 +29,14 @@ from hirviz.coi_check import BarcodeCheck, check_barcode
 from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, rank_verdicts
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "fasta_records", "identify_barcode",
+__all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "assemble", "fasta_records",
+           "identify_barcode",
            "identify_fasta", "load_references"]
 
 # The model names a rank when its top name there scores at least this: the Predictor's own deepest_rank rule.
 MODEL_THRESHOLD = 0.5
+# Records checked before their references are searched together (one k-mer prefilter call per batch).
+_BATCH = 256
 ROW_COLUMNS: tuple[str, ...] = (
     "id", *LEVELS, "deepest_rank", *(f"score_{level}" for level in LEVELS), "decided_by", "best_hit", "identity",
     "coverage", "orientation", "coi_found", "stop_codons", "notes",
@@ -125,28 +128,39 @@ def identify_barcode(text: str | bytes, references: ReferencesLike = None, predi
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive whole number, got {k!r}")
     check = check_barcode(text)
+    if not check.coi_found:
+        return assemble(check)
+    refs = load_references(references)
+    aligned = refs.hits(check.sequence, k=k) if refs is not None else None
+    model_levels = _model_levels(predictor, check.sequence) if predictor is not None else None
+    return assemble(check, aligned, model_levels, k)
+
+
+def assemble(check: BarcodeCheck, hits: Sequence[Hit] | None = None,
+             model_levels: Levels | None = None, k: int = 5) -> Identification:
+    """The :class:`Identification` of checked input from its aligned reference ``hits`` (all of
+    :meth:`~hirviz.coi_refs.ReferenceSet.hits`, best first; ``None`` = no references) and the model's per-rank
+    ``(name, score)`` lists (``None`` = no model): the last step of :func:`identify_barcode`, for callers that
+    search references in batches (:func:`identify_fasta`) or keep hits and model answers to score them."""
     result = Identification(check=check, notes=[*check.notes, *check.warnings])
     if not check.coi_found:
         result.notes.append("no identification: the sequence is not a COI-5P barcode")
         return result
-    refs = load_references(references)
-    if refs is not None:
-        aligned = refs.hits(check.sequence, k=k)
-        result.hits = aligned[:k]
-        result.verdicts = rank_verdicts(aligned)
+    if hits is not None:
+        result.hits = list(hits[:k])
+        result.verdicts = rank_verdicts(hits)
         result.notes.extend(f"{level}: {v.note}" for level, v in result.verdicts.items() if v.note)
-    if predictor is not None:
-        result.model_levels = _model_levels(predictor, check.sequence)
+    if model_levels is not None:
+        result.model_levels = {level: [(str(n), float(s)) for n, s in model_levels.get(level, [])]
+                               for level in LEVELS}
     _reconcile(result)
     return result
 
 
 def _model_levels(predictor: ModelLike, sequence: str) -> dict[str, list[tuple[str, float]]]:
     if hasattr(predictor, "predict"):
-        levels = predictor.predict(barcode=sequence).queries["dna"].levels
-    else:
-        levels = predictor(sequence)
-    return {level: [(str(n), float(s)) for n, s in levels.get(level, [])] for level in LEVELS}
+        return predictor.predict(barcode=sequence, neighbours=0).queries["dna"].levels
+    return predictor(sequence)
 
 
 def _reconcile(result: Identification) -> None:
@@ -186,15 +200,38 @@ def identify_fasta(path_or_text: str | os.PathLike, references: ReferencesLike =
     A record that cannot be used gets a row with empty names and its error message in ``notes``, so one bad
     sequence never stops a batch. The references are loaded (and indexed) once.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive whole number, got {k!r}")
     text = _read_text(path_or_text)
     refs = load_references(references)
+    batch: list[tuple[str, BarcodeCheck | str]] = []
     for number, chunk in enumerate(fasta_records(text), start=1):
         header = chunk.split("\n", 1)[0][1:].strip() if chunk.startswith(">") else ""
         record_id = header.split()[0] if header else f"query{number}"
         try:
-            yield identify_barcode(chunk, refs, predictor, k).to_row(record_id)
+            batch.append((record_id, check_barcode(chunk)))
         except BarcodeError as err:
-            yield _error_row(record_id, str(err))
+            batch.append((record_id, str(err)))
+        if len(batch) == _BATCH:
+            yield from _identify_batch(batch, refs, predictor, k)
+            batch = []
+    yield from _identify_batch(batch, refs, predictor, k)
+
+
+def _identify_batch(batch: list[tuple[str, BarcodeCheck | str]], refs: ReferenceSet | None,
+                    predictor: ModelLike | None, k: int) -> Iterator[dict[str, Any]]:
+    """Rows for checked records; the reference prefilter runs once for the whole batch."""
+    found = [check for _, check in batch if isinstance(check, BarcodeCheck) and check.coi_found]
+    hits = iter(refs.hits_many([c.sequence for c in found], k=k) if refs is not None and found else [])
+    for record_id, check in batch:
+        if not isinstance(check, BarcodeCheck):
+            yield _error_row(record_id, check)
+            continue
+        if not check.coi_found:
+            yield assemble(check).to_row(record_id)
+            continue
+        model_levels = _model_levels(predictor, check.sequence) if predictor is not None else None
+        yield assemble(check, next(hits) if refs is not None else None, model_levels, k).to_row(record_id)
 
 
 def _read_text(path_or_text: str | os.PathLike) -> str:

@@ -20,7 +20,7 @@ import hirviz
 from hirviz.barcode import BarcodeError
 from hirviz.coi import ROW_COLUMNS, identify_barcode, identify_fasta
 from hirviz.coi_check import MAX_INPUT_BP, _profile, check_barcode, reverse_complement
-from hirviz.coi_refs import RANK_THRESHOLDS, ReferenceSet, rank_verdicts
+from hirviz.coi_refs import RANK_THRESHOLDS, Hit, ReferenceSet, rank_verdicts
 from hirviz.taxonomy import LEVELS
 
 BASES = np.array(list("ACGT"))
@@ -196,10 +196,51 @@ def test_disagreeing_close_hits_name_nothing_at_that_rank(tree: dict) -> None:
     assert any("disagree at genus" in note for note in result.notes)
 
 
+def test_an_n_run_does_not_lower_identity_or_cost_the_species(tree: dict) -> None:
+    lineage, query = next(iter(tree["queries"].items()))
+    masked = query[:300] + "N" * 60 + query[360:]  # an unread stretch, as METHOD.md's N-run degradation makes
+    clean, holed = identify_barcode(query, tree["refs"]), identify_barcode(masked, tree["refs"])
+    assert holed.hits[0].identity == pytest.approx(clean.hits[0].identity, abs=0.5)
+    assert holed.hits[0].aligned <= clean.hits[0].aligned - 55  # the N columns are not compared
+    assert holed.answers["species"].name == lineage[3]
+
+
+def test_far_hits_do_not_outvote_close_ones() -> None:
+    def hit(identity: float, order: str, n: int) -> Hit:
+        return Hit(f"{order}{identity}{n}", {"order": order, "family": f"{order} f", "genus": "", "species": ""},
+                   identity, 100.0, 600, 0.5)
+
+    # Two close references of one order and many distant ones of another, all above the order threshold: COI
+    # saturates at 85-90 % identity, so distant hits are near-random and must not turn a clear answer into a tie.
+    hits = [hit(99.5, "Diptera", 0), hit(99.0, "Diptera", 1), *(hit(86.0, "Lepidoptera", n) for n in range(10))]
+    assert rank_verdicts(hits)["order"].name == "Diptera"
+    assert rank_verdicts(hits, near_best={level: 100.0 for level in LEVELS})["order"].conflict
+    # Equally close hits that disagree still do.
+    tie = [hit(99.5, "Diptera", 0), hit(99.4, "Lepidoptera", 0)]
+    assert rank_verdicts(tie)["order"].conflict
+
+
+def test_order_and_family_from_several_agreeing_hits_below_the_threshold() -> None:
+    def hit(identity: float, n: int, order: str = "Hymenoptera") -> Hit:
+        return Hit(f"r{n}", {"order": order, "family": "Formicidae", "genus": "", "species": ""}, identity, 100.0,
+                   560, 0.5)
+
+    # An ant whose genus is missing from the references: its closest hits are confamilial at ~86 % identity.
+    three = [hit(86.5, 0), hit(86.2, 1), hit(86.0, 2)]
+    verdicts = rank_verdicts(three)
+    assert verdicts["order"].name == "Hymenoptera" and verdicts["family"].name == "Formicidae"
+    assert verdicts["genus"].name == ""
+    # One such hit is not enough below the family threshold (90 %), nor are agreeing hits of mixed orders.
+    assert rank_verdicts(three[:1])["family"].name == "" and "3 needed" in rank_verdicts(three[:1])["family"].note
+    mixed = [*three, hit(86.1, 3, "Diptera")]
+    assert rank_verdicts(mixed)["order"].name == ""
+
+
 def test_one_outvoted_record_does_not_veto_a_clear_answer(tree: dict) -> None:
     lineage, query = next(iter(tree["queries"].items()))
     hits = identify_barcode(query, tree["refs"], k=50).hits
-    wrong = type(hits[-1])(hits[-1].id, {**hits[-1].ranks, "order": "Wrong"}, 86.0, 100.0, 650, 0.5)
+    # A mislabelled record as close as the second-best hit (inside the near-best window, so it does vote).
+    wrong = Hit(hits[-1].id, {**hits[-1].ranks, "order": "Wrong"}, hits[1].identity, 100.0, 650, 0.5)
     verdicts = rank_verdicts([*hits, wrong])
     assert verdicts["order"].name == lineage[0] and "Wrong (1)" in verdicts["order"].note
 
@@ -248,6 +289,29 @@ def test_identify_fasta_gives_one_row_per_record_and_survives_bad_ones(tree: dic
     assert rows[0]["species"] == lineage[3] and rows[2]["species"] == lineage2[3]
     assert rows[2]["orientation"] == "reverse-complement"
     assert rows[1]["species"] == "" and "protein" in rows[1]["notes"]
+
+
+def test_batched_fasta_gives_the_same_rows_as_one_barcode_at_a_time(tree: dict, monkeypatch) -> None:
+    import hirviz.coi
+
+    monkeypatch.setattr(hirviz.coi, "_BATCH", 2)  # batches of 2: the last one is partial, one holds a bad record
+    records = [(f"q{i}", q) for i, q in enumerate(list(tree["queries"].values())[:4])]
+    records.insert(2, ("bad", "MKVLAAGIVE"))
+    text = "".join(f">{name}\n{seq}\n" for name, seq in records)
+    model = model_saying(("Order0", 0.9), ("Fam00", 0.7), ("Gen000", 0.2), ("x", 0.1))
+    rows = list(identify_fasta(text, tree["refs"], predictor=model))
+    assert [r["id"] for r in rows] == [name for name, _ in records]
+    for row, (name, seq) in zip(rows, records):
+        if name == "bad":
+            assert row["species"] == "" and "protein" in row["notes"]
+            continue
+        assert row == identify_barcode(seq, tree["refs"], predictor=model).to_row(name)
+
+
+def test_hits_many_equals_hits_one_by_one(tree: dict) -> None:
+    queries = [*list(tree["queries"].values())[:3], ""]
+    many = tree["refs"].hits_many(queries, k=5)
+    assert many[-1] == [] and [tree["refs"].hits(q) for q in queries[:3]] == many[:3]
 
 
 def test_package_level_api_and_cli(tree: dict, tmp_path) -> None:

@@ -543,7 +543,10 @@ def test_a_real_barcode_gets_its_species_by_alignment(real_engine):
     row = view.raw["coi"]["row"]
     assert [row[level] for level in LEVELS] == ranks and row["decided_by"].startswith("order:alignment")
     assert "decided by alignment" in view.coi_html and "the model says" in view.coi_html
-    assert "98 % identical over at least 400 aligned bases" in view.coi_html  # the rule, in words
+    from hirviz.coi_refs import RANK_THRESHOLDS
+
+    identity, bases = RANK_THRESHOLDS["species"]
+    assert f"{identity:g} % identical over at least {bases} aligned bases" in view.coi_html  # the rule, in words
     assert "data-kind='real'" in view.coi_html
     assert not view.predictions  # the barcode went to the real model only (the default route)
 

@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args()
 
-    levels = ("order", "family", "genus", "species")
+    levels = LEVELS
     print("share of labelled specimens with a positive in their batch: hierarchical / random")
     print(f"{'N':>9} {'epoch s':>8} {'batches':>7}  " + "  ".join(f"{lvl:>13}" for lvl in levels))
     for n in args.sizes:

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from train.evaluate.tables import EVAL_LEVELS  # noqa: E402
+
 LEVEL_TITLES = {"order": "Order", "family": "Family", "genus": "Genus", "species": "Species", "global": "Global"}
 
 
@@ -50,7 +52,7 @@ def plot_sweeps(results_by_arm: Mapping[str, Mapping[str, Any]], stem: Path, ima
                 extra_dna: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[Path]:
     """The study's sweep plots: DNA->text against DNA noise (every arm, plus ``extra_dna`` sweeps such as the k-mer
     baseline), and, with images, image->text against blur and the fusion arm's avg vs fused queries."""
-    levels = ("order", "family", "genus", "species", "global")
+    levels = EVAL_LEVELS
     sweeps = {name: r["sweep"] for name, r in results_by_arm.items() if r.get("sweep")}
     dna_curves = {**sweeps, **(extra_dna or {})}
     paths = [plot_panels(dna_curves, "dna", {n: "dna" for n in dna_curves}, levels, "DNA noise (x METHOD.md rates)",

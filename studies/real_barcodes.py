@@ -25,8 +25,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from studies.plots import plot_sweeps  # noqa: E402
+from hirviz.taxonomy import LEVELS  # noqa: E402
 from train.data import read_metadata  # noqa: E402
 from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
+from train.rundir import read_split  # noqa: E402
 from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms, run_step  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
@@ -92,10 +94,10 @@ def _coverage(barcodes: Path, split_run: Path, partial: Path) -> dict[str, float
     """Percent of the partial reads labelled at each level whose name occurs in the training split: the best any
     closed-vocabulary method can score there."""
     frame = read_metadata(barcodes)
-    train = frame.iloc[np.load(split_run / "split.npz")["train"]]
+    train = frame.iloc[read_split(split_run).train]
     reads = read_metadata(partial)
     out = {}
-    for level in ("order", "family", "genus", "species"):
+    for level in LEVELS:
         labelled = reads[level].dropna()
         out[level] = round(100.0 * labelled.isin(set(train[level].dropna())).mean(), 1) if len(labelled) else None
         out[f"{level}_n"] = int(len(labelled))

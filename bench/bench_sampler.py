@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a plain checkout
 
+from hirviz.taxonomy import LEVELS
 from train.data import HierarchicalBatchSampler
 
 # Fraction of specimens whose rank is known at each level, order .. species (close to BIOSCAN-1M).

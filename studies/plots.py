@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from train.evaluate.tables import EVAL_LEVELS  # noqa: E402
+from train.evaluate.metrics import EVAL_LEVELS  # noqa: E402
 
 LEVEL_TITLES = {"order": "Order", "family": "Family", "genus": "Genus", "species": "Species", "global": "Global"}
 

@@ -22,10 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 
-from studies.plots import plot_sweeps  # noqa: E402
 from hirviz.taxonomy import LEVELS  # noqa: E402
+from studies.plots import plot_sweeps  # noqa: E402
 from train.data import read_metadata  # noqa: E402
 from train.evaluate import EVAL_LEVELS, format_table1, score_cell  # noqa: E402
 from train.rundir import read_split  # noqa: E402

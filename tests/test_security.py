@@ -60,7 +60,7 @@ def server(tmp_path_factory, free_port):
 
 def _call(client: httpx.Client, endpoint: str, image: dict) -> str:
     """The whole event stream of one call of ``endpoint`` with ``image`` as the photo (no barcode)."""
-    data = [image, "", 0, 0, 0, 0, 0, 0, 0, 0, "species"]
+    data = [image, "", 0, 0, 0, 0, 0, 0, 0, 0, "species", "real"]  # the last: where a barcode goes
     started = client.post(f"/gradio_api/call/{endpoint}", json={"data": data})
     assert started.status_code == 200, started.text
     event_id = started.json()["event_id"]

@@ -3,9 +3,11 @@
 It runs the documented pipeline, nothing private: ``synth`` writes a synthetic benchmark, then for each demo
 model (the CLIBD baseline and CLIBD-HiR-Fuse) ``fit`` trains it with ``train/configs/demo.yaml``, ``export``
 makes a bundle, and ``eval`` scores the run's held-out split (clean, noisy, and a noise sweep for the app's
-robustness view); the results go into the bundle's ``eval.json`` and model card. The two models train in
-parallel, one CPU thread each. Finally a few held-out specimens are written to ``assets/examples`` for the
-app's one-click examples.
+robustness view); the results go into the bundle's ``eval.json`` and model card. A third model, hyperbolic
+CLIBD (``train/configs/hyperbolic_cpu.yaml``: Lorentz geometry, SEL entailment), is trained the same way on the
+same data with a reference bank of :data:`HYPERBOLIC_REFERENCE` specimens (the assets stay small). The models
+train in parallel, one CPU thread each. Finally a few held-out specimens are written to ``assets/examples`` for
+the app's one-click examples. ``--only NAME`` rebuilds one bundle (the synthetic data too, not the examples).
 """
 
 from __future__ import annotations
@@ -30,16 +32,21 @@ logger = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 # bundle name -> objective
 MODELS = {"demo-hir-fuse": "clibd-hir-fuse", "demo-clibd": "clibd"}
+# The hyperbolic demo: bundle name -> (config, objective, reference bank size); its config sets the geometry.
+HYPERBOLIC_CONFIG = Path(__file__).resolve().parent / "configs" / "hyperbolic_cpu.yaml"
+HYPERBOLIC_REFERENCE = 1000
+HYPERBOLIC = {"demo-hyperbolic": (HYPERBOLIC_CONFIG, "clibd", HYPERBOLIC_REFERENCE)}
 
 
-def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None) -> Path:
+def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None,
+                config: Path = DEMO_CONFIG, max_reference: int = 2000) -> Path:
     """fit -> export -> eval -> attach the results: one demo bundle."""
     from hirviz.bundle import load_bundle
 
     py = [sys.executable, "-m", "train"]
     run_dir, bundle_dir, log = work / "runs" / name, out / name, work / f"{name}.log"
     results = work / f"{name}-eval.json"
-    fit = [*py, "fit", "--config", str(DEMO_CONFIG), f"data.metadata={work / 'synth' / 'metadata.tsv'}",
+    fit = [*py, "fit", "--config", str(config), f"data.metadata={work / 'synth' / 'metadata.tsv'}",
            f"data.images={work / 'synth' / 'images.hdf5'}", f"run.out_dir={run_dir}", f"loss.objective={objective}",
            "data.num_workers=0"]
     if epochs is not None:
@@ -49,7 +56,8 @@ def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | 
     t0 = time.time()
     run_step(fit, log)
     logger.info("%s: trained in %.0f s", name, time.time() - t0)
-    run_step([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference", "2000"], log)
+    run_step([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference",
+                str(max_reference)], log)
     run_step([*py, "eval", "--bundle", str(bundle_dir), "--metadata", str(work / "synth" / "metadata.tsv"),
           "--images", str(work / "synth" / "images.hdf5"), "--split", str(run_dir), "--sweep",
           "--out", str(results), "--markdown", str(results.with_suffix(".md"))], log)
@@ -82,20 +90,32 @@ def write_examples(work: Path, run_dir: Path, out: Path, per_order: int = 2) -> 
     return examples
 
 
+def demo_models() -> dict[str, tuple[Path, str, int]]:
+    """Every demo bundle: name -> (config, objective, reference bank size)."""
+    return {**{name: (DEMO_CONFIG, objective, 2000) for name, objective in MODELS.items()}, **HYPERBOLIC}
+
+
 def build_demo(out: Path, work: Path, specimens: int, seed: int, epochs: int | None = None,
-               max_steps: int | None = None) -> list[Path]:
+               max_steps: int | None = None, only: str | None = None) -> list[Path]:
     from train.synthetic import SynthConfig, generate
+
+    models = demo_models()
+    if only is not None:
+        if only not in models:
+            raise SystemExit(f"--only must name a demo bundle, one of {sorted(models)}; got {only!r}")
+        models = {only: models[only]}
 
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     generate(work / "synth", SynthConfig(specimens=specimens, seed=seed, image_height=128))
     logger.info("synthetic benchmark: %d specimens in %.0f s", specimens, time.time() - t0)
-    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
-        jobs = [pool.submit(build_model, name, objective, work, out, epochs, max_steps)
-                for name, objective in MODELS.items()]
+    with ThreadPoolExecutor(max_workers=len(models)) as pool:
+        jobs = [pool.submit(build_model, name, objective, work, out, epochs, max_steps, config, reference)
+                for name, (config, objective, reference) in models.items()]
         bundles = [job.result() for job in jobs]
-    write_examples(work, work / "runs" / next(iter(MODELS)), out)
+    if only is None:
+        write_examples(work, work / "runs" / next(iter(MODELS)), out)
     logger.info("demo rebuilt in %.0f s", time.time() - t0)
     return bundles
 
@@ -107,11 +127,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="override demo.yaml's epochs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop training early (for a quick check)")
+    parser.add_argument("--only", default=None, metavar="NAME",
+                        help="rebuild only this demo bundle (e.g. demo-hyperbolic); the examples are left as they are")
 
 
 def run(args: argparse.Namespace) -> int:
     # absolute: the pipeline steps run in the repository root, not where the command was started
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
-    for bundle in build_demo(out, work, args.specimens, args.seed, args.epochs, args.max_steps):
+    for bundle in build_demo(out, work, args.specimens, args.seed, args.epochs, args.max_steps,
+                             args.only):
         print(bundle)
     return 0

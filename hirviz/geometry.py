@@ -20,6 +20,14 @@ the exact geodesic distance in float64 (float32 inner products of large space pa
 cancellation). A bank too large for a flat index takes an approximate FAISS inner-product index (IVF, HNSW) over
 the same augmented vectors in stage one; the exact re-ranking stays as it is.
 
+**The Poincare disk.** A Lorentz bundle also stores a map of each space on the Poincare disk
+(:func:`poincare_disk`), an exact radial projection: a point's distance from the disk centre is its geodesic
+distance from the hyperboloid's origin (the "generality" axis; order names should sit near the centre, species
+toward the rim), mapped to the unit disk by ``tanh(sqrt(c) d / 2)``; its direction is that of its tangent vector
+(log map at the origin) projected on the two principal axes of the reference bank's tangent vectors
+(:func:`fit_disk_axes`, stored with the layout). Because the projection is a fixed function, a new point is placed
+exactly (``place(..., layout="poincare")``), not interpolated; distances between points are not preserved.
+
 This module needs faiss, numpy and (for the Lorentz distances) torch; re-embedding a degraded specimen (a noise
 path) is the predictor's work, in :mod:`hirviz.noise_path`.
 """
@@ -39,12 +47,17 @@ from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "Geometry", "Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
+__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "LAYOUT_KINDS", "Geometry", "Neighbours", "ReferenceMap", "fit_disk_axes",
+           "fit_layout", "poincare_disk", "SPACES"]
 
 SPACES: tuple[str, ...] = QUERIES
 GEOMETRY_NAMES = ("euclidean", "lorentz")
 # Distance (cosine, or geodesic) under which a query counts as equal to a reference point (float32 round-off).
 _SAME_POINT = 1e-5
+# Map kinds: the 2-D UMAP layouts (every bundle) and the Poincare disk (Lorentz bundles).
+LAYOUT_KINDS = ("umap", "poincare")
+# Largest disk radius stored: float32 rounds tanh of a far point to 1.0, on the boundary rather than inside it.
+_DISK_EDGE = 1.0 - 1e-6
 # Extra candidates the Lorentz search fetches by inner product before the exact float64 re-ranking.
 RERANK_MARGIN = 16
 
@@ -113,6 +126,13 @@ class Geometry:
             return np.asarray(x, dtype=np.float32)
         return log_map0(torch.from_numpy(np.asarray(x, dtype=np.float64)), self.curvature).float().numpy()
 
+    def origin_distance(self, x: np.ndarray) -> np.ndarray:
+        """float64 ``[n]`` geodesic distances from the hyperboloid's origin (the norm of the log map), Lorentz only."""
+        if not self.lorentz:
+            raise ValueError("distance from the origin is a Lorentz-geometry notion (Euclidean embeddings are unit)")
+        x = torch.from_numpy(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+        return torch.linalg.vector_norm(log_map0(x, self.curvature, eps=0.0), dim=-1).numpy()
+
 
 EUCLIDEAN = Geometry()
 
@@ -153,17 +173,30 @@ class ReferenceMap:
         embeddings = self.reference.embeddings
         return tuple(s for s in SPACES if s in embeddings) + tuple(s for s in embeddings if s not in SPACES)
 
+    def _layouts(self, kind: str) -> dict[str, np.ndarray]:
+        if kind not in LAYOUT_KINDS:
+            raise ValueError(f"layout must be one of {LAYOUT_KINDS}, got {kind!r}")
+        return getattr(self.reference, "layouts" if kind == "umap" else "poincare", None) or {}
+
     @property
     def layout_spaces(self) -> tuple[str, ...]:
         """The spaces that have both embeddings and a precomputed 2-D layout (those :meth:`place` accepts)."""
-        layouts = getattr(self.reference, "layouts", None) or {}
+        layouts = self._layouts("umap")
         return tuple(s for s in self.spaces if s in layouts)
 
-    def layout(self, space: str) -> np.ndarray:
-        """The precomputed layout ``[N, 2]`` of a space (rows aligned with the reference)."""
-        layouts = getattr(self.reference, "layouts", None) or {}
+    @property
+    def disk_spaces(self) -> tuple[str, ...]:
+        """The spaces with a Poincare disk map (Lorentz bundles; those ``place(..., layout="poincare")`` accepts)."""
+        disks = self._layouts("poincare")
+        axes = getattr(self.reference, "poincare_axes", None) or {}
+        return tuple(s for s in self.spaces if s in disks and s in axes) if self.geometry.lorentz else ()
+
+    def layout(self, space: str, kind: str = "umap") -> np.ndarray:
+        """The precomputed layout ``[N, 2]`` of a space (rows aligned with the reference): ``kind`` ``"umap"`` or
+        ``"poincare"`` (the disk)."""
+        layouts = self._layouts(kind)
         if space not in layouts:
-            raise ValueError(f"the reference has no layout for space {space!r}; it has {sorted(layouts)}")
+            raise ValueError(f"the reference has no {kind} layout for space {space!r}; it has {sorted(layouts)}")
         return np.asarray(layouts[space], dtype=np.float32)
 
     def members(self, space: str) -> np.ndarray:
@@ -261,14 +294,18 @@ class ReferenceMap:
 
     # -- placement ---------------------------------------------------------------------------------
 
-    def place(self, z: np.ndarray, space: str, k: int = 10) -> np.ndarray:
+    def place(self, z: np.ndarray, space: str, k: int = 10, layout: str = "umap") -> np.ndarray:
         """Positions ``[n, 2]`` (``[2]`` for a 1-D ``z``) of new embeddings on the space's precomputed layout.
 
-        Each point goes to the mean of its ``k`` nearest reference neighbours' layout positions weighted by
-        ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex weights, so it lies in their convex hull,
-        and a query equal to a reference point (distance below round-off) lands exactly on it.
+        UMAP layouts: each point goes to the mean of its ``k`` nearest reference neighbours' layout positions
+        weighted by ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex
+        weights, so it lies in their convex hull, and a query equal to a reference point (distance below round-off)
+        lands exactly on it. The Poincare disk (``layout="poincare"``) is an exact projection: the point is
+        projected as the reference was (:func:`poincare_disk`), no neighbours involved.
         """
-        layout = self.layout(space)
+        if layout == "poincare":
+            return self._place_on_disk(z, space)
+        layout = self.layout(space, layout)
         sims, rows = self.neighbours(z, space, k)
         single = sims.ndim == 1
         sims, rows = np.atleast_2d(sims), np.atleast_2d(rows)
@@ -283,6 +320,14 @@ class ReferenceMap:
         weights = np.where(same.any(axis=1, keepdims=True), same.astype(np.float64), weights)
         weights /= weights.sum(axis=1, keepdims=True)
         placed = np.einsum("nk,nkc->nc", weights, np.where(usable[..., None], pos, 0.0)).astype(np.float32)
+        return placed[0] if single else placed
+
+    def _place_on_disk(self, z: np.ndarray, space: str) -> np.ndarray:
+        if space not in self.disk_spaces:
+            raise ValueError(f"the reference has no Poincare disk of space {space!r}; it has {list(self.disk_spaces)}")
+        queries, single = _as_queries(z, self._embeddings(space).shape[1], normalise=False)
+        axes = np.asarray(self.reference.poincare_axes[space], dtype=np.float64)
+        placed = poincare_disk(queries, self.geometry.curvature, axes)
         return placed[0] if single else placed
 
     def warm_up(self) -> None:
@@ -314,6 +359,47 @@ def fit_layout(
                         metric="cosine", random_state=seed, n_jobs=1)
     out[keep] = reducer.fit_transform(x[keep]).astype(np.float32)
     return out
+
+
+def fit_disk_axes(x: np.ndarray, curvature: float) -> np.ndarray:
+    """The two principal axes ``[2, d]`` (float32) of points' tangent vectors at the origin (log map), for
+    :func:`poincare_disk`. Rows that are all zero (a missing modality) are left out; each axis's sign is fixed (its
+    largest component positive) so that the map does not flip between exports."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected embeddings [N, d], got shape {x.shape}")
+    keep = np.linalg.norm(x, axis=1) > 0
+    if keep.sum() < 3 or x.shape[1] < 2:
+        raise ValueError(f"a disk map needs at least 3 non-empty embeddings of dimension >= 2, got {int(keep.sum())} "
+                         f"of dimension {x.shape[1]}")
+    tangent = log_map0(torch.from_numpy(x[keep]), curvature, eps=0.0).numpy()
+    _, _, vt = np.linalg.svd(tangent - tangent.mean(axis=0), full_matrices=False)
+    axes = vt[:2]
+    signs = np.sign(axes[np.arange(2), np.abs(axes).argmax(axis=1)])
+    return (axes * signs[:, None]).astype(np.float32)
+
+
+def poincare_disk(x: np.ndarray, curvature: float, axes: np.ndarray) -> np.ndarray:
+    """Positions ``[N, 2]`` (float32) of hyperboloid points (space parts ``[N, d]``) on the unit Poincare disk.
+
+    Radially exact: the distance from the centre is ``tanh(sqrt(c) r / 2)`` where ``r`` is the point's geodesic
+    distance from the origin (so nearer the origin = nearer the centre, strictly up to float32 resolution; at most
+    ``1 - 1e-6``, inside the disk); the direction is that of the tangent vector projected on ``axes`` (see
+    :func:`fit_disk_axes`; a point whose projection vanishes goes along the first axis). All-zero rows (a missing
+    modality) get NaN.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    axes = np.asarray(axes, dtype=np.float64)
+    if x.ndim != 2 or axes.shape != (2, x.shape[1]):
+        raise ValueError(f"expected points [N, d] and axes [2, d], got {x.shape} and {axes.shape}")
+    tangent = log_map0(torch.from_numpy(x), curvature, eps=0.0).numpy()
+    radius = np.linalg.norm(tangent, axis=1)
+    flat = tangent @ axes.T
+    length = np.linalg.norm(flat, axis=1, keepdims=True)
+    direction = np.where(length > 0, flat / np.where(length > 0, length, 1.0), np.array([1.0, 0.0]))
+    disk = np.minimum(np.tanh(np.sqrt(curvature) * radius / 2.0), _DISK_EDGE)[:, None] * direction
+    disk[np.linalg.norm(x, axis=1) == 0] = np.nan
+    return disk.astype(np.float32)
 
 
 def _as_queries(z: np.ndarray, dim: int, normalise: bool = True) -> tuple[np.ndarray, bool]:

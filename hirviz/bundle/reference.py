@@ -31,6 +31,9 @@ class Reference:
             model has. Rows of a specimen lacking a modality are meaningless (zeros): see the masks.
         has_image, has_dna: bool ``[N]``, whether the specimen has a photo / a barcode.
         layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions (NaN for rows left out of a space).
+        poincare: space -> float32 ``[N, 2]`` positions on the unit Poincare disk (Lorentz bundles; NaN for rows
+            left out), the projection of :func:`hirviz.geometry.poincare_disk` with ``poincare_axes[space]``.
+        poincare_axes: space -> float32 ``[2, d]`` the disk projection's tangent-space axes.
     """
 
     ids: np.ndarray
@@ -41,6 +44,8 @@ class Reference:
     has_image: np.ndarray
     has_dna: np.ndarray
     layouts: dict[str, np.ndarray] = field(default_factory=dict)
+    poincare: dict[str, np.ndarray] = field(default_factory=dict)
+    poincare_axes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ids = _str_array(self.ids, "ids")
@@ -51,6 +56,8 @@ class Reference:
         self.has_image = np.asarray(self.has_image, dtype=bool)
         self.has_dna = np.asarray(self.has_dna, dtype=bool)
         self.layouts = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.layouts.items()}
+        self.poincare = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.poincare.items()}
+        self.poincare_axes = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.poincare_axes.items()}
         self.validate()
 
     def __len__(self) -> int:
@@ -87,6 +94,7 @@ class Reference:
                 raise BundleError(f"reference has a layout for {space!r} but no {space!r} embeddings")
             if v.shape != (n, 2):
                 raise BundleError(f"reference umap/{space} has shape {v.shape}, expected ({n}, 2)")
+        self._validate_disks(n, dims)
         if taxonomy is not None and n:
             sizes = np.array([taxonomy.num_classes(lvl) for lvl in LEVELS])
             bad = (self.labels < UNKNOWN_ID) | (self.labels >= sizes)
@@ -94,6 +102,21 @@ class Reference:
                 level = LEVELS[int(np.argwhere(bad)[0, 1])]
                 raise BundleError(f"reference labels hold {level} ids outside the bundle taxonomy "
                                   f"({int(bad.sum())} bad entries)")
+
+    def _validate_disks(self, n: int, dims: dict[str, int | None]) -> None:
+        if set(self.poincare) != set(self.poincare_axes):
+            raise BundleError(f"reference has Poincare disks of {sorted(self.poincare)} but axes of "
+                              f"{sorted(self.poincare_axes)}: each disk needs its axes")
+        for space, v in self.poincare.items():
+            if space not in self.embeddings:
+                raise BundleError(f"reference has a Poincare disk for {space!r} but no {space!r} embeddings")
+            if v.shape != (n, 2):
+                raise BundleError(f"reference poincare/{space} has shape {v.shape}, expected ({n}, 2)")
+            if self.poincare_axes[space].shape != (2, dims[space]):
+                raise BundleError(f"reference poincare_axes/{space} has shape {self.poincare_axes[space].shape}, "
+                                  f"expected (2, {dims[space]})")
+            if (np.linalg.norm(v, axis=1) >= 1).any():
+                raise BundleError(f"reference poincare/{space} has points on or outside the unit disk")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], taxonomy: Taxonomy | None = None) -> Reference:
@@ -103,7 +126,7 @@ class Reference:
         ``embeddings`` dict or as top-level ``image`` / ``dna`` / ``avg`` / ``fused`` arrays (the output of
         ``train.embed.embed_frame`` works; its ``gate`` is ignored). Optional: ``labels`` (computed from the
         ranks with ``taxonomy`` when absent), ``barcodes``, ``has_image`` / ``has_dna`` (default: all true for
-        the spaces present), ``layouts`` (or ``umap``).
+        the spaces present), ``layouts`` (or ``umap``), ``poincare`` with ``poincare_axes``.
         """
         missing = [k for k in ("ids", "ranks") if k not in data]
         if missing:
@@ -121,7 +144,8 @@ class Reference:
         barcodes = data.get("barcodes", np.full(n, "", dtype=object))
         layouts = dict(data.get("layouts") or data.get("umap") or {})
         return cls(ids=data["ids"], ranks=ranks, labels=labels, barcodes=barcodes, embeddings=embeddings,
-                   has_image=has_image, has_dna=has_dna, layouts=layouts)
+                   has_image=has_image, has_dna=has_dna, layouts=layouts, poincare=dict(data.get("poincare") or {}),
+                   poincare_axes=dict(data.get("poincare_axes") or {}))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``reference.h5`` (strings as UTF-8, arrays as float32 / int64 / bool)."""
@@ -138,6 +162,9 @@ class Reference:
                 h5.create_dataset(f"embeddings/{space}", data=values)
             for space, values in self.layouts.items():
                 h5.create_dataset(f"umap/{space}", data=values)
+            for space, values in self.poincare.items():
+                h5.create_dataset(f"poincare/{space}", data=values)
+                h5.create_dataset(f"poincare_axes/{space}", data=self.poincare_axes[space])
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Reference:
@@ -154,6 +181,8 @@ class Reference:
                     has_image=h5["has_image"][()],
                     has_dna=h5["has_dna"][()],
                     layouts={k: v[()] for k, v in h5.get("umap", {}).items()},
+                    poincare={k: v[()] for k, v in h5.get("poincare", {}).items()},
+                    poincare_axes={k: v[()] for k, v in h5.get("poincare_axes", {}).items()},
                 )
             except KeyError as err:
                 raise BundleError(f"{path} lacks a dataset: {one_line(err)}") from err
@@ -195,3 +224,6 @@ def check_reference_header(path: Path, embed_dim: int) -> None:
         for space, ds in h5.get("umap", {}).items():
             if ds.shape != (n, 2):
                 raise BundleError(f"{path}: umap/{space} has shape {ds.shape}, expected ({n}, 2)")
+        for space, ds in h5.get("poincare", {}).items():
+            if ds.shape != (n, 2):
+                raise BundleError(f"{path}: poincare/{space} has shape {ds.shape}, expected ({n}, 2)")

@@ -1,8 +1,8 @@
 """The hirviz app (Hugging Face Spaces entry point): ``python app.py``.
 
 Bundles: ``HIRVIZ_BUNDLES`` (comma-separated bundle directories or hub repo ids, the main model first), else
-the embedded demo bundles ``assets/demo-hir-fuse`` (CLIBD-HiR-Fuse) and ``assets/demo-clibd`` (the CLIBD
-baseline). Example specimens: ``HIRVIZ_EXAMPLES`` or ``assets/examples``.
+the embedded demo bundles ``assets/demo-hir-fuse`` (CLIBD-HiR-Fuse), ``assets/demo-clibd`` (the CLIBD
+baseline) and ``assets/demo-hyperbolic`` (hyperbolic CLIBD, shown on the Poincare disk). Example specimens: ``HIRVIZ_EXAMPLES`` or ``assets/examples``.
 
 The server listens on 127.0.0.1 unless it runs on Spaces (``SPACE_ID`` set), where it must listen on 0.0.0.0;
 the port is ``GRADIO_SERVER_PORT`` or 7860. Uploads and rendered images go to Gradio's temporary folder only.
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_BUNDLES: tuple[Path, ...] = (ROOT / "assets" / "demo-hir-fuse", ROOT / "assets" / "demo-clibd")
+DEFAULT_BUNDLES: tuple[Path, ...] = (ROOT / "assets" / "demo-hir-fuse", ROOT / "assets" / "demo-clibd",
+                                     ROOT / "assets" / "demo-hyperbolic")
 DEFAULT_EXAMPLES = ROOT / "assets" / "examples"
 MAX_UPLOAD = "50mb"  # larger photos than this are refused by the server before they reach the model
 

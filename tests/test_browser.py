@@ -177,3 +177,55 @@ def test_gradio_client_can_identify(server):
     assert raw["tiny-clibd-hir-fuse"]["degraded_barcode"] != raw["tiny-clibd-hir-fuse"]["barcode"]
     refused = client.predict(image=None, barcode="ACGT" * 25_000, api_name="/identify")
     assert refused[0].startswith("✗ Barcode refused")
+
+
+@pytest.fixture(scope="module")
+def hyperbolic_app(server, free_port):
+    """The app with a tiny hyperbolic (Lorentz CLIBD) bundle as its main model, beside the tiny CLIBD baseline."""
+    from test_ui import _add_pca_layouts
+
+    from conftest import CI_CONFIG
+    from train.config import load_config
+    from train.export import export
+    from train.loop import fit
+
+    tiny = server["tiny"]
+    root = server["workdir"].parent / "hyperbolic-app"
+    data = tiny["data"]
+    cfg = load_config(CI_CONFIG, [f"data.metadata={data / 'metadata.tsv'}", f"data.images={data / 'images.hdf5'}",
+                                  f"run.out_dir={root / 'run'}", "model.geometry=lorentz", "loss.objective=clibd"])
+    bundle = export(fit(cfg, max_steps=2), root / "bundle", name="tiny-hyperbolic", umap=False, max_reference=200)
+    _add_pca_layouts(bundle / "reference.h5")
+    app = _load_app_module()
+    port = free_port()
+    demo = app.build_app([str(bundle), str(tiny["clibd"])], tiny["examples"])
+    app.launch(demo, prevent_thread_lock=True, quiet=True, server_port=port)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#hz-identify")
+        yield page
+        browser.close()
+    demo.close()
+
+
+def test_hyperbolic_model_shows_the_poincare_disk(server, hyperbolic_app, tmp_path):
+    page = hyperbolic_app
+    examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
+    page.set_input_files("#hz-image input[type=file]", str(server["tiny"]["examples"] / examples.image_file[0]))
+    page.fill("#hz-barcode textarea", examples.barcode[0])
+    page.click("#hz-identify")
+    _wait_status(page, "Identified from the image + barcode")  # a model without a fused query identifies
+
+    page.get_by_role("tab", name="Geometry").click()
+    page.wait_for_selector("#hz-map-0 .js-plotly-plot")
+    page.wait_for_function("document.querySelector('#hz-map-0').innerText.includes('your specimen')")
+    disk = page.locator("#hz-map-0")
+    assert "Poincare disk" in disk.inner_text()
+    assert disk.locator(".shapelayer path").count() >= 1  # the unit circle
+    assert page.locator("#hz-map-1 .shapelayer path").count() == 0  # the Euclidean baseline keeps its UMAP map
+    assert page.locator("#hz-generality-0 .js-plotly-plot").is_visible()
+    assert "distance from the origin" in page.inner_text("#hz-generality-0")
+    page.screenshot(path=str(tmp_path / "poincare.png"), full_page=True)

@@ -196,7 +196,7 @@ class ReferenceMap:
         ``"poincare"`` (the disk)."""
         layouts = self._layouts(kind)
         if space not in layouts:
-            raise ValueError(f"the reference has no {kind} layout for space {space!r}; it has {sorted(layouts)}")
+            raise ValueError(f"the reference has no layout ({kind}) for space {space!r}; it has {sorted(layouts)}")
         return np.asarray(layouts[space], dtype=np.float32)
 
     def members(self, space: str) -> np.ndarray:

@@ -116,6 +116,9 @@ def test_a_lorentz_bundle_stores_a_disk_that_places_its_own_points_exactly(bundl
     ref = bundle.reference
     assert set(ref.poincare) == {"image", "dna"} == set(ref.poincare_axes)
     assert "poincare_layout" in bundle.config["provenance"]
+    # the model card names the trained curvature beside the initial one
+    assert bundle.config["provenance"]["curvature"] == pytest.approx(bundle.curvature)
+    assert f"learnt: {bundle.curvature:.4g} after training" in (bundle.path / "README.md").read_text()
     reference_map = ReferenceMap(ref, Geometry("lorentz", bundle.curvature))
     for space, disk in ref.poincare.items():
         rows = reference_map.members(space)

@@ -275,7 +275,7 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
         "## Objective and recipe",
         "",
         f"- objective: {_OBJECTIVES.get(loss.objective, loss.objective)}" + _loss_weights(loss),
-        *_geometry_lines(cfg),
+        *_geometry_lines(cfg, provenance.get("curvature")),
         f"- image and text towers: OpenCLIP {clip}" + ("; text tower frozen" if m.freeze_text else ""),
         f"- DNA encoder: {dna}; tokenizer: {tokenizer}",
         f"- optimisation: AdamW + OneCycle, max learning rate {o.max_lr}, {o.epochs} epochs, batch size "
@@ -309,13 +309,14 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
     return "\n".join(lines)
 
 
-def _geometry_lines(cfg: TrainConfig) -> list[str]:
-    """The model card's line on the geometry (none for the Euclidean default)."""
+def _geometry_lines(cfg: TrainConfig, trained: float | None = None) -> list[str]:
+    """The model card's line on the geometry (none for the Euclidean default); ``trained``: the final curvature."""
     if cfg.model.geometry == "euclidean":
         return []
     loss = cfg.loss
-    return [f"- geometry: Lorentz (hyperbolic, METHOD.md section 9), initial curvature {cfg.model.curvature}"
-            f"{' (learnt)' if cfg.model.learn_curvature else ' (fixed)'}; entailment {loss.entailment} with weight "
+    learnt = f" (learnt: {trained:.4g} after training)" if cfg.model.learn_curvature and trained else " (learnt)"
+    return [f"- geometry: Lorentz (hyperbolic, METHOD.md section 9), curvature -c with initial c = {cfg.model.curvature}"
+            f"{learnt if cfg.model.learn_curvature else ' (fixed)'}; entailment {loss.entailment} with weight "
             f"{loss.entail_weight}; pair losses reduced by {loss.hyperbolic_reduction}; candidates ranked by "
             "geodesic distance, scores softmax(-d * scale), the averaged query is the tangent-space mean"]
 
@@ -400,6 +401,7 @@ def export(
             "test_specimens": int(len(test_idx)),
             "reference_specimens": int(len(reference)),
             **({"poincare_layout": POINCARE_LAYOUT} if reference.poincare else {}),
+            **({"curvature": float(model.curvature())} if model.geometry == "lorentz" else {}),
             "reference_seed": seed,
             "steps": counters.get("step"),
             "epochs_completed": counters.get("epoch"),

@@ -1,4 +1,5 @@
-"""Rebuild the embedded demo from scratch: ``python -m train demo`` (about 20-30 minutes on 2 CPU cores).
+"""Rebuild the embedded demo from scratch: ``python -m train demo`` (the two Euclidean models took 20-30 minutes on
+2 CPU cores; the hyperbolic one, trained alone on one thread of a shared machine, about 14 minutes more).
 
 It runs the documented pipeline, nothing private: ``synth`` writes a synthetic benchmark, then for each demo
 model (the CLIBD baseline and CLIBD-HiR-Fuse) ``fit`` trains it with ``train/configs/demo.yaml``, ``export``

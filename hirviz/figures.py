@@ -25,6 +25,7 @@ __all__ = [
     "poincare_figure",
     "generality_figure",
     "DISK_CAPTION",
+    "DISK_LABEL",
     "prediction_bars",
     "robustness_figure",
     "gate_figure",
@@ -190,6 +191,8 @@ def umap_figure(
 
 DISK_CAPTION = ("Poincare disk (exact radial projection): distance from the centre shows the geodesic distance "
                 "from the origin, general near the centre, specific toward the rim")
+# The disk's own label, short enough for a narrow plot (the tab's caption says the rest).
+DISK_LABEL = "Poincare disk: centre = general, rim = specific"
 
 
 def poincare_figure(
@@ -205,7 +208,7 @@ def poincare_figure(
     figure = umap_figure(disk, ranks, colour_by, title=title, **kwargs)
     figure.add_shape(type="circle", xref="x", yref="y", x0=-1, y0=-1, x1=1, y1=1, layer="below",
                      line={"color": "#555", "width": 1.5}, name="unit circle")
-    figure.add_annotation(text=DISK_CAPTION, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+    figure.add_annotation(text=DISK_LABEL, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom",
                           showarrow=False, font={"size": 10, "color": "#666"})
     figure.update_xaxes(range=[-1.05, 1.05])
     figure.update_yaxes(range=[-1.05, 1.05])

@@ -145,7 +145,7 @@ def test_geometry_tab_shows_the_disk_for_lorentz_and_umap_for_euclidean(bundles:
 
     disk = maps["hyperbolic"]
     assert [shape.type for shape in disk.layout.shapes] == ["circle"]
-    assert figures.DISK_CAPTION in [a.text for a in disk.layout.annotations]
+    assert figures.DISK_LABEL in [a.text for a in disk.layout.annotations]
     star = next(trace for trace in disk.data if trace.name == "your specimen")
     np.testing.assert_allclose([star.x[0], star.y[0]], ref.poincare["dna"][row], atol=1e-6)
     umap = maps["euclidean"]

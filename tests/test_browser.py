@@ -180,7 +180,7 @@ def test_gradio_client_can_identify(server):
 
 
 @pytest.fixture(scope="module")
-def hyperbolic_app(server, free_port):
+def hyperbolic_app(server, page, free_port):
     """The app with a tiny hyperbolic (Lorentz CLIBD) bundle as its main model, beside the tiny CLIBD baseline."""
     from test_ui import _add_pca_layouts
 
@@ -200,14 +200,13 @@ def hyperbolic_app(server, free_port):
     port = free_port()
     demo = app.build_app([str(bundle), str(tiny["clibd"])], tiny["examples"])
     app.launch(demo, prevent_thread_lock=True, quiet=True, server_port=port)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#hz-identify")
-        yield page
-        browser.close()
+    # a second page of the module's browser (one sync Playwright per thread)
+    hyperbolic_page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    hyperbolic_page.set_default_timeout(TIMEOUT_MS)
+    hyperbolic_page.goto(f"http://127.0.0.1:{port}/")
+    hyperbolic_page.wait_for_selector("#hz-identify")
+    yield hyperbolic_page
+    hyperbolic_page.close()
     demo.close()
 
 

@@ -2,7 +2,8 @@
 of each rank, prediction scores, robustness curves and the fusion gate.
 
 Every function takes plain data (arrays, dicts, lists of records) rather than predictor or bundle objects,
-so the figures can be built, and tested, without a model.
+so the figures can be built, and tested, without a model. (A little over 400 lines: the figures share one look,
+:func:`_base_layout` and the palette, which splitting them would scatter.)
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def poincare_figure(
     **kwargs,
 ) -> go.Figure:
     """The reference specimens on the unit Poincare disk, with its boundary circle; otherwise as :func:`umap_figure`
-    (same colouring, query star and noise path; ``disk`` positions from :func:`hirviz.geometry.poincare_disk`)."""
+    (same colouring, query star and noise path; ``disk`` positions from :func:`hirviz.poincare.poincare_disk`)."""
     figure = umap_figure(disk, ranks, colour_by, title=title, **kwargs)
     figure.add_shape(type="circle", xref="x", yref="y", x0=-1, y0=-1, x1=1, y1=1, layer="below",
                      line={"color": "#555", "width": 1.5}, name="unit circle")

@@ -21,11 +21,11 @@ cancellation). A bank too large for a flat index takes an approximate FAISS inne
 the same augmented vectors in stage one; the exact re-ranking stays as it is.
 
 **The Poincare disk.** A Lorentz bundle also stores a map of each space on the Poincare disk
-(:func:`poincare_disk`), an exact radial projection: a point's distance from the disk centre is its geodesic
+(:func:`hirviz.poincare.poincare_disk`), an exact radial projection: a point's distance from the disk centre is its geodesic
 distance from the hyperboloid's origin (the "generality" axis; order names should sit near the centre, species
 toward the rim), mapped to the unit disk by ``tanh(sqrt(c) d / 2)``; its direction is that of its tangent vector
 (log map at the origin) projected on the two principal axes of the reference bank's tangent vectors
-(:func:`fit_disk_axes`, stored with the layout). Because the projection is a fixed function, a new point is placed
+(:func:`hirviz.poincare.fit_disk_axes`, stored with the layout). Because the projection is a fixed function, a new point is placed
 exactly (``place(..., layout="poincare")``), not interpolated; distances between points are not preserved.
 
 This module needs faiss, numpy and (for the Lorentz distances) torch; re-embedding a degraded specimen (a noise
@@ -44,11 +44,12 @@ import numpy as np
 import torch
 
 from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner, time_part
+from hirviz.poincare import poincare_disk
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "LAYOUT_KINDS", "Geometry", "Neighbours", "ReferenceMap", "fit_disk_axes",
-           "fit_layout", "poincare_disk", "SPACES"]
+__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "LAYOUT_KINDS", "Geometry", "Neighbours", "ReferenceMap", "fit_layout",
+           "SPACES"]
 
 SPACES: tuple[str, ...] = QUERIES
 GEOMETRY_NAMES = ("euclidean", "lorentz")
@@ -56,8 +57,6 @@ GEOMETRY_NAMES = ("euclidean", "lorentz")
 _SAME_POINT = 1e-5
 # Map kinds: the 2-D UMAP layouts (every bundle) and the Poincare disk (Lorentz bundles).
 LAYOUT_KINDS = ("umap", "poincare")
-# Largest disk radius stored: float32 rounds tanh of a far point to 1.0, on the boundary rather than inside it.
-_DISK_EDGE = 1.0 - 1e-6
 # Extra candidates the Lorentz search fetches by inner product before the exact float64 re-ranking.
 RERANK_MARGIN = 16
 
@@ -301,7 +300,7 @@ class ReferenceMap:
         weighted by ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex
         weights, so it lies in their convex hull, and a query equal to a reference point (distance below round-off)
         lands exactly on it. The Poincare disk (``layout="poincare"``) is an exact projection: the point is
-        projected as the reference was (:func:`poincare_disk`), no neighbours involved.
+        projected as the reference was (:func:`hirviz.poincare.poincare_disk`), no neighbours involved.
         """
         if layout == "poincare":
             return self._place_on_disk(z, space)
@@ -359,47 +358,6 @@ def fit_layout(
                         metric="cosine", random_state=seed, n_jobs=1)
     out[keep] = reducer.fit_transform(x[keep]).astype(np.float32)
     return out
-
-
-def fit_disk_axes(x: np.ndarray, curvature: float) -> np.ndarray:
-    """The two principal axes ``[2, d]`` (float32) of points' tangent vectors at the origin (log map), for
-    :func:`poincare_disk`. Rows that are all zero (a missing modality) are left out; each axis's sign is fixed (its
-    largest component positive) so that the map does not flip between exports."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"expected embeddings [N, d], got shape {x.shape}")
-    keep = np.linalg.norm(x, axis=1) > 0
-    if keep.sum() < 3 or x.shape[1] < 2:
-        raise ValueError(f"a disk map needs at least 3 non-empty embeddings of dimension >= 2, got {int(keep.sum())} "
-                         f"of dimension {x.shape[1]}")
-    tangent = log_map0(torch.from_numpy(x[keep]), curvature, eps=0.0).numpy()
-    _, _, vt = np.linalg.svd(tangent - tangent.mean(axis=0), full_matrices=False)
-    axes = vt[:2]
-    signs = np.sign(axes[np.arange(2), np.abs(axes).argmax(axis=1)])
-    return (axes * signs[:, None]).astype(np.float32)
-
-
-def poincare_disk(x: np.ndarray, curvature: float, axes: np.ndarray) -> np.ndarray:
-    """Positions ``[N, 2]`` (float32) of hyperboloid points (space parts ``[N, d]``) on the unit Poincare disk.
-
-    Radially exact: the distance from the centre is ``tanh(sqrt(c) r / 2)`` where ``r`` is the point's geodesic
-    distance from the origin (so nearer the origin = nearer the centre, strictly up to float32 resolution; at most
-    ``1 - 1e-6``, inside the disk); the direction is that of the tangent vector projected on ``axes`` (see
-    :func:`fit_disk_axes`; a point whose projection vanishes goes along the first axis). All-zero rows (a missing
-    modality) get NaN.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    axes = np.asarray(axes, dtype=np.float64)
-    if x.ndim != 2 or axes.shape != (2, x.shape[1]):
-        raise ValueError(f"expected points [N, d] and axes [2, d], got {x.shape} and {axes.shape}")
-    tangent = log_map0(torch.from_numpy(x), curvature, eps=0.0).numpy()
-    radius = np.linalg.norm(tangent, axis=1)
-    flat = tangent @ axes.T
-    length = np.linalg.norm(flat, axis=1, keepdims=True)
-    direction = np.where(length > 0, flat / np.where(length > 0, length, 1.0), np.array([1.0, 0.0]))
-    disk = np.minimum(np.tanh(np.sqrt(curvature) * radius / 2.0), _DISK_EDGE)[:, None] * direction
-    disk[np.linalg.norm(x, axis=1) == 0] = np.nan
-    return disk.astype(np.float32)
 
 
 def _as_queries(z: np.ndarray, dim: int, normalise: bool = True) -> tuple[np.ndarray, bool]:

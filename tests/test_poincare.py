@@ -11,8 +11,9 @@ import torch
 
 from conftest import CI_CONFIG, stand_in_layout, tiny_overrides
 from hirviz import figures
-from hirviz.geometry import Geometry, ReferenceMap, fit_disk_axes, poincare_disk
+from hirviz.geometry import Geometry, ReferenceMap
 from hirviz.lorentz import exp_map0
+from hirviz.poincare import fit_disk_axes, poincare_disk
 from hirviz.taxonomy import LEVELS
 from train.config import load_config
 

@@ -155,7 +155,7 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
 
 POINCARE_LAYOUT = ("exact radial projection onto the Poincare disk: distance from the centre = tanh(sqrt(c) d / 2) "
                    "for the geodesic distance d from the origin; direction = the tangent vector's projection on the "
-                   "bank's two principal tangent axes (hirviz.geometry.poincare_disk)")
+                   "bank's two principal tangent axes (hirviz.poincare.poincare_disk)")
 
 
 def disk_layouts(model: HirvizModel, embeddings: dict[str, np.ndarray]
@@ -164,7 +164,8 @@ def disk_layouts(model: HirvizModel, embeddings: dict[str, np.ndarray]
 
     Cheap (a log map and an SVD), deterministic, and exact for new points, so it is computed even without UMAP.
     """
-    from hirviz.geometry import Geometry, fit_disk_axes, poincare_disk
+    from hirviz.geometry import Geometry
+    from hirviz.poincare import fit_disk_axes, poincare_disk
 
     geometry = Geometry.of(model)
     disks: dict[str, np.ndarray] = {}

@@ -32,7 +32,7 @@ class Reference:
         has_image, has_dna: bool ``[N]``, whether the specimen has a photo / a barcode.
         layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions (NaN for rows left out of a space).
         poincare: space -> float32 ``[N, 2]`` positions on the unit Poincare disk (Lorentz bundles; NaN for rows
-            left out), the projection of :func:`hirviz.geometry.poincare_disk` with ``poincare_axes[space]``.
+            left out), the projection of :func:`hirviz.poincare.poincare_disk` with ``poincare_axes[space]``.
         poincare_axes: space -> float32 ``[2, d]`` the disk projection's tangent-space axes.
     """
 

@@ -1,11 +1,11 @@
 """The hirviz app (Hugging Face Spaces entry point): ``python app.py``.
 
 Bundles: ``HIRVIZ_BUNDLES`` (comma-separated bundle directories or hub repo ids, the main model first), else
-the embedded bundles: ``assets/demo-hir-fuse`` (CLIBD-HiR-Fuse) and ``assets/demo-clibd`` (the CLIBD baseline),
-the synthetic teaching demo for photos (invented taxon names), and ``assets/real-coi``, the real COI-barcode model
-(real BOLD / BIOSCAN-5M barcodes, CC BY-SA 4.0) that identifies pasted barcodes. A bundle trained without images
-is taken as the barcode bundle (:func:`hirviz.ui.engine.barcode_only`). Example specimens: ``HIRVIZ_EXAMPLES`` or
-``assets/examples``.
+the embedded bundles: ``assets/demo-hir-fuse`` (CLIBD-HiR-Fuse), ``assets/demo-clibd`` (the CLIBD baseline) and
+``assets/demo-hyperbolic`` (hyperbolic CLIBD, shown on the Poincare disk), the synthetic teaching demo for photos
+(invented taxon names), and ``assets/real-coi``, the real COI-barcode model (real BOLD / BIOSCAN-5M barcodes,
+CC BY-SA 4.0) that identifies pasted barcodes. A bundle trained without images is taken as the barcode bundle
+(:func:`hirviz.ui.engine.barcode_only`). Example specimens: ``HIRVIZ_EXAMPLES`` or ``assets/examples``.
 
 The server listens on 127.0.0.1 unless it runs on Spaces (``SPACE_ID`` set), where it must listen on 0.0.0.0;
 the port is ``GRADIO_SERVER_PORT`` or 7860. Uploads and rendered images go to Gradio's temporary folder only.
@@ -22,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_BUNDLES: tuple[Path, ...] = (ROOT / "assets" / "demo-hir-fuse", ROOT / "assets" / "demo-clibd",
-                                     ROOT / "assets" / "real-coi")
+                                     ROOT / "assets" / "demo-hyperbolic", ROOT / "assets" / "real-coi")
 DEFAULT_EXAMPLES = ROOT / "assets" / "examples"
 MAX_UPLOAD = "50mb"  # larger photos than this are refused by the server before they reach the model
 

@@ -1,7 +1,9 @@
-"""Plotly figures for the app: reference maps, prediction scores, robustness curves and the fusion gate.
+"""Plotly figures for the app: reference maps (UMAP, and the Poincare disk of hyperbolic models), the generality
+of each rank, prediction scores, robustness curves and the fusion gate.
 
 Every function takes plain data (arrays, dicts, lists of records) rather than predictor or bundle objects,
-so the figures can be built, and tested, without a model.
+so the figures can be built, and tested, without a model. (A little over 400 lines: the figures share one look,
+:func:`_base_layout` and the palette, which splitting them would scatter.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ __all__ = [
     "QUERY_COLOURS",
     "empty_figure",
     "umap_figure",
+    "poincare_figure",
+    "generality_figure",
+    "DISK_CAPTION",
+    "DISK_LABEL",
     "prediction_bars",
     "robustness_figure",
     "gate_figure",
@@ -182,6 +188,79 @@ def umap_figure(
         hoverlabel={"font_size": 11},
     )
     return _base_layout(figure, title, height)
+
+
+DISK_CAPTION = ("Poincare disk (exact radial projection): distance from the centre shows the geodesic distance "
+                "from the origin, general near the centre, specific toward the rim")
+# The disk's own label, short enough for a narrow plot (the tab's caption says the rest).
+DISK_LABEL = "Poincare disk: centre = general, rim = specific"
+
+
+def poincare_figure(
+    disk: np.ndarray,
+    ranks: np.ndarray | Sequence[Sequence[str]],
+    colour_by: str = "order",
+    *,
+    title: str | None = None,
+    **kwargs,
+) -> go.Figure:
+    """The reference specimens on the unit Poincare disk, with its boundary circle; otherwise as :func:`umap_figure`
+    (same colouring, query star and noise path; ``disk`` positions from :func:`hirviz.poincare.poincare_disk`)."""
+    figure = umap_figure(disk, ranks, colour_by, title=title, **kwargs)
+    figure.add_shape(type="circle", xref="x", yref="y", x0=-1, y0=-1, x1=1, y1=1, layer="below",
+                     line={"color": "#555", "width": 1.5}, name="unit circle")
+    figure.add_annotation(text=DISK_LABEL, x=0.5, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                          showarrow=False, font={"size": 10, "color": "#666"})
+    figure.update_xaxes(range=[-1.05, 1.05])
+    figure.update_yaxes(range=[-1.05, 1.05])
+    return figure
+
+
+def deepest_rank(ranks: np.ndarray | Sequence[Sequence[str]]) -> np.ndarray:
+    """Per row, the index in :data:`LEVELS` of the deepest known name (-1 where none is known)."""
+    names = _rank_array(ranks, len(ranks))
+    known = names != ""
+    return np.where(known.any(axis=1), len(LEVELS) - 1 - np.argmax(known[:, ::-1], axis=1), -1)
+
+
+def generality_figure(
+    groups: Mapping[str, tuple[np.ndarray, np.ndarray | Sequence[Sequence[str]]]],
+    *,
+    query: float | None = None,
+    title: str | None = None,
+    height: int = 380,
+) -> go.Figure:
+    """Geodesic distance from the origin by rank: one box (with its points) per rank and group.
+
+    ``groups`` maps a label (e.g. "taxonomy text", "reference specimens") to ``(distances [N], ranks [N, 4])``;
+    each row counts at its deepest known rank (an order-only string is an order). The x axis always holds the four
+    ranks in order. ``query`` draws the last specimen's distance as a dashed line.
+    """
+    figure = go.Figure()
+    colours = ("#6a3d9a", "#1f77b4", "#2ca02c", "#ff7f0e")
+    for i, (label, (distances, ranks)) in enumerate(groups.items()):
+        distances = np.asarray(distances, dtype=np.float64).ravel()
+        depth = deepest_rank(ranks) if len(distances) else np.zeros(0, dtype=int)
+        keep = (depth >= 0) & np.isfinite(distances)
+        if not keep.any():
+            continue
+        figure.add_trace(go.Box(
+            x=np.asarray(LEVELS)[depth[keep]], y=distances[keep], name=label, boxpoints="all", jitter=0.4,
+            pointpos=0, marker={"size": 3, "opacity": 0.5, "color": colours[i % len(colours)]},
+            line={"width": 1.5}, hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>",
+        ))
+    if not figure.data:
+        return empty_figure("no points with a known rank", title=title, height=height)
+    if query is not None and np.isfinite(query):
+        figure.add_hline(y=float(query), line={"color": "#111", "dash": "dash", "width": 1.5},
+                         annotation_text="your specimen", annotation_position="top left")
+    figure.update_layout(boxmode="group", yaxis_title="geodesic distance from the origin",
+                         legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0})
+    figure.update_xaxes(type="category", categoryorder="array", categoryarray=list(LEVELS), range=[-0.5, 3.5])
+    figure.update_yaxes(rangemode="tozero")
+    _base_layout(figure, title, height)
+    figure.update_layout(margin={"b": 60})
+    return figure
 
 
 def _rank_array(ranks: np.ndarray | Sequence[Sequence[str]], n: int) -> np.ndarray:

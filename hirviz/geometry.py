@@ -21,6 +21,14 @@ the exact geodesic distance in float64 (float32 inner products of large space pa
 cancellation). A bank too large for a flat index takes an approximate FAISS inner-product index (IVF, HNSW) over
 the same augmented vectors in stage one; the exact re-ranking stays as it is.
 
+**The Poincare disk.** A Lorentz bundle also stores a map of each space on the Poincare disk
+(:func:`hirviz.poincare.poincare_disk`), an exact radial projection: a point's distance from the disk centre is its geodesic
+distance from the hyperboloid's origin (the "generality" axis; order names should sit near the centre, species
+toward the rim), mapped to the unit disk by ``tanh(sqrt(c) d / 2)``; its direction is that of its tangent vector
+(log map at the origin) projected on the two principal axes of the reference bank's tangent vectors
+(:func:`hirviz.poincare.fit_disk_axes`, stored with the layout). Because the projection is a fixed function, a new point is placed
+exactly (``place(..., layout="poincare")``), not interpolated; distances between points are not preserved.
+
 This module needs faiss, numpy and (for the Lorentz distances) torch; re-embedding a degraded specimen (a noise
 path) is the predictor's work, in :mod:`hirviz.noise_path`.
 """
@@ -47,15 +55,19 @@ from hirviz.index import (
     space_members,
 )
 from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner, time_part
+from hirviz.poincare import poincare_disk
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
-__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "Geometry", "Neighbours", "ReferenceMap", "fit_layout", "SPACES"]
+__all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "LAYOUT_KINDS", "Geometry", "Neighbours", "ReferenceMap", "fit_layout",
+           "SPACES"]
 
 SPACES: tuple[str, ...] = QUERIES
 GEOMETRY_NAMES = ("euclidean", "lorentz")
 # Distance (cosine, or geodesic) under which a query counts as equal to a reference point (float32 round-off).
 _SAME_POINT = 1e-5
+# Map kinds: the 2-D UMAP layouts (every bundle) and the Poincare disk (Lorentz bundles).
+LAYOUT_KINDS = ("umap", "poincare")
 # Extra candidates the Lorentz search fetches by inner product before the exact float64 re-ranking.
 RERANK_MARGIN = 16
 
@@ -124,6 +136,13 @@ class Geometry:
             return np.asarray(x, dtype=np.float32)
         return log_map0(torch.from_numpy(np.asarray(x, dtype=np.float64)), self.curvature).float().numpy()
 
+    def origin_distance(self, x: np.ndarray) -> np.ndarray:
+        """float64 ``[n]`` geodesic distances from the hyperboloid's origin (the norm of the log map), Lorentz only."""
+        if not self.lorentz:
+            raise ValueError("distance from the origin is a Lorentz-geometry notion (Euclidean embeddings are unit)")
+        x = torch.from_numpy(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+        return torch.linalg.vector_norm(log_map0(x, self.curvature, eps=0.0), dim=-1).numpy()
+
 
 EUCLIDEAN = Geometry()
 
@@ -164,17 +183,30 @@ class ReferenceMap:
         embeddings = self.reference.embeddings
         return tuple(s for s in SPACES if s in embeddings) + tuple(s for s in embeddings if s not in SPACES)
 
+    def _layouts(self, kind: str) -> dict[str, np.ndarray]:
+        if kind not in LAYOUT_KINDS:
+            raise ValueError(f"layout must be one of {LAYOUT_KINDS}, got {kind!r}")
+        return getattr(self.reference, "layouts" if kind == "umap" else "poincare", None) or {}
+
     @property
     def layout_spaces(self) -> tuple[str, ...]:
         """The spaces that have both embeddings and a precomputed 2-D layout (those :meth:`place` accepts)."""
-        layouts = getattr(self.reference, "layouts", None) or {}
+        layouts = self._layouts("umap")
         return tuple(s for s in self.spaces if s in layouts)
 
-    def layout(self, space: str) -> np.ndarray:
-        """The precomputed layout ``[N, 2]`` of a space (rows aligned with the reference)."""
-        layouts = getattr(self.reference, "layouts", None) or {}
+    @property
+    def disk_spaces(self) -> tuple[str, ...]:
+        """The spaces with a Poincare disk map (Lorentz bundles; those ``place(..., layout="poincare")`` accepts)."""
+        disks = self._layouts("poincare")
+        axes = getattr(self.reference, "poincare_axes", None) or {}
+        return tuple(s for s in self.spaces if s in disks and s in axes) if self.geometry.lorentz else ()
+
+    def layout(self, space: str, kind: str = "umap") -> np.ndarray:
+        """The precomputed layout ``[N, 2]`` of a space (rows aligned with the reference): ``kind`` ``"umap"`` or
+        ``"poincare"`` (the disk)."""
+        layouts = self._layouts(kind)
         if space not in layouts:
-            raise ValueError(f"the reference has no layout for space {space!r}; it has {sorted(layouts)}")
+            raise ValueError(f"the reference has no layout ({kind}) for space {space!r}; it has {sorted(layouts)}")
         return np.asarray(layouts[space], dtype=np.float32)
 
     def members(self, space: str) -> np.ndarray:
@@ -280,14 +312,18 @@ class ReferenceMap:
 
     # -- placement ---------------------------------------------------------------------------------
 
-    def place(self, z: np.ndarray, space: str, k: int = 10) -> np.ndarray:
+    def place(self, z: np.ndarray, space: str, k: int = 10, layout: str = "umap") -> np.ndarray:
         """Positions ``[n, 2]`` (``[2]`` for a 1-D ``z``) of new embeddings on the space's precomputed layout.
 
-        Each point goes to the mean of its ``k`` nearest reference neighbours' layout positions weighted by
-        ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex weights, so it lies in their convex hull,
-        and a query equal to a reference point (distance below round-off) lands exactly on it.
+        UMAP layouts: each point goes to the mean of its ``k`` nearest reference neighbours' layout positions
+        weighted by ``1 / distance**2`` (cosine, or geodesic in the Lorentz geometry; Shepard interpolation): convex
+        weights, so it lies in their convex hull, and a query equal to a reference point (distance below round-off)
+        lands exactly on it. The Poincare disk (``layout="poincare"``) is an exact projection: the point is
+        projected as the reference was (:func:`hirviz.poincare.poincare_disk`), no neighbours involved.
         """
-        layout = self.layout(space)
+        if layout == "poincare":
+            return self._place_on_disk(z, space)
+        layout = self.layout(space, layout)
         sims, rows = self.neighbours(z, space, k)
         single = sims.ndim == 1
         sims, rows = np.atleast_2d(sims), np.atleast_2d(rows)
@@ -302,6 +338,14 @@ class ReferenceMap:
         weights = np.where(same.any(axis=1, keepdims=True), same.astype(np.float64), weights)
         weights /= weights.sum(axis=1, keepdims=True)
         placed = np.einsum("nk,nkc->nc", weights, np.where(usable[..., None], pos, 0.0)).astype(np.float32)
+        return placed[0] if single else placed
+
+    def _place_on_disk(self, z: np.ndarray, space: str) -> np.ndarray:
+        if space not in self.disk_spaces:
+            raise ValueError(f"the reference has no Poincare disk of space {space!r}; it has {list(self.disk_spaces)}")
+        queries, single = _as_queries(z, self._embeddings(space).shape[1], normalise=False)
+        axes = np.asarray(self.reference.poincare_axes[space], dtype=np.float64)
+        placed = poincare_disk(queries, self.geometry.curvature, axes)
         return placed[0] if single else placed
 
     def warm_up(self) -> None:

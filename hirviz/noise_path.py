@@ -34,6 +34,7 @@ def noise_path(
     blur_kernel: int | None = None,
     seed: int = 0,
     k: int = 10,
+    layout: str = "umap",
 ) -> np.ndarray:
     """Map positions ``[len(strengths), 2]`` of one specimen degraded more and more, on ``predictor``'s reference map.
 
@@ -42,7 +43,8 @@ def noise_path(
     :meth:`Predictor.default_blur_kernel`); strength 0 is the clean specimen. Every strength uses the same
     ``seed``, so the DNA edits of a weaker strength are a subset of a stronger one's (see
     :mod:`hirviz.degrade`) and the path moves steadily rather than jumping between random draws. ``k``
-    neighbours place each point (:meth:`hirviz.geometry.ReferenceMap.place`).
+    neighbours place each point (:meth:`hirviz.geometry.ReferenceMap.place`) on the ``layout`` kind of map
+    (``"poincare"``: the disk of a Lorentz bundle).
     """
     reference_map = predictor.reference_map
     if reference_map is None:
@@ -57,4 +59,4 @@ def noise_path(
     embedded = predictor.embed(image, barcode, blur_kernels=kernels, dna_noises=noises, seed=seed)
     if space not in embedded.vectors:
         raise ValueError(f"the {space!r} space needs inputs that were not given; have {sorted(embedded.vectors)}")
-    return reference_map.place(embedded.vectors[space], space, k)
+    return reference_map.place(embedded.vectors[space], space, k, layout=layout)

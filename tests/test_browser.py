@@ -245,3 +245,54 @@ def test_a_pasted_barcode_is_identified_by_the_real_bundle(real_page, tmp_path):
     page.wait_for_function("document.querySelector('#hz-batch-status').innerText.includes('Identified 2 records')")
     page.wait_for_selector("#hz-batch-download a")
     assert record_id in page.inner_text("#hz-batch-table")
+
+
+@pytest.fixture(scope="module")
+def hyperbolic_app(server, page, free_port):
+    """The app with a tiny hyperbolic (Lorentz CLIBD) bundle as its main model, beside the tiny CLIBD baseline."""
+    from test_ui import _add_pca_layouts
+
+    from conftest import CI_CONFIG
+    from train.config import load_config
+    from train.export import export
+    from train.loop import fit
+
+    tiny = server["tiny"]
+    root = server["workdir"].parent / "hyperbolic-app"
+    data = tiny["data"]
+    cfg = load_config(CI_CONFIG, [f"data.metadata={data / 'metadata.tsv'}", f"data.images={data / 'images.hdf5'}",
+                                  f"run.out_dir={root / 'run'}", "model.geometry=lorentz", "loss.objective=clibd"])
+    bundle = export(fit(cfg, max_steps=2), root / "bundle", name="tiny-hyperbolic", umap=False, max_reference=200)
+    _add_pca_layouts(bundle / "reference.h5")
+    app = _load_app_module()
+    port = free_port()
+    demo = app.build_app([str(bundle), str(tiny["clibd"])], tiny["examples"])
+    app.launch(demo, prevent_thread_lock=True, quiet=True, server_port=port)
+    # a second page of the module's browser (one sync Playwright per thread)
+    hyperbolic_page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    hyperbolic_page.set_default_timeout(TIMEOUT_MS)
+    hyperbolic_page.goto(f"http://127.0.0.1:{port}/")
+    hyperbolic_page.wait_for_selector("#hz-identify")
+    yield hyperbolic_page
+    hyperbolic_page.close()
+    demo.close()
+
+
+def test_hyperbolic_model_shows_the_poincare_disk(server, hyperbolic_app, tmp_path):
+    page = hyperbolic_app
+    examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
+    page.set_input_files("#hz-image input[type=file]", str(server["tiny"]["examples"] / examples.image_file[0]))
+    page.fill("#hz-barcode textarea", examples.barcode[0])
+    page.click("#hz-identify")
+    _wait_status(page, "Identified from the image + barcode")  # a model without a fused query identifies
+
+    page.get_by_role("tab", name="Geometry").click()
+    page.wait_for_selector("#hz-map-0 .js-plotly-plot")
+    page.wait_for_function("document.querySelector('#hz-map-0').innerText.includes('your specimen')")
+    disk = page.locator("#hz-map-0")
+    assert "Poincare disk" in disk.inner_text()
+    assert disk.locator(".shapelayer path").count() >= 1  # the unit circle
+    assert page.locator("#hz-map-1 .shapelayer path").count() == 0  # the Euclidean baseline keeps its UMAP map
+    assert page.locator("#hz-generality-0 .js-plotly-plot").is_visible()
+    assert "distance from the origin" in page.inner_text("#hz-generality-0")
+    page.screenshot(path=str(tmp_path / "poincare.png"), full_page=True)

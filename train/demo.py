@@ -1,11 +1,14 @@
-"""Rebuild the embedded demo from scratch: ``python -m train demo`` (about 20-30 minutes on 2 CPU cores).
+"""Rebuild the embedded demo from scratch: ``python -m train demo`` (the two Euclidean models took 20-30 minutes on
+2 CPU cores; the hyperbolic one, trained alone on one thread of a shared machine, about 14 minutes more).
 
 It runs the documented pipeline, nothing private: ``synth`` writes a synthetic benchmark, then for each demo
 model (the CLIBD baseline and CLIBD-HiR-Fuse) ``fit`` trains it with ``train/configs/demo.yaml``, ``export``
 makes a bundle, and ``eval`` scores the run's held-out split (clean, noisy, and a noise sweep for the app's
-robustness view); the results go into the bundle's ``eval.json`` and model card. The two models train in
-parallel, one CPU thread each. Finally a few held-out specimens are written to ``assets/examples`` for the
-app's one-click examples.
+robustness view); the results go into the bundle's ``eval.json`` and model card. A third model, hyperbolic
+CLIBD (``train/configs/hyperbolic_cpu.yaml``: Lorentz geometry, SEL entailment), is trained the same way on the
+same data with a reference bank of :data:`HYPERBOLIC_REFERENCE` specimens (the assets stay small). The models
+train in parallel, one CPU thread each. Finally a few held-out specimens are written to ``assets/examples`` for
+the app's one-click examples. ``--only NAME`` rebuilds one bundle (the synthetic data too, not the examples).
 
 ``python -m train demo --only real-coi`` (also part of the full rebuild) makes ``assets/real-coi``, the app's real
 COI-barcode bundle (:func:`build_real_coi`): ``fit`` with ``train/configs/real_dna.yaml`` on a real barcode TSV
@@ -39,16 +42,21 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 MODELS = {"demo-hir-fuse": "clibd-hir-fuse", "demo-clibd": "clibd"}
 REAL_COI = "real-coi"
 STEPS = ("synthetic", REAL_COI)
+# The hyperbolic demo: bundle name -> (config, objective, reference bank size); its config sets the geometry.
+HYPERBOLIC_CONFIG = Path(__file__).resolve().parent / "configs" / "hyperbolic_cpu.yaml"
+HYPERBOLIC_REFERENCE = 500  # keeps assets/ under 50 MB (the model alone is 14 MB)
+HYPERBOLIC = {"demo-hyperbolic": (HYPERBOLIC_CONFIG, "clibd", HYPERBOLIC_REFERENCE)}
 
 
-def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None) -> Path:
+def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | None, max_steps: int | None,
+                config: Path = DEMO_CONFIG, max_reference: int = 2000) -> Path:
     """fit -> export -> eval -> attach the results: one demo bundle."""
     from hirviz.bundle import load_bundle
 
     py = [sys.executable, "-m", "train"]
     run_dir, bundle_dir, log = work / "runs" / name, out / name, work / f"{name}.log"
     results = work / f"{name}-eval.json"
-    fit = [*py, "fit", "--config", str(DEMO_CONFIG), f"data.metadata={work / 'synth' / 'metadata.tsv'}",
+    fit = [*py, "fit", "--config", str(config), f"data.metadata={work / 'synth' / 'metadata.tsv'}",
            f"data.images={work / 'synth' / 'images.hdf5'}", f"run.out_dir={run_dir}", f"loss.objective={objective}",
            "data.num_workers=0"]
     if epochs is not None:
@@ -58,7 +66,8 @@ def build_model(name: str, objective: str, work: Path, out: Path, epochs: int | 
     t0 = time.time()
     run_step(fit, log)
     logger.info("%s: trained in %.0f s", name, time.time() - t0)
-    run_step([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference", "2000"], log)
+    run_step([*py, "export", "--run", str(run_dir), "--out", str(bundle_dir), "--name", name, "--max-reference",
+                str(max_reference)], log)
     run_step([*py, "eval", "--bundle", str(bundle_dir), "--metadata", str(work / "synth" / "metadata.tsv"),
           "--images", str(work / "synth" / "images.hdf5"), "--split", str(run_dir), "--sweep",
           "--out", str(results), "--markdown", str(results.with_suffix(".md"))], log)
@@ -91,20 +100,32 @@ def write_examples(work: Path, run_dir: Path, out: Path, per_order: int = 2) -> 
     return examples
 
 
+def demo_models() -> dict[str, tuple[Path, str, int]]:
+    """Every demo bundle: name -> (config, objective, reference bank size)."""
+    return {**{name: (DEMO_CONFIG, objective, 2000) for name, objective in MODELS.items()}, **HYPERBOLIC}
+
+
 def build_demo(out: Path, work: Path, specimens: int, seed: int, epochs: int | None = None,
-               max_steps: int | None = None) -> list[Path]:
+               max_steps: int | None = None, only: str | None = None) -> list[Path]:
     from train.synthetic import SynthConfig, generate
+
+    models = demo_models()
+    if only is not None:
+        if only not in models:
+            raise SystemExit(f"--only must name a demo bundle, one of {sorted(models)}; got {only!r}")
+        models = {only: models[only]}
 
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     generate(work / "synth", SynthConfig(specimens=specimens, seed=seed, image_height=128))
     logger.info("synthetic benchmark: %d specimens in %.0f s", specimens, time.time() - t0)
-    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
-        jobs = [pool.submit(build_model, name, objective, work, out, epochs, max_steps)
-                for name, objective in MODELS.items()]
+    with ThreadPoolExecutor(max_workers=len(models)) as pool:
+        jobs = [pool.submit(build_model, name, objective, work, out, epochs, max_steps, config, reference)
+                for name, (config, objective, reference) in models.items()]
         bundles = [job.result() for job in jobs]
-    write_examples(work, work / "runs" / next(iter(MODELS)), out)
+    if only is None:
+        write_examples(work, work / "runs" / next(iter(MODELS)), out)
     logger.info("demo rebuilt in %.0f s", time.time() - t0)
     return bundles
 
@@ -113,8 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from train.real_coi import default_barcodes
 
     parser.add_argument("--out", default="assets", help="where the bundles and examples go (default %(default)s)")
-    parser.add_argument("--only", choices=STEPS, default=None,
-                        help="rebuild only the synthetic demo bundles or only the real COI bundle (default: both)")
+    parser.add_argument("--only", choices=(*STEPS, *MODELS, *HYPERBOLIC), default=None,
+                        help="rebuild only the synthetic demo bundles, one of them by name (the examples are then left "
+                             "as they are), or only the real COI bundle (default: all)")
     parser.add_argument("--barcodes", default=str(default_barcodes()),
                         help="real barcode TSV for the real-coi bundle (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the real-coi step (default 1: on a busy "
@@ -130,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
     # absolute: the pipeline steps run in the repository root, not where the command was started
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     bundles = []
-    if args.only in (None, "synthetic"):
-        bundles += build_demo(out, work, args.specimens, args.seed, args.epochs, args.max_steps)
+    if args.only != REAL_COI:  # every synthetic bundle, or the one named
+        one = None if args.only in (None, "synthetic") else args.only
+        bundles += build_demo(out, work, args.specimens, args.seed, args.epochs, args.max_steps, one)
     if args.only in (None, REAL_COI):
         from train.real_coi import build_real_coi
 

@@ -7,7 +7,8 @@ same as the one the run saved (:func:`train.rundir.check_split`). The bundle the
 * the candidates: the distinct taxonomy strings of the training split, with their ranks and text embeddings;
 * the reference bank: a seeded subsample of the training split (at most ``--max-reference`` specimens, every
   order and family represented while the cap allows), embedded clean in every space the model has, with a
-  seeded 2-D UMAP layout of the image, DNA and fused spaces;
+  seeded 2-D UMAP layout of the image, DNA and fused spaces (Lorentz models: also a Poincare disk map of each,
+  :func:`disk_layouts`, described in the bundle config's ``provenance.poincare_layout``);
 * a model card (data, objective, recipe, and the accuracy tables of ``--eval`` when given) and provenance;
 * ``abstention.json``: the abstention policy calibrated on half of the run's held-out rows and reported on the
   other half (:func:`train.calibrate.calibrate_bundle`; ``--no-abstention`` skips it).
@@ -119,10 +120,11 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
     emb = embed_frame(model, frame, images, Degradation(), batch_size=batch_size, device=device)
     embeddings = {space: emb[space] for space in SPACES if space in emb}
     layouts = {}
+    poincare, poincare_axes = disk_layouts(model, embeddings)
     if umap:
         from hirviz.geometry import Geometry, fit_layout
 
-        # Lorentz: UMAP (cosine metric) of the tangent-space points at the origin (log map), for now.
+        # Lorentz: UMAP (cosine metric) of the tangent-space points at the origin (log map); the disk is separate.
         to_layout = Geometry.of(model).tangent
         for space in LAYOUT_SPACES:
             if space not in embeddings:
@@ -146,7 +148,36 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
         has_image=emb["has_image"],
         has_dna=emb["has_dna"],
         layouts=layouts,
+        poincare=poincare,
+        poincare_axes=poincare_axes,
     )
+
+
+POINCARE_LAYOUT = ("exact radial projection onto the Poincare disk: distance from the centre = tanh(sqrt(c) d / 2) "
+                   "for the geodesic distance d from the origin; direction = the tangent vector's projection on the "
+                   "bank's two principal tangent axes (hirviz.poincare.poincare_disk)")
+
+
+def disk_layouts(model: HirvizModel, embeddings: dict[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Lorentz models: each layout space's Poincare disk positions and projection axes (empty dicts otherwise).
+
+    Cheap (a log map and an SVD), deterministic, and exact for new points, so it is computed even without UMAP.
+    """
+    from hirviz.geometry import Geometry
+    from hirviz.poincare import fit_disk_axes, poincare_disk
+
+    geometry = Geometry.of(model)
+    disks: dict[str, np.ndarray] = {}
+    axes: dict[str, np.ndarray] = {}
+    if not geometry.lorentz:
+        return disks, axes
+    for space in LAYOUT_SPACES:
+        if space not in embeddings or (np.linalg.norm(embeddings[space], axis=1) > 0).sum() < 3:
+            continue
+        axes[space] = fit_disk_axes(embeddings[space], geometry.curvature)
+        disks[space] = poincare_disk(embeddings[space], geometry.curvature, axes[space])
+    return disks, axes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -245,7 +276,7 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
         "## Objective and recipe",
         "",
         f"- objective: {_OBJECTIVES.get(loss.objective, loss.objective)}" + _loss_weights(loss),
-        *_geometry_lines(cfg),
+        *_geometry_lines(cfg, provenance.get("curvature")),
         f"- image and text towers: OpenCLIP {clip}" + ("; text tower frozen" if m.freeze_text else ""),
         f"- DNA encoder: {dna}; tokenizer: {tokenizer}",
         f"- optimisation: AdamW + OneCycle, max learning rate {o.max_lr}, {o.epochs} epochs, batch size "
@@ -262,7 +293,8 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
             "[y, -y_t] for keys, whose inner product is the Lorentzian one) gives candidates, re-ranked by the exact "
             "float64 distance; a bank too large for the flat index takes an approximate inner-product index (IVF, "
             "HNSW) over the same vectors in the first stage. The UMAP layouts are of the tangent-space points "
-            "(log map at the origin) with the cosine metric, for now; there is no fused space (no fusion head)."]),
+            "(log map at the origin) with the cosine metric; there is no fused space (no fusion head). Poincare "
+            f"disk maps of the spaces {', '.join(reference.poincare) or 'none'}: {POINCARE_LAYOUT}."]),
         "",
         "## Evaluation",
         "",
@@ -278,13 +310,14 @@ def model_card(name: str, cfg: TrainConfig, provenance: dict[str, Any], taxonomy
     return "\n".join(lines)
 
 
-def _geometry_lines(cfg: TrainConfig) -> list[str]:
-    """The model card's line on the geometry (none for the Euclidean default)."""
+def _geometry_lines(cfg: TrainConfig, trained: float | None = None) -> list[str]:
+    """The model card's line on the geometry (none for the Euclidean default); ``trained``: the final curvature."""
     if cfg.model.geometry == "euclidean":
         return []
     loss = cfg.loss
-    return [f"- geometry: Lorentz (hyperbolic, METHOD.md section 9), initial curvature {cfg.model.curvature}"
-            f"{' (learnt)' if cfg.model.learn_curvature else ' (fixed)'}; entailment {loss.entailment} with weight "
+    learnt = f" (learnt: {trained:.4g} after training)" if cfg.model.learn_curvature and trained else " (learnt)"
+    return [f"- geometry: Lorentz (hyperbolic, METHOD.md section 9), curvature -c with initial c = {cfg.model.curvature}"
+            f"{learnt if cfg.model.learn_curvature else ' (fixed)'}; entailment {loss.entailment} with weight "
             f"{loss.entail_weight}; pair losses reduced by {loss.hyperbolic_reduction}; candidates ranked by "
             "geodesic distance, scores softmax(-d * scale), the averaged query is the tangent-space mean"]
 
@@ -371,6 +404,8 @@ def export(
             "train_specimens": int(len(train_idx)),
             "test_specimens": int(len(test_idx)),
             "reference_specimens": int(len(reference)),
+            **({"poincare_layout": POINCARE_LAYOUT} if reference.poincare else {}),
+            **({"curvature": float(model.curvature())} if model.geometry == "lorentz" else {}),
             "reference_seed": seed,
             "steps": counters.get("step"),
             "epochs_completed": counters.get("epoch"),

@@ -49,6 +49,9 @@ class Reference:
     A large bank (:data:`~hirviz.index.FLAT_MAX_ROWS` rows or more) stores its embeddings as float16, and
     :meth:`load` maps them from the file instead of reading them (``embeddings`` then holds read-only float16
     memory maps): the process never holds a float32 copy of the bank.
+        poincare: space -> float32 ``[N, 2]`` positions on the unit Poincare disk (Lorentz bundles; NaN for rows
+            left out), the projection of :func:`hirviz.poincare.poincare_disk` with ``poincare_axes[space]``.
+        poincare_axes: space -> float32 ``[2, d]`` the disk projection's tangent-space axes.
     """
 
     ids: np.ndarray
@@ -61,6 +64,8 @@ class Reference:
     layouts: dict[str, np.ndarray] = field(default_factory=dict)
     indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
     folder: Path | None = None
+    poincare: dict[str, np.ndarray] = field(default_factory=dict)
+    poincare_axes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ids = _str_array(self.ids, "ids")
@@ -71,6 +76,8 @@ class Reference:
         self.has_image = np.asarray(self.has_image, dtype=bool)
         self.has_dna = np.asarray(self.has_dna, dtype=bool)
         self.layouts = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.layouts.items()}
+        self.poincare = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.poincare.items()}
+        self.poincare_axes = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.poincare_axes.items()}
         self.validate()
 
     def __len__(self) -> int:
@@ -107,6 +114,7 @@ class Reference:
                 raise BundleError(f"reference has a layout for {space!r} but no {space!r} embeddings")
             if v.shape != (n, 2):
                 raise BundleError(f"reference umap/{space} has shape {v.shape}, expected ({n}, 2)")
+        self._validate_disks(n, dims)
         if taxonomy is not None and n:
             sizes = np.array([taxonomy.num_classes(lvl) for lvl in LEVELS])
             bad = (self.labels < UNKNOWN_ID) | (self.labels >= sizes)
@@ -114,6 +122,21 @@ class Reference:
                 level = LEVELS[int(np.argwhere(bad)[0, 1])]
                 raise BundleError(f"reference labels hold {level} ids outside the bundle taxonomy "
                                   f"({int(bad.sum())} bad entries)")
+
+    def _validate_disks(self, n: int, dims: dict[str, int | None]) -> None:
+        if set(self.poincare) != set(self.poincare_axes):
+            raise BundleError(f"reference has Poincare disks of {sorted(self.poincare)} but axes of "
+                              f"{sorted(self.poincare_axes)}: each disk needs its axes")
+        for space, v in self.poincare.items():
+            if space not in self.embeddings:
+                raise BundleError(f"reference has a Poincare disk for {space!r} but no {space!r} embeddings")
+            if v.shape != (n, 2):
+                raise BundleError(f"reference poincare/{space} has shape {v.shape}, expected ({n}, 2)")
+            if self.poincare_axes[space].shape != (2, dims[space]):
+                raise BundleError(f"reference poincare_axes/{space} has shape {self.poincare_axes[space].shape}, "
+                                  f"expected (2, {dims[space]})")
+            if (np.linalg.norm(v, axis=1) >= 1).any():
+                raise BundleError(f"reference poincare/{space} has points on or outside the unit disk")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], taxonomy: Taxonomy | None = None) -> Reference:
@@ -123,7 +146,7 @@ class Reference:
         ``embeddings`` dict or as top-level ``image`` / ``dna`` / ``avg`` / ``fused`` arrays (the output of
         ``train.embed.embed_frame`` works; its ``gate`` is ignored). Optional: ``labels`` (computed from the
         ranks with ``taxonomy`` when absent), ``barcodes``, ``has_image`` / ``has_dna`` (default: all true for
-        the spaces present), ``layouts`` (or ``umap``).
+        the spaces present), ``layouts`` (or ``umap``), ``poincare`` with ``poincare_axes``.
         """
         missing = [k for k in ("ids", "ranks") if k not in data]
         if missing:
@@ -141,7 +164,8 @@ class Reference:
         barcodes = data.get("barcodes", np.full(n, "", dtype=object))
         layouts = dict(data.get("layouts") or data.get("umap") or {})
         return cls(ids=data["ids"], ranks=ranks, labels=labels, barcodes=barcodes, embeddings=embeddings,
-                   has_image=has_image, has_dna=has_dna, layouts=layouts)
+                   has_image=has_image, has_dna=has_dna, layouts=layouts, poincare=dict(data.get("poincare") or {}),
+                   poincare_axes=dict(data.get("poincare_axes") or {}))
 
     def save(self, path: str | os.PathLike, dtype: Any = None) -> None:
         """Write ``reference.h5`` (strings as UTF-8, arrays as int64 / bool, layouts as float32).
@@ -166,6 +190,9 @@ class Reference:
                     ds[start:start + _CHUNK_ROWS] = np.asarray(values[start:start + _CHUNK_ROWS], dtype=dtype)
             for space, values in self.layouts.items():
                 h5.create_dataset(f"umap/{space}", data=values)
+            for space, values in self.poincare.items():
+                h5.create_dataset(f"poincare/{space}", data=values)
+                h5.create_dataset(f"poincare_axes/{space}", data=self.poincare_axes[space])
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Reference:
@@ -184,6 +211,8 @@ class Reference:
                     layouts={k: v[()] for k, v in h5.get("umap", {}).items()},
                     indexes=_index_manifest(Path(path).parent),
                     folder=Path(path).parent,
+                    poincare={k: v[()] for k, v in h5.get("poincare", {}).items()},
+                    poincare_axes={k: v[()] for k, v in h5.get("poincare_axes", {}).items()},
                 )
             except KeyError as err:
                 raise BundleError(f"{path} lacks a dataset: {one_line(err)}") from err
@@ -264,4 +293,7 @@ def check_reference_header(path: Path, embed_dim: int) -> None:
         for space, ds in h5.get("umap", {}).items():
             if ds.shape != (n, 2):
                 raise BundleError(f"{path}: umap/{space} has shape {ds.shape}, expected ({n}, 2)")
+        for space, ds in h5.get("poincare", {}).items():
+            if ds.shape != (n, 2):
+                raise BundleError(f"{path}: poincare/{space} has shape {ds.shape}, expected ({n}, 2)")
     check_index_files(path.parent, _index_manifest(path.parent))

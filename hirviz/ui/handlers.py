@@ -47,7 +47,7 @@ from hirviz.ui.render import (
     status_line,
 )
 
-__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "drift_text",
+__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "generality", "drift_text",
            "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,9 @@ def geometry(
     for name in engine.names:
         title = f"{name}: {space} space, coloured by {colour_by}"
         reference = engine.bundles[name].reference
-        layout = engine.layouts(name).get(space)
+        disk = is_lorentz(engine, name)
+        # A hyperbolic model shows its Poincare disk; a Euclidean one its UMAP layout.
+        layout = (getattr(reference, "poincare", None) or {}).get(space) if disk else engine.layouts(name).get(space)
         if layout is None:
             untrained = space == "fused" and not trained_fusion(engine.bundles[name])
             why = " (its fusion was never trained)" if untrained else ""
@@ -235,25 +237,57 @@ def geometry(
         query = path = labels = None
         z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
         reference_map = engine.predictor(name).reference_map
+        kind = "poincare" if disk else "umap"
         if z is not None and reference_map is not None:
-            query = reference_map.place(np.asarray(z, dtype=np.float32), space)
+            query = reference_map.place(np.asarray(z, dtype=np.float32), space, layout=kind)
             if show_path:
                 try:
-                    path, labels = _session_noise_path(engine, name, session, space)
+                    path, labels = _session_noise_path(engine, name, session, space, kind)
                 except INPUT_ERRORS as err:
                     notes.append(f"no noise path: {input_message(err)}")
         elif z is None and session.get("embeddings"):
             notes.append(f"the {space} space needs " + ("an image and a barcode" if space == "fused" else
                                                        "an image" if space == "image" else "a barcode"))
-        maps[name] = figures.umap_figure(
-            layout, reference.ranks, colour_by, ids=reference.ids, title=title, query=query, path=path,
-            path_labels=labels,
-        )
+        draw = figures.poincare_figure if disk else figures.umap_figure
+        maps[name] = draw(layout, reference.ranks, colour_by, ids=reference.ids, title=title, query=query, path=path,
+                          path_labels=labels)
     status = status_line("info", "; ".join(dict.fromkeys(notes))) if notes else ""
     return status, maps
 
 
-def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], space: str):
+def is_lorentz(engine: Engine, name: str) -> bool:
+    """Whether a bundle's model is hyperbolic (its Geometry tab shows the Poincare disk and the generality plot)."""
+    return getattr(engine.bundles[name], "geometry_name", "euclidean") == "lorentz"
+
+
+def generality(engine: Engine, session: Mapping[str, Any] | None, space: str) -> dict[str, go.Figure]:
+    """Per hyperbolic bundle: the geodesic distance from the origin of its candidate taxonomy texts and of its
+    reference specimens in ``space``, by rank (:func:`hirviz.figures.generality_figure`), with the last specimen's.
+
+    In a model that learned the hierarchy, order names sit nearest the origin and species farthest. Euclidean
+    bundles have no such axis and get no figure.
+    """
+    session = session or {}
+    out = {}
+    for name in engine.names:
+        if not is_lorentz(engine, name):
+            continue
+        bundle, reference_map = engine.bundles[name], engine.predictor(name).reference_map
+        geometry = engine.predictor(name).geometry
+        groups = {"taxonomy text (candidates)": (geometry.origin_distance(bundle.text_embeddings),
+                                                  np.array(bundle.candidate_ranks, dtype=object))}
+        if reference_map is not None and space in reference_map.spaces:
+            rows = reference_map.members(space)
+            groups[f"reference specimens ({space})"] = (
+                geometry.origin_distance(bundle.reference.embeddings[space][rows]), bundle.reference.ranks[rows])
+        z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
+        query = float(geometry.origin_distance(np.asarray(z, dtype=np.float64))[0]) if z is not None else None
+        out[name] = figures.generality_figure(groups, query=query,
+                                              title=f"{name}: distance from the origin by rank ({space} space)")
+    return out
+
+
+def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], space: str, kind: str = "umap"):
     """The noise path of the last specimen (from the session) in one bundle's ``space``, and its point labels."""
     predictor = engine.predictor(name)
     noise = session.get("noise") or {}
@@ -275,7 +309,7 @@ def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], s
         strengths = [s for s in strengths if round(s * base_blur) <= limit]
     path = noise_path(
         predictor, image, barcode, space, strengths, dna_noise=None if dna.is_off() else dna,
-        blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)),
+        blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)), layout=kind,
     )
     return path, [f"×{s:g}" for s in strengths]
 

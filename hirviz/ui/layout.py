@@ -34,6 +34,7 @@ from hirviz.ui.engine import (
 from hirviz.ui.handlers import (
     drift_text,
     eval_tables,
+    generality,
     geometry,
     hierarchy_tables,
     identify,
@@ -272,6 +273,7 @@ class _GeometryTab:
     status: gr.Markdown
     drift: gr.Markdown
     map_plots: list[gr.Plot]
+    generality_plots: list[gr.Plot]  # one per hyperbolic bundle, in engine.names order
 
 
 def _geometry_tab(engine: Engine) -> _GeometryTab:
@@ -280,7 +282,8 @@ def _geometry_tab(engine: Engine) -> _GeometryTab:
     shared = [s for s in ("image", "dna", "fused") if all(s in engine.layouts(n) for n in engine.names)]
     default_space = shared[0] if shared else spaces[0]
     with gr.Tab("Geometry", id="geometry") as tab:
-        gr.Markdown("UMAP maps of each model's reference specimens (precomputed). Your last specimen is "
+        gr.Markdown("UMAP maps of each model's reference specimens (precomputed); a hyperbolic model shows its "
+                    "Poincare disk instead (" + figures.DISK_CAPTION + "). Your last specimen is "
                     "the star; tick the box to follow it as the noise rises (×0 = clean, ×1 = the "
                     "current noise, or the paper's noise when the controls are at zero).")
         with gr.Row():
@@ -293,19 +296,29 @@ def _geometry_tab(engine: Engine) -> _GeometryTab:
             initial_maps = geometry(engine, {}, default_space, "order", False)[1]
             map_plots = [gr.Plot(initial_maps[n], show_label=False, elem_id=f"hz-map-{i}")
                          for i, n in enumerate(engine.names)]
-    return _GeometryTab(tab, space, colour_by, show_path, status, drift, map_plots)
+        initial_generality = generality(engine, {}, default_space)
+        generality_plots = []
+        if initial_generality:
+            gr.Markdown("Hyperbolic models: the distance from the origin is the generality axis. A model that "
+                        "learned the hierarchy puts order names near the origin and species far from it.")
+            with gr.Row(equal_height=False):
+                generality_plots = [gr.Plot(figure, show_label=False, elem_id=f"hz-generality-{i}")
+                                    for i, figure in enumerate(initial_generality.values())]
+    return _GeometryTab(tab, space, colour_by, show_path, status, drift, map_plots, generality_plots)
 
 
 def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None:
     def run_geometry(session_state, map_space, colour_by, show_path):
         """Redraw the reference maps with the last specimen placed (and its noise path)."""
         message, maps = geometry(engine, session_state, map_space, colour_by, bool(show_path))
-        return (message, drift_text(engine, session_state, map_space), *[maps[n] for n in engine.names])
+        curves = list(generality(engine, session_state, map_space).values()) if tab.generality_plots else []
+        return (message, drift_text(engine, session_state, map_space), *[maps[n] for n in engine.names], *curves)
 
     # The maps are drawn when the tab is opened (and redrawn on its controls), not on every identification.
     gr.on([tab.tab.select, tab.space.change, tab.colour_by.change, tab.show_path.change],
-          _guarded(2 + len(engine.names), run_geometry),
-          inputs=[session, tab.space, tab.colour_by, tab.show_path], outputs=[tab.status, tab.drift, *tab.map_plots],
+          _guarded(2 + len(engine.names) + len(tab.generality_plots), run_geometry),
+          inputs=[session, tab.space, tab.colour_by, tab.show_path],
+          outputs=[tab.status, tab.drift, *tab.map_plots, *tab.generality_plots],
           api_name="geometry", api_description="Draw the reference maps with the last specimen placed.",
           trigger_mode="always_last", concurrency_limit=2, concurrency_id="model")
 

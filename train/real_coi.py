@@ -96,8 +96,11 @@ def package_real_coi(run_dir: Path, barcodes: Path, work: Path, out: Path, threa
     return out
 
 
-def halve_weights(bundle_dir: Path) -> None:
-    """Store the bundle's float32 weights as float16 (same tensor names; the loader casts them back)."""
+def halve_weights(bundle_dir: Path, prefixes: tuple[str, ...] = ("",)) -> None:
+    """Store the bundle's float32 weights as float16 (same tensor names; the loader casts them back).
+
+    ``prefixes`` limits it to the tensors whose names start with one of them (default: every tensor).
+    """
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -105,7 +108,8 @@ def halve_weights(bundle_dir: Path) -> None:
     path = bundle_dir / "model.safetensors"
     with safe_open(str(path), "pt") as fh:
         metadata = fh.metadata()
-    tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in load_file(str(path)).items()}
+    tensors = {k: v.half() if v.dtype == torch.float32 and k.startswith(prefixes) else v
+               for k, v in load_file(str(path)).items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)

@@ -55,6 +55,18 @@ API_NAMES: tuple[str, ...] = (
     "identify", "identify_example", "paper_noise", "identify_paper_noise", "no_noise", "identify_no_noise",
     "geometry", "score_chart", "robustness", "identify_real_example", BATCH_API_NAME,
 )
+# A slider moved with the keyboard fires "input" and "change" but no "release" (Gradio sends that on pointerup and
+# on leaving the number box), so keyboard users would never re-identify. On the key's release, the range input gets
+# the pointerup it lacks: one request per key press, while dragging still sends one request on release.
+KEYBOARD_RELEASE_JS = """() => {
+  const keys = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
+  document.addEventListener("keyup", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement && target.type === "range" && keys.has(event.key)) {
+      target.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+    }
+  });
+}"""
 LIMIT_TEXT = f"JPEG, PNG, WebP, TIFF, BMP (RGB, RGBA, grey, 16-bit); up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
 
 
@@ -87,6 +99,7 @@ def build_ui(
         _wire_geometry(engine, geometry_tab, session)
         _wire_score_chart(engine, identify_tab, session)
         _wire_robustness(engine, robustness_tab)
+        demo.load(None, None, None, js=KEYBOARD_RELEASE_JS, api_visibility="private", queue=False)
     return demo
 
 
@@ -118,6 +131,7 @@ class _IdentifyTab:
     neighbours: gr.Dataframe
     coi: gr.HTML
     coi_hits: gr.Dataframe
+    download: gr.File
     raw: gr.JSON
 
 
@@ -153,7 +167,7 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                           f"e.g. {engine.default_blur()}", elem_id="hz-blur")
                     rate_sliders = [
                         gr.Slider(0, maximum, value=0, step=step, label=label,
-                                  info=f"paper default (METHOD.md §7): {getattr(PAPER_NOISE, name):g}",
+                                  info=f"the paper's rate: {getattr(PAPER_NOISE, name):g}",
                                   elem_id=f"hz-{name}")
                         for name, label, maximum, step in DNA_SLIDERS
                     ]
@@ -191,18 +205,20 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                 neighbours = gr.Dataframe(neighbours_frame(None), label="Nearest reference specimens "
                                           f"({engine.primary})", interactive=False, wrap=True, max_height=420,
                                           elem_id="hz-neighbours")
+        download = gr.File(label="Download the whole result (CSV: every model, query, rank and score, with "
+                                 "abstentions)", interactive=False, elem_id="hz-download")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="Predictions")
     return _IdentifyTab(image, barcode, route, run_button, examples, real, blur, rate_sliders, seed, paper_button,
                         off_button, status, model_image, gate_plot, barcode_view, result_views, bars_level, bars,
-                        neighbours, coi, coi_hits, raw)
+                        neighbours, coi, coi_hits, download, raw)
 
 
 def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
     names = engine.names
     identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route]
     identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
-                        tab.neighbours, tab.coi, tab.coi_hits, tab.raw, session]
+                        tab.neighbours, tab.coi, tab.coi_hits, tab.download, tab.raw, session]
 
     def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
                      seed, score_level, route=None):
@@ -220,8 +236,8 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
             gr.Warning(view.status.split(" ", 1)[1])
         return (view.status, image_html(view.model_image), view.barcode, view.gate,
                 *[view.results[n] for n in names],
-                view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.raw,
-                view.session)
+                view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.csv,
+                view.raw, view.session)
 
     run_identify = _guarded(len(identify_outputs), run_identify)
     # One endpoint for the button and every slider release: "always_last" drops superseded requests, and

@@ -201,9 +201,9 @@ def verdict_text(prediction: Prediction) -> str:
         reasons = dict.fromkeys(plain_reason(r.reason) for r in prediction.queries.values())
         return f"No confident match: {'; '.join(reasons)}."
     if rank is None:
-        return f"{query_label(query)}: the evidence does not settle even the order."
+        return f"{query_label(query)} does not settle even the order."
     top = prediction.queries[query].levels[rank][0]
-    return f"{query_label(query)}: {rank} {top[0]} ({top[1]:.0%})."
+    return f"{query_label(query)} names the {rank} {top[0]} ({top[1]:.0%})."
 
 
 def agreement_text(prediction: Prediction) -> str:

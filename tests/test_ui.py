@@ -284,7 +284,7 @@ def test_the_barcode_view_lists_every_change_made_to_the_input(engine, example, 
 def test_the_whole_result_downloads_as_csv(engine, example, real_engine):
     from hirviz.prediction import ROW_COLUMNS
     from hirviz.ui import identify
-    from hirviz.ui.handlers import COI_QUERY, CSV_COLUMNS
+    from hirviz.ui.result_csv import COI_QUERY, CSV_COLUMNS
 
     assert CSV_COLUMNS == ("model", *ROW_COLUMNS, "abstained", "reason")
     image, barcode = example

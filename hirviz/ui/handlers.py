@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from hirviz.degrade import DnaNoise
 from hirviz.hierarchy import describe_drift, specimen_drift
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS, Prediction, load_image
-from hirviz.prediction import ROW_COLUMNS
 from hirviz.taxonomy import LEVELS
 from hirviz.ui.coi_view import CoiView, empty_coi_html, hits_frame, identify_coi
 from hirviz.ui.engine import (
@@ -45,15 +43,14 @@ from hirviz.ui.render import (
     barcode_html,
     hierarchy_markdown,
     neighbours_frame,
-    plain_reason,
     result_html,
     status_line,
     verdict_text,
 )
+from hirviz.ui.result_csv import result_rows, write_csv
 
 __all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "drift_text",
-           "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note",
-           "CSV_COLUMNS", "result_rows", "write_csv"]
+           "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,42 +177,6 @@ def identify(
         view.status += f" Barcode: {coi.status.split(' ', 1)[1]}"
     view.status += unused
     return view
-
-
-CSV_COLUMNS: tuple[str, ...] = ("model", *ROW_COLUMNS, "abstained", "reason")
-COI_QUERY = "alignment + model"  # the query column of the COI bundle's reconciled answers in the CSV
-
-
-def result_rows(predictions: Mapping[str, Prediction], coi: CoiView | None = None, coi_name: str | None = None,
-                file_name: str = "") -> list[dict[str, Any]]:
-    """The whole identification as rows (columns :data:`CSV_COLUMNS`): every model's queries x ranks x top
-    names (:meth:`Prediction.to_rows`) with whether the query abstained and why, then the COI bundle's answer
-    per rank (query :data:`COI_QUERY`; ``abstained`` where the rank was left open)."""
-    rows = []
-    for name, prediction in predictions.items():
-        for row in prediction.to_rows(file_name=file_name):
-            result = prediction.queries[row["query"]]
-            rows.append({"model": name, **row, "abstained": bool(result.abstained),
-                         "reason": plain_reason(result.reason) if result.abstained else ""})
-    if coi is not None and coi.result is not None:
-        result, lineage = coi.result, {}
-        for level in LEVELS:
-            answer = result.answers[level]
-            lineage[level] = answer.name
-            verdict = result.verdicts.get(level)
-            rows.append({"model": coi_name or "", "file_name": file_name, "barcode_id": result.to_row()["id"],
-                         "query": COI_QUERY, "rank": level, **{lvl: lineage.get(lvl, "") or "" for lvl in LEVELS},
-                         "score": answer.score, "abstained": not answer.name,
-                         "reason": "" if answer.name else (verdict.note if verdict is not None and verdict.note
-                                                           else "no close reference and no confident model score")})
-    return rows
-
-
-def write_csv(rows: list[dict[str, Any]]) -> str:
-    """The rows as a CSV file (columns :data:`CSV_COLUMNS`) in a fresh temporary folder; returns its path."""
-    out = Path(tempfile.mkdtemp(prefix="hirviz-identify-")) / "identification.csv"
-    pd.DataFrame(rows, columns=list(CSV_COLUMNS)).to_csv(out, index=False)
-    return str(out)
 
 
 def source_path(image: Any) -> str | None:

@@ -87,7 +87,10 @@ CSS = """
 .hz-name { overflow-wrap: normal; word-break: normal; hyphens: none; }
 .hz-result, .hz-seq { max-width: 100%; box-sizing: border-box; }
 #hz-neighbours, #hz-coi-hits { max-width: 100%; overflow-x: auto; }
-#hz-neighbours th, #hz-neighbours thead span { white-space: nowrap; }
+#hz-neighbours th span.header, #hz-coi-hits th span.header { white-space: nowrap; overflow-wrap: normal;
+  word-break: normal; }
+/* Side-by-side answers stack on a phone rather than share 390 px (Gradio's own minimum is 160 px). */
+#hz-coi, #hz-coi-hits, .hz-result-box { min-width: min(380px, 100%) !important; }
 @media (max-width: 640px) {
   .hz-legend span { margin-right: 4px; }
   .hz-table th.hz-level { width: 62px; }

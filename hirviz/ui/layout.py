@@ -1,6 +1,7 @@
 """The app's Blocks: :func:`build_ui` lays out one tab per function and wires each tab's events to the handlers.
 
-Every event has an ``api_name`` (:data:`API_NAMES`), so the app can be driven from ``gradio_client``.
+Every event has an ``api_name`` (:data:`API_NAMES`), so the app can be driven from ``gradio_client``. The module
+is a little over 400 lines: each tab's layout and wiring stay side by side, so one tab reads in one place.
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ from hirviz.ui.handlers import (
     role_note,
     score_chart,
 )
-from hirviz.ui.render import CSS, barcode_html, data_badge, image_html, neighbours_frame, result_html, status_line
+from hirviz.ui.render import (
+    CSS,
+    KEYBOARD_RELEASE_JS,
+    barcode_html,
+    data_badge,
+    image_html,
+    neighbours_frame,
+    result_html,
+    status_line,
+)
 
 __all__ = ["API_NAMES", "build_ui"]
 
@@ -55,18 +65,6 @@ API_NAMES: tuple[str, ...] = (
     "identify", "identify_example", "paper_noise", "identify_paper_noise", "no_noise", "identify_no_noise",
     "geometry", "score_chart", "robustness", "identify_real_example", BATCH_API_NAME,
 )
-# A slider moved with the keyboard fires "input" and "change" but no "release" (Gradio sends that on pointerup and
-# on leaving the number box), so keyboard users would never re-identify. On the key's release, the range input gets
-# the pointerup it lacks: one request per key press, while dragging still sends one request on release.
-KEYBOARD_RELEASE_JS = """() => {
-  const keys = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
-  document.addEventListener("keyup", (event) => {
-    const target = event.target;
-    if (target instanceof HTMLInputElement && target.type === "range" && keys.has(event.key)) {
-      target.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
-    }
-  });
-}"""
 LIMIT_TEXT = f"JPEG, PNG, WebP, TIFF, BMP (RGB, RGBA, grey, 16-bit); up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
 
 

@@ -1,6 +1,7 @@
 """The app's HTML and tables: one model's answers, the degraded barcode, the neighbours, the image the model saw.
 
-Every function returns a ready-to-show value; :data:`CSS` styles the HTML (pass it to ``Blocks.launch``).
+Every function returns a ready-to-show value; :data:`CSS` styles the HTML (pass it to ``Blocks.launch``) and
+:data:`KEYBOARD_RELEASE_JS` makes the sliders answer the keyboard.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hirviz.taxonomy import LEVELS
 
 __all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
            "status_line", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
-           "agreement_text", "answering", "plain_reason", "input_changes_html"]
+           "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS"]
 
 EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
     "substitution": ("hz-sub", "substitution"),
@@ -99,6 +100,19 @@ CSS = """
 #hz-barcode textarea { white-space: pre; overflow-x: auto; font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
+
+# A slider moved with the keyboard fires "input" and "change" but no "release" (Gradio sends that on pointerup and
+# on leaving the number box), so keyboard users would never re-identify. On the key's release, the range input gets
+# the pointerup it lacks: one request per key press, while dragging still sends one request on release.
+KEYBOARD_RELEASE_JS = """() => {
+  const keys = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
+  document.addEventListener("keyup", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement && target.type === "range" && keys.has(event.key)) {
+      target.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+    }
+  });
+}"""
 
 
 def query_label(query: str) -> str:

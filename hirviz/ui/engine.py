@@ -137,10 +137,12 @@ class Engine:
         return [s for s in MAP_SPACES if s in have]
 
     def layouts(self, name: str) -> dict[str, np.ndarray]:
-        """A bundle's precomputed map layouts, without the fused one when its fusion was never trained."""
+        """A bundle's precomputed map layouts, without those of a part never trained (fusion gate, image tower)."""
         layouts = dict(getattr(self.bundles[name].reference, "layouts", None) or {})
-        if not trained_fusion(self.bundles[name]):
+        if not trained_fusion(self.bundles[name]) or not self.image_trained(name):
             layouts.pop("fused", None)
+        if not self.image_trained(name):  # an untrained image tower places specimens nowhere meaningful
+            layouts.pop("image", None)
         return layouts
 
     def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings) -> Prediction:

@@ -190,7 +190,8 @@ def result_html(name: str, prediction: Prediction | None, *, note: str = "", fus
             cells.append(f"<td><ul>{items}</ul></td>" if items else "<td class='hz-na'>no candidate this deep</td>")
         mark = ""
         if len(answers) > 1:  # agreement among the queries that answer; an abstained one has no name to compare
-            mark = ("<div class='hz-yes' title='every answering query gives the same top name'>✓ agree</div>"
+            count = "" if len(answers) == len(prediction.queries) else f" ({len(answers)} of {len(prediction.queries)})"
+            mark = (f"<div class='hz-yes' title='every answering query gives the same top name'>✓ agree{count}</div>"
                     if agreed.get(level) else
                     "<div class='hz-no' title='the queries give different top names'>✗ differ</div>")
         rows.append(f"<tr><th class='hz-level'>{level}{mark}</th>{''.join(cells)}</tr>")

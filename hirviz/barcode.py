@@ -65,7 +65,7 @@ def parse_barcode(text: str | bytes, max_length: int = 20000) -> str:
     if len(records) > 1:
         raise BarcodeError(
             f"found {len(records)} FASTA records, but one barcode was expected; "
-            "use parse_fasta() to read several sequences"
+            "keep one record, or identify several as a batch"
         )
     name, lines = records[0]
     where = "" if name is None else f" in record {_describe(1, name)}"

@@ -32,6 +32,7 @@ __all__ = [
     "BarcodeCheck",
     "CoiRegion",
     "check_barcode",
+    "input_notes",
     "reverse_complement",
 ]
 
@@ -128,11 +129,7 @@ def check_barcode(text: str | bytes, max_length: int = MAX_INPUT_BP) -> BarcodeC
             raise BarcodeError("the input is binary data, not text: paste a DNA sequence or a FASTA text") from None
     records = parse_fasta(text, max_length=max_length)
     first = records[0]
-    check = BarcodeCheck(sequence=first.sequence, name=first.name)
-    if len(records) > 1:
-        check.notes.append(f"the FASTA text holds {len(records)} records; only the first "
-                           f"({first.name or 'no name'!r}) was used")
-    check.notes.extend(_cleaning_notes(_first_record_body(text)))
+    check = BarcodeCheck(sequence=first.sequence, name=first.name, notes=input_notes(text, records))
     _locate_coi(check)
     if len(check.sequence) < MIN_SPECIES_BP:
         check.warnings.append(f"the sequence is only {len(check.sequence)} bp long: too short for a species-level "
@@ -143,6 +140,20 @@ def check_barcode(text: str | bytes, max_length: int = MAX_INPUT_BP) -> BarcodeC
 
 
 # ---------------------------------------------------------------------------------------------------- cleaning
+
+
+def input_notes(text: str, records: list | None = None) -> list[str]:
+    """What reading ``text`` as one barcode changes, in plain language: which FASTA record was used and what the
+    parser cleaned in it (the first notes of :func:`check_barcode`, before any orientation or trimming).
+
+    ``records`` are ``parse_fasta(text)``'s records when already parsed. Raises :class:`BarcodeError` like it.
+    """
+    records = parse_fasta(text) if records is None else records
+    notes = []
+    if len(records) > 1:
+        notes.append(f"the FASTA text holds {len(records)} records; only the first "
+                     f"({records[0].name or 'no name'!r}) was used")
+    return notes + _cleaning_notes(_first_record_body(text))
 
 
 def _first_record_body(text: str) -> str:

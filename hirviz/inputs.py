@@ -108,7 +108,7 @@ def _open(source: Any, what: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(f"{what} is too large to decode safely (a decompression bomb?): {err}") from None
     except UnidentifiedImageError:
-        raise InvalidImage(f"{what} is not an image file PIL can read (JPEG, PNG, WebP, TIFF, ...)") from None
+        raise InvalidImage(f"{what} is not an image file that can be read (JPEG, PNG, WebP, TIFF, ...)") from None
     except InputError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as err:

@@ -71,7 +71,7 @@ def test_bytes_are_decoded() -> None:
         ("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "protein"),
         ("ACGT?ACGT", "'?'"),
         ("ACGTNNNNNNNNNNNNNNNNNNNN", "N (unknown"),
-        (f">a\n{BARCODE}\n>b\n{BARCODE}\n", "parse_fasta"),
+        (f">a\n{BARCODE}\n>b\n{BARCODE}\n", "several as a batch"),
         (f"{BARCODE}\n>b\n{BARCODE}\n", "before the first FASTA header"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
         ("ACGT\x00\x01\x02\x03\x04\x05", "binary"),

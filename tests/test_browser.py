@@ -176,8 +176,13 @@ def test_gradio_client_can_identify(server):
     client = client_module.Client(server["url"], verbose=False)
     out = client.predict(image=client_module.handle_file(str(image)), barcode=examples.barcode[0], blur_kernel=3,
                          substitution=0.05, seed=2, api_name="/identify")
-    status, raw = out[0], out[-1]  # the session state is not an API output: the JSON comes last
-    assert status.startswith("✓ Identified from the image + barcode")
+    status, csv_file, raw = out[0], out[-2], out[-1]  # the session state is not an API output: the JSON comes last
+    assert status[2:].startswith("Identified from the image + barcode")
+    # The tick only when the main model's verdict names something (its first answering query's deepest rank).
+    main = raw["tiny-clibd-hir-fuse"]["queries"]
+    query = next((q for q in ("fused", "avg", "image", "dna") if not main[q]["abstained"]), None)
+    assert status[0] == ("✓" if query and main[query]["deepest_rank"] else "→")
+    assert list(pd.read_csv(csv_file, nrows=1).columns)[0] == "model"  # the whole result as CSV, for clients too
     assert set(raw) == {"tiny-clibd-hir-fuse", "tiny-clibd"}
     assert set(raw["tiny-clibd-hir-fuse"]["queries"]) == {"image", "dna", "avg", "fused"}
     assert raw["tiny-clibd-hir-fuse"]["settings"]["blur_kernel"] == 3
@@ -296,3 +301,128 @@ def test_hyperbolic_model_shows_the_poincare_disk(server, hyperbolic_app, tmp_pa
     assert page.locator("#hz-generality-0 .js-plotly-plot").is_visible()
     assert "distance from the origin" in page.inner_text("#hz-generality-0")
     page.screenshot(path=str(tmp_path / "poincare.png"), full_page=True)
+
+
+# ------------------------------------------------------------------ honest answers, phones, keyboards, downloads
+
+
+def _identify_example(page, server, row: int = 0, image: str | None = None) -> None:
+    examples = pd.read_csv(server["tiny"]["examples"] / "examples.tsv", sep="\t", dtype=str)
+    _remove_image(page)
+    page.set_input_files("#hz-image input[type=file]", image or str(server["tiny"]["examples"] /
+                                                                     examples.image_file[row]))
+    page.fill("#hz-barcode textarea", examples.barcode[row] if image is None else "")
+    before = _status(page)
+    page.click("#hz-identify")
+    page.wait_for_function("before => { const s = document.querySelector('#hz-status').innerText;"
+                           " return s !== before && s.includes('Identified'); }", arg=before)
+
+
+@pytest.fixture()
+def fresh_page(server, browser):
+    """A page of its own (sliders at zero), 1,280 px wide."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server["url"])
+    page.wait_for_selector("#hz-identify")
+    yield page
+    page.close()
+
+
+# Layout facts of the result tables, measured in the page.
+_NAME_HEIGHTS_JS = """() => [...document.querySelectorAll('#hz-result-0 .hz-name')].map(e => {
+  const style = getComputedStyle(e);
+  const line = parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.25;
+  return {text: e.innerText, height: e.getBoundingClientRect().height, line: line};
+})"""
+
+
+def test_results_fit_a_phone_screen(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1, is_mobile=True,
+                            has_touch=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(server["url"])
+        page.wait_for_selector("#hz-identify")
+        _identify_example(page, server)
+        page.screenshot(path=str(tmp_path / "phone-identify.png"), full_page=True)
+        # No horizontal scrolling of the page: wide tables scroll inside their own box.
+        width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1] + 1, width
+        # Names stay readable: none is broken into a column of letters (each name at most two lines high).
+        names = page.evaluate(_NAME_HEIGHTS_JS)
+        assert names and all(n["height"] < 3 * n["line"] for n in names), names
+        # The synthetic demo is marked where its answers are shown.
+        assert page.locator("#hz-result-0 [data-kind='synthetic']").is_visible()
+        assert "invented" in page.inner_text("#hz-result-0")
+    finally:
+        page.close()
+
+
+def test_desktop_neighbours_table_reads_in_one_line_per_header(server, fresh_page):
+    import re
+
+    page = fresh_page
+    _identify_example(page, server)
+    page.wait_for_function("document.querySelectorAll('#hz-neighbours [role=gridcell]').length > 0")
+    headers = page.evaluate("""() => [...document.querySelectorAll('#hz-neighbours th[role=columnheader]')]
+        .map(th => {
+          const text = th.querySelector('span.header') || th;
+          const style = getComputedStyle(text);
+          return {title: th.title, column: th.dataset.heading, height: text.getBoundingClientRect().height,
+                  line: parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.3};
+        })""")
+    assert {h["title"] for h in headers} >= {"specimen", "similarity", "species"}, headers
+    assert all(h["height"] < 1.6 * h["line"] for h in headers), headers  # every header on one line
+    column = next(h["column"] for h in headers if h["title"] == "similarity")
+    # Similarities are shown in full, not cut off by their column.
+    cells = page.evaluate("""column => [...document.querySelectorAll(
+        `#hz-neighbours [role=gridcell][data-col="${column}"]`)].map(td => {
+          const text = td.querySelector('span') || td;
+          return {text: text.innerText.trim(), clipped: text.scrollWidth > td.clientWidth + 1};
+        })""", column)
+    assert cells and all(not c["clipped"] for c in cells), cells
+    assert all(re.fullmatch(r"-?[01](\.\d{1,4})?", c["text"]) for c in cells), cells
+
+
+def test_a_slider_moved_by_keyboard_identifies_again(server, fresh_page):
+    page = fresh_page
+    _identify_example(page, server)
+    assert "after the noise" not in page.inner_text("#hz-barcode-view")
+    slider = page.locator("#hz-n_mask input[type=range]")
+    slider.focus()
+    for _ in range(20):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function("document.querySelector('#hz-barcode-view').innerText.includes('after the noise')")
+    assert page.locator("#hz-barcode-view .hz-mask").count() > 0
+    assert float(page.input_value("#hz-n_mask input[type=number]")) == pytest.approx(0.02)
+
+
+def test_a_blank_photo_gets_no_confident_match_and_no_tick(server, fresh_page, tmp_path):
+    from PIL import Image
+
+    page = fresh_page
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(grey)
+    _identify_example(page, server, image=str(grey))
+    result = page.inner_text("#hz-result-0")
+    assert "no confident match" in result and "blank" in result
+    assert "✓" not in result and "✓" not in _status(page)
+    assert "No confident match" in _status(page)
+
+
+def test_the_whole_result_downloads_as_csv(server, fresh_page, tmp_path):
+    from hirviz.ui.result_csv import CSV_COLUMNS
+
+    page = fresh_page
+    _identify_example(page, server)
+    link = page.locator("#hz-download a").first
+    link.wait_for()
+    with page.expect_download() as info:
+        link.click()
+    path = tmp_path / "result.csv"
+    info.value.save_as(path)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert list(table.columns) == list(CSV_COLUMNS)
+    assert set(table["model"]) == {"tiny-clibd-hir-fuse", "tiny-clibd"}
+    assert set(table["query"]) == {"image", "dna", "avg", "fused"}

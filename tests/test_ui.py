@@ -6,6 +6,7 @@ noise sweep); only their map layouts are a PCA instead of a UMAP fit, which woul
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from pathlib import Path
@@ -147,7 +148,8 @@ def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
         figures.QUERY_LABELS[q] for q in ("image", "dna", "avg", "fused")}
     assert view.neighbours["similarity"].between(-1.0001, 1.0001).all()
     json.dumps(view.raw)  # the API returns it as JSON
-    assert view.status.startswith("✓")
+    # A tick only when the main model's verdict names something (Prediction.verdict), else the neutral arrow.
+    assert view.status.startswith("✓" if view.predictions["HiR-Fuse"].verdict[1] else "→")
 
 
 def test_single_modality_gives_its_query_only(engine, example):
@@ -159,6 +161,155 @@ def test_single_modality_gives_its_query_only(engine, example):
     assert "needs an image" in only_dna.results["HiR-Fuse"]
     only_image = identify(engine, image, "")
     assert only_image.ok and set(only_image.predictions["HiR-Fuse"].queries) == {"image"}
+
+
+SUSPECT_INPUTS = {
+    "1x1 image": (lambda: Image.new("RGB", (1, 1), "red"), None, "1 x 1 pixels"),
+    "grey square": (lambda: Image.new("RGB", (200, 200), (128, 128, 128)), None, "blank"),
+    "20-bp read": (lambda: None, "ACGTTGCAAGGCTTACGATC", "only 20 bp"),
+}
+
+
+@pytest.mark.parametrize("case", list(SUSPECT_INPUTS))
+def test_an_abstaining_query_says_no_confident_match_and_why(engine, case):
+    from hirviz.ui import identify
+
+    make_image, barcode, why = SUSPECT_INPUTS[case]
+    view = identify(engine, make_image(), barcode)
+    assert view.ok, view.status
+    for name, prediction in view.predictions.items():
+        assert all(r.abstained for r in prediction.queries.values()) and prediction.verdict == (None, None)
+        table = view.results[name]
+        assert "no confident match" in table and why in table
+        assert "✓" not in table and "hz-yes" not in table  # no tick where the answer abstained
+        top = next(iter(prediction.queries.values())).levels["order"][0][0]
+        assert top not in table  # its names are kept for inspection (raw, CSV) but not shown as an answer
+    assert view.status.startswith("→") and "✓" not in view.status
+    assert "No confident match" in view.status and why in view.status
+
+
+def _confident(levels_by_rank: dict[str, str], score: float = 0.9) -> dict[str, list[tuple[str, float]]]:
+    return {lvl: [(levels_by_rank[lvl], score), ("other " + lvl, 1 - score)] for lvl in LEVELS}
+
+
+def test_the_verdict_says_what_the_tables_show(engine, example):
+    import copy
+
+    from hirviz.prediction import agreement, deepest_rank
+    from hirviz.ui import identify
+    from hirviz.ui.render import agreement_text, result_html, verdict_text
+
+    image, barcode = example
+    prediction = copy.deepcopy(identify(engine, image, barcode).predictions["HiR-Fuse"])
+    # The fused query is sure down to the genus; the others name other taxa at every level.
+    names = {"fused": ("Ao", "Af", "Ag", "As"), "avg": ("Bo", "Bf", "Bg", "Bs"), "image": ("Co", "Cf", "Cg", "Cs"),
+             "dna": ("Do", "Df", "Dg", "Ds")}
+    for query, result in prediction.queries.items():
+        result.levels = _confident(dict(zip(LEVELS, names[query])), 0.9 if query == "fused" else 0.3)
+        result.levels["species"] = [(names[query][3], 0.2), ("x", 0.1)]
+        result.deepest_rank, result.abstained, result.reason = deepest_rank(result.levels), False, None
+    prediction.agreement = agreement({q: r.levels for q, r in prediction.queries.items()})
+    table = result_html("HiR-Fuse", prediction)
+    assert verdict_text(prediction) == "Gated fusion names the genus Ag (90%)."
+    assert "disagree at every level" in agreement_text(prediction)
+    assert "✗ differ" in table and "✓" not in table  # no level is ticked where the queries disagree
+    # The deepest-supported row of the verdict's query shows the verdict's rank.
+    assert "<td>genus</td>" in table.split("deepest supported")[1].split("</tr>")[0]
+
+    # When the fused query abstains, the verdict moves to the next query, and the table says why fused is silent.
+    prediction.queries["fused"].abstained, prediction.queries["fused"].reason = True, "no confident match: too odd"
+    table = result_html("HiR-Fuse", prediction)
+    assert prediction.verdict == ("avg", None) and verdict_text(prediction) == "Averaged does not settle even the order."
+    assert "Too odd" in table and "Ag" not in table and "No confident match from: gated fusion" in table
+    # Only the dna query answers: no agreement marks (nothing to compare), still no tick.
+    for query in ("avg", "image"):
+        prediction.queries[query].abstained = True
+    table = result_html("HiR-Fuse", prediction)
+    assert "One answering query (DNA only)" in table and "✓" not in table and "✗ differ" not in table
+
+
+def test_a_model_never_answers_from_an_untrained_tower(real_engine, example):
+    import hirviz
+    from hirviz.ui import Engine, identify
+
+    image, _ = example
+    _, _, barcode = _bank_record(real_engine)
+    # The shipped engine: the barcode-only real bundle gets barcodes, never the photo.
+    view = identify(real_engine, image, barcode, route="both")
+    assert view.ok and "real-coi" not in view.predictions
+    assert "fused" not in view.predictions["CLIBD"].queries  # its fusion gate was never trained
+    assert "no trained fusion" in view.results["CLIBD"]
+    # With the barcode-only bundle alone, a photo is refused instead of answered by its untrained image tower.
+    alone = Engine({"real-coi": hirviz.load_bundle(REAL_COI)})
+    refused_view = identify(alone, image, None)
+    assert not refused_view.ok and "trained on photos" in refused_view.status
+    both = identify(alone, image, barcode, route="demo")
+    assert both.ok and set(both.predictions["real-coi"].queries) == {"dna"} and "photo was not used" in both.status
+    assert "no trained image model" in both.results["real-coi"] and "Image only</th>" in both.results["real-coi"]
+    assert not any(r.query in ("image", "avg", "fused") for r in both.predictions["real-coi"].queries.values())
+
+
+def _messy(sequence: str) -> str:
+    """A barcode as users paste it: lower case, RNA U, an ambiguity code, a gap, position numbers, line breaks."""
+    head, rest = sequence[:60], sequence[60:]
+    head = head[:10].lower() + head[10:20].replace("T", "U") + "R" + head[21:30] + "-" + head[30:]
+    return "1 " + head + "\n61 " + rest
+
+
+def test_the_barcode_view_lists_every_change_made_to_the_input(engine, example, real_engine):
+    from hirviz.coi_check import reverse_complement
+    from hirviz.ui import identify
+
+    _, barcode = example
+    view = identify(engine, None, f">my specimen\n{_messy(barcode)}")
+    assert view.ok, view.status
+    shown = view.barcode
+    for change in ("Lower-case letters were read as upper case", "U (RNA) read as T", "IUPAC ambiguity code",
+                   "gap character", "Digits removed", "line breaks"):
+        assert change in shown, change
+    assert "as given" not in shown and "exactly as pasted" not in shown
+    clean = identify(engine, None, barcode)
+    assert "exactly as pasted: no changes" in clean.barcode
+
+    # The real COI route: the reverse complement and the record chosen among several are listed too.
+    _, _, real = _bank_record(real_engine)
+    text = f">first\n{reverse_complement(real).lower()}\n>second\n{real}\n"
+    view = identify(real_engine, None, text)
+    assert view.ok, view.status
+    for change in ("reverse-complemented", "holds 2 records; only the first ('first') was used",
+                   "Lower-case letters"):
+        assert change in html.unescape(view.barcode), change
+
+
+def test_the_whole_result_downloads_as_csv(engine, example, real_engine):
+    from hirviz.prediction import ROW_COLUMNS
+    from hirviz.ui import identify
+    from hirviz.ui.result_csv import COI_QUERY, CSV_COLUMNS
+
+    assert CSV_COLUMNS == ("model", *ROW_COLUMNS, "abstained", "reason")
+    image, barcode = example
+    view = identify(engine, image, barcode)
+    table = pd.read_csv(view.csv, dtype=str, keep_default_na=False)
+    assert list(table.columns) == list(CSV_COLUMNS)
+    for name, prediction in view.predictions.items():
+        mine = table[table["model"] == name]
+        assert set(mine["query"]) == set(prediction.queries) and set(mine["rank"]) == set(LEVELS)
+        for query, result in prediction.queries.items():
+            rows = mine[mine["query"] == query]
+            assert len(rows) == sum(len(v) for v in result.levels.values())
+            assert set(rows["abstained"]) == {str(result.abstained)}
+            top = rows[rows["rank"] == "order"].iloc[0]
+            assert top["order"] == result.levels["order"][0][0]
+            assert float(top["score"]) == pytest.approx(result.levels["order"][0][1])
+    tiny_image = identify(engine, Image.new("RGB", (1, 1)), None)
+    abstained = pd.read_csv(tiny_image.csv, dtype=str, keep_default_na=False)
+    assert set(abstained["abstained"]) == {"True"} and abstained["reason"].str.contains("1 x 1 pixels").all()
+    # A barcode for the real COI model: its reconciled answer per rank.
+    record_id, ranks, real = _bank_record(real_engine)
+    coi = pd.read_csv(identify(real_engine, None, f">{record_id}\n{real}").csv, dtype=str, keep_default_na=False)
+    assert list(coi["query"]) == [COI_QUERY] * 4 and list(coi["rank"]) == list(LEVELS)
+    assert coi.iloc[3][list(LEVELS)].tolist() == ranks and set(coi["barcode_id"]) == {record_id}
+    assert identify(engine, None, None).csv is None  # nothing identified, nothing to download
 
 
 def test_dna_noise_marks_every_edit_kind(engine, example):
@@ -409,7 +560,8 @@ def test_every_event_has_an_api_name_and_sliders_do_not_flood(engine, tiny):
 
     demo = build_ui(engine.bundles, tiny["examples"], engine=engine)
     config = demo.get_config_file()
-    names = [d["api_name"] for d in config["dependencies"]]
+    # The page's own script (keyboard sliders) runs in the browser only: it is no endpoint.
+    names = [d["api_name"] for d in config["dependencies"] if d["api_visibility"] != "private"]
     # Without a COI bundle there are no real-barcode examples to click.
     assert set(names) - {"load_example"} == set(API_NAMES) - {"identify_real_example"}, names
     assert len(names) == len(set(names))  # no name was silently suffixed
@@ -417,6 +569,8 @@ def test_every_event_has_an_api_name_and_sliders_do_not_flood(engine, tiny):
     triggers = {event for _, event in identify_dep["targets"]}
     assert triggers == {"click", "release", "submit"}  # sliders fire on release, not on every move
     assert identify_dep["trigger_mode"] == "always_last"
+    download = next(c["id"] for c in config["components"] if c["props"].get("elem_id") == "hz-download")
+    assert download in identify_dep["outputs"]  # the CSV comes with every identification, from /identify too
     block = next(b for b in demo.fns.values() if b.api_name == "identify")
     assert block.concurrency_limit == 2
     public = {d["api_name"] for d in config["dependencies"] if d["api_visibility"] == "public"}
@@ -602,7 +756,7 @@ def test_the_app_wires_the_batch_tab_and_the_route(real_engine, tiny):
     from hirviz.ui import API_NAMES, build_ui
 
     demo = build_ui(real_engine.bundles, tiny["examples"], engine=real_engine)
-    names = [d["api_name"] for d in demo.get_config_file()["dependencies"]]
+    names = [d["api_name"] for d in demo.get_config_file()["dependencies"] if d["api_visibility"] != "private"]
     # Gradio names each examples list's own loading event load_example, load_example_1, ...
     assert {n for n in names if not n.startswith("load_example")} == set(API_NAMES)
     assert len(names) == len(set(names))

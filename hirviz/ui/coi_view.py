@@ -47,6 +47,7 @@ class CoiView:
     html: str
     hits: pd.DataFrame = field(default_factory=lambda: hits_frame(None))
     raw: dict[str, Any] = field(default_factory=dict)
+    result: Identification | None = None  # the engine's answer (None when refused)
 
 
 def thresholds_text() -> str:
@@ -85,8 +86,9 @@ def identify_coi(engine: Engine, text: str) -> CoiView:
         message = f"Barcode refused: {message[0].upper()}{message[1:]}"
         return CoiView(False, status_line("error", message), empty_coi_html(engine, message))
     row = result.to_row()
-    return CoiView(True, status_line("ok", _summary(engine, result)), coi_html(engine, result), hits_frame(result),
-                   {"row": row, "hits": [h.to_dict() for h in result.hits]})
+    icon = "ok" if result.deepest_rank is not None else "info"
+    return CoiView(True, status_line(icon, _summary(engine, result)), coi_html(engine, result), hits_frame(result),
+                   {"row": row, "hits": [h.to_dict() for h in result.hits]}, result)
 
 
 def _summary(engine: Engine, result: Identification) -> str:
@@ -127,9 +129,9 @@ def coi_html(engine: Engine, result: Identification) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
     return (
         f"<div class='hz-result hz-coi'>{_title(engine)}"
-        "<table class='hz-table'><thead><tr><th class='hz-level'>rank</th><th>answer</th><th>decided by</th>"
-        "<th>the references say</th><th>the model says</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        "<div class='hz-scroll'><table class='hz-table'><thead><tr><th class='hz-level'>rank</th><th>answer</th>"
+        "<th>decided by</th><th>the references say</th><th>the model says</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
         f"<div class='hz-summary'>Checks: {html.escape('; '.join(facts))}.</div>"
         + (f"<div class='hz-summary'>Notes:<ul>{notes}</ul></div>" if notes else "")
         + f"<div class='hz-summary'>{thresholds_text()}</div></div>"

@@ -86,6 +86,14 @@ class Engine:
         """Where a pasted barcode goes unless the user says otherwise: the real COI model when there is one."""
         return "real" if self.coi_name is not None else "demo"
 
+    def image_trained(self, name: str) -> bool:
+        """Whether a bundle's image tower was trained (a barcode-only bundle's was not: it never gets a photo)."""
+        return not barcode_only(self.bundles[name])
+
+    def photo_names(self) -> list[str]:
+        """The compared models that read photos (:meth:`image_trained`)."""
+        return [n for n in self.names if self.image_trained(n)]
+
     def data_kind(self, name: str) -> str:
         """``"synthetic"`` or ``"real"``: :func:`data_kind` of one bundle."""
         return data_kind(self.bundles[name])
@@ -108,7 +116,7 @@ class Engine:
             predictor = self.predictor(name)
             if predictor.reference_map is not None:
                 predictor.reference_map.warm_up()
-            predictor.predict(image=probe, barcode="ACGT" * 100, neighbours=1)
+            predictor.predict(image=probe if self.image_trained(name) else None, barcode="ACGT" * 100, neighbours=1)
         if self.coi_name is not None:
             self.predictor(self.coi_name).predict(barcode="ACGT" * 100, neighbours=1)
             self.coi_references().hits("ACGT" * 100, k=1)  # builds the k-mer index
@@ -129,10 +137,12 @@ class Engine:
         return [s for s in MAP_SPACES if s in have]
 
     def layouts(self, name: str) -> dict[str, np.ndarray]:
-        """A bundle's precomputed map layouts, without the fused one when its fusion was never trained."""
+        """A bundle's precomputed map layouts, without those of a part never trained (fusion gate, image tower)."""
         layouts = dict(getattr(self.bundles[name].reference, "layouts", None) or {})
-        if not trained_fusion(self.bundles[name]):
+        if not trained_fusion(self.bundles[name]) or not self.image_trained(name):
             layouts.pop("fused", None)
+        if not self.image_trained(name):  # an untrained image tower places specimens nowhere meaningful
+            layouts.pop("image", None)
         return layouts
 
     def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings) -> Prediction:

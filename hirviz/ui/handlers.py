@@ -19,6 +19,7 @@ from PIL import Image
 
 from hirviz import figures
 from hirviz.barcode import BarcodeError
+from hirviz.coi_check import input_notes
 from hirviz.degrade import DnaNoise
 from hirviz.hierarchy import describe_drift, specimen_drift
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
@@ -42,10 +43,11 @@ from hirviz.ui.render import (
     barcode_html,
     hierarchy_markdown,
     neighbours_frame,
-    query_label,
     result_html,
     status_line,
+    verdict_text,
 )
+from hirviz.ui.result_csv import result_rows, write_csv
 
 __all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "generality", "drift_text",
            "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
@@ -70,6 +72,7 @@ class IdentifyView:
     session: dict[str, Any] = field(default_factory=dict)
     coi_html: str = ""
     coi_hits: pd.DataFrame = field(default_factory=lambda: hits_frame(None))
+    csv: str | None = None  # the whole result as a CSV file (result_rows), None when refused
 
 
 def identify(
@@ -99,6 +102,12 @@ def identify(
         if source is None and text is None:
             return refused(engine, "Nothing to identify: upload a specimen photo and/or paste its DNA barcode "
                                    "(raw sequence or FASTA), then press Identify.")
+        unused = ""
+        if source is not None and not engine.photo_names():  # no model may answer from an untrained image tower
+            if text is None:
+                return refused(engine, "None of the loaded models was trained on photos: paste a DNA barcode "
+                                       "instead.")
+            source, unused = None, " The photo was not used: none of the loaded models was trained on photos."
         demo_text = text if route != "real" or engine.coi_name is None else None
         if text is not None and engine.coi_name is not None and route != "demo":
             coi = identify_coi(engine, text)
@@ -108,29 +117,39 @@ def identify(
                 return view
         if source is not None:
             source = load_image(source)  # decode once, then every model reuses it
-        predictions = ({name: engine.predict(name, source, demo_text, noise) for name in engine.names}
-                       if source is not None or demo_text is not None else {})
+        predictions = {}
+        for name in engine.names:
+            # A model never answers from a tower it was not trained with (a barcode-only bundle gets no photo).
+            photo = source if engine.image_trained(name) else None
+            if photo is not None or demo_text is not None:
+                predictions[name] = engine.predict(name, photo, demo_text, noise)
+        notes = input_notes(text) if text is not None else []
     except INPUT_ERRORS as err:
         return refused(engine, input_message(err))
     if not predictions:  # a barcode for the COI bundle only
         view = refused(engine, "")
         view.ok, view.status, view.coi_html, view.coi_hits = True, coi.status, coi.html, coi.hits
+        view.barcode = barcode_html(coi.result.check.sequence, None, [], coi.result.check.notes)
+        view.status += unused
         view.raw = {"coi": coi.raw}
         view.session = {"barcode": text, "levels": {}, "embeddings": {}}
+        view.csv = write_csv(result_rows({}, coi, engine.coi_name))
         return view
 
-    main = predictions[engine.primary]
+    main = predictions[engine.primary] if engine.primary in predictions else next(iter(predictions.values()))
+    main_name = next(n for n, p in predictions.items() if p is main)
     view = IdentifyView(ok=True, status="", predictions=predictions)
     if coi is not None:
         view.coi_html, view.coi_hits = coi.html, coi.hits
     view.model_image = main.model_input_image
-    view.barcode = barcode_html(main.barcode, main.degraded_barcode, main.barcode_edits)
+    view.barcode = barcode_html(main.barcode, main.degraded_barcode, main.barcode_edits, notes)
     view.gate = figures.gate_figure(main.gate, main.gate_vector, title=f"Fusion gate ({engine.primary})")
-    view.results = {name: result_html(name, p, note=role_note(engine, name),
-                                      fusion=trained_fusion(engine.bundles[name]), data=engine.data_kind(name))
-                    for name, p in predictions.items()}
+    view.results = {name: result_html(name, predictions.get(name), note=role_note(engine, name),
+                                      fusion=trained_fusion(engine.bundles[name]), data=engine.data_kind(name),
+                                      image=engine.image_trained(name))
+                    for name in engine.names}
     view.session = {
-        "image": source_path(image),
+        "image": source_path(image) if source is not None else None,
         "barcode": text,
         "noise": {"blur_kernel": noise.blur_kernel, "dna": asdict(noise.dna), "seed": noise.seed},
         "levels": {name: {q: r.levels for q, r in p.queries.items()} for name, p in predictions.items()},
@@ -142,19 +161,21 @@ def identify(
     view.raw = {name: p.to_dict() for name, p in predictions.items()}
     if coi is not None:
         view.raw["coi"] = coi.raw
+    view.csv = write_csv(result_rows(predictions, coi, engine.coi_name, file_name=Path(view.session["image"]).name
+                                     if view.session["image"] else ""))
     used = " + ".join(w for w, given in (("image", source is not None), ("barcode", demo_text is not None))
                       if given)
-    joint = _joint_query(main)
-    deepest = main.queries[joint].deepest_rank
-    support = (f"the evidence supports a name down to the **{deepest}**" if deepest else
-               "the evidence does not settle even the order")
+    count = f"{len(predictions)} model{'s' * (len(predictions) > 1)}"
+    # The status says what the main model's table says: its verdict (Prediction.verdict) and agreement.
+    answered = main.verdict[1] is not None
     view.status = status_line(
-        "ok", f"Identified from the {used} with {len(predictions)} model{'s' * (len(predictions) > 1)}. "
-              f"{engine.primary} ({query_label(joint).lower()}): {support}. {agreement_text(main)}")
-    if engine.data_kind(engine.primary) == "synthetic":
+        "ok" if answered else "info",
+        f"Identified from the {used} with {count}. {main_name}: {verdict_text(main)} {agreement_text(main)}")
+    if engine.data_kind(main_name) == "synthetic":
         view.status += " (Synthetic demo: invented names.)"
     if coi is not None:
         view.status += f" Barcode: {coi.status.split(' ', 1)[1]}"
+    view.status += unused
     return view
 
 
@@ -165,10 +186,6 @@ def source_path(image: Any) -> str | None:
     if isinstance(image, (str, Path)):
         return str(image)
     return None
-
-
-def _joint_query(prediction: Prediction) -> str:
-    return next(q for q in ("fused", "avg", "image", "dna") if q in prediction.queries)
 
 
 def role_note(engine: Engine, name: str) -> str:
@@ -190,8 +207,8 @@ def refused(engine: Engine, message: str) -> IdentifyView:
     return IdentifyView(
         ok=False, status=status_line("error", message), barcode=barcode_html(None, None, []),
         gate=figures.gate_figure(None, title=f"Fusion gate ({engine.primary})"),
-        results={name: result_html(name, None, note=role_note(engine, name), data=engine.data_kind(name))
-                 for name in engine.names},
+        results={name: result_html(name, None, note=role_note(engine, name), data=engine.data_kind(name),
+                                   image=engine.image_trained(name)) for name in engine.names},
         bars=figures.empty_figure("identify a specimen to see its scores"), coi_html=empty_coi_html(engine),
     )
 

@@ -1,6 +1,7 @@
 """The app's Blocks: :func:`build_ui` lays out one tab per function and wires each tab's events to the handlers.
 
-Every event has an ``api_name`` (:data:`API_NAMES`), so the app can be driven from ``gradio_client``.
+Every event has an ``api_name`` (:data:`API_NAMES`), so the app can be driven from ``gradio_client``. The module
+is a little over 400 lines: each tab's layout and wiring stay side by side, so one tab reads in one place.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ from hirviz.ui.handlers import (
     role_note,
     score_chart,
 )
-from hirviz.ui.render import CSS, barcode_html, data_badge, image_html, neighbours_frame, result_html, status_line
+from hirviz.ui.render import (
+    CSS,
+    KEYBOARD_RELEASE_JS,
+    barcode_html,
+    data_badge,
+    image_html,
+    neighbours_frame,
+    result_html,
+    status_line,
+)
 
 __all__ = ["API_NAMES", "build_ui"]
 
@@ -88,6 +98,7 @@ def build_ui(
         _wire_geometry(engine, geometry_tab, session)
         _wire_score_chart(engine, identify_tab, session)
         _wire_robustness(engine, robustness_tab)
+        demo.load(None, None, None, js=KEYBOARD_RELEASE_JS, api_visibility="private", queue=False)
     return demo
 
 
@@ -119,6 +130,7 @@ class _IdentifyTab:
     neighbours: gr.Dataframe
     coi: gr.HTML
     coi_hits: gr.Dataframe
+    download: gr.File
     raw: gr.JSON
 
 
@@ -154,7 +166,7 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                           f"e.g. {engine.default_blur()}", elem_id="hz-blur")
                     rate_sliders = [
                         gr.Slider(0, maximum, value=0, step=step, label=label,
-                                  info=f"paper default (METHOD.md §7): {getattr(PAPER_NOISE, name):g}",
+                                  info=f"the paper's rate: {getattr(PAPER_NOISE, name):g}",
                                   elem_id=f"hz-{name}")
                         for name, label, maximum, step in DNA_SLIDERS
                     ]
@@ -192,18 +204,20 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                 neighbours = gr.Dataframe(neighbours_frame(None), label="Nearest reference specimens "
                                           f"({engine.primary})", interactive=False, wrap=True, max_height=420,
                                           elem_id="hz-neighbours")
+        download = gr.File(label="Download the whole result (CSV: every model, query, rank and score, with "
+                                 "abstentions)", interactive=False, elem_id="hz-download")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="Predictions")
     return _IdentifyTab(image, barcode, route, run_button, examples, real, blur, rate_sliders, seed, paper_button,
                         off_button, status, model_image, gate_plot, barcode_view, result_views, bars_level, bars,
-                        neighbours, coi, coi_hits, raw)
+                        neighbours, coi, coi_hits, download, raw)
 
 
 def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
     names = engine.names
     identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route]
     identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
-                        tab.neighbours, tab.coi, tab.coi_hits, tab.raw, session]
+                        tab.neighbours, tab.coi, tab.coi_hits, tab.download, tab.raw, session]
 
     def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
                      seed, score_level, route=None):
@@ -221,8 +235,8 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
             gr.Warning(view.status.split(" ", 1)[1])
         return (view.status, image_html(view.model_image), view.barcode, view.gate,
                 *[view.results[n] for n in names],
-                view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.raw,
-                view.session)
+                view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.csv,
+                view.raw, view.session)
 
     run_identify = _guarded(len(identify_outputs), run_identify)
     # One endpoint for the button and every slider release: "always_last" drops superseded requests, and
@@ -392,6 +406,11 @@ def _about_text(engine: Engine) -> str:
         "**gated fusion** (the learned per-dimension gate; the gate chart shows its mean weight on the image).\n"
         "- Scores are probabilities over the model's candidate taxonomy strings, summed per name at each rank. "
         "The *deepest supported* rank is the deepest whose top name scores at least 50 %, going down from order.\n"
+        "- **No confident match**: a query whose input is unusable (a tiny or blank photo, a very short read) or "
+        "unlike anything the model was checked on answers no name, and says why. The overall answer comes from the "
+        "first query that does answer (gated fusion, averaged, image only, DNA only).\n"
+        "- **Download the whole result**: a CSV with every model, query, rank and name, its score, and whether the "
+        "query abstained and why.\n"
         "- From Python: `Client(url).predict(image=handle_file('photo.jpg'), barcode='ACGT…', blur_kernel=0, "
         "substitution=0.01, seed=0, api_name='/identify')` (`from gradio_client import Client, handle_file`); the "
         "last output is the full result as JSON. Every control of the page is an endpoint too (see *Use via API*)."

@@ -1,6 +1,7 @@
 """The app's HTML and tables: one model's answers, the degraded barcode, the neighbours, the image the model saw.
 
-Every function returns a ready-to-show value; :data:`CSS` styles the HTML (pass it to ``Blocks.launch``).
+Every function returns a ready-to-show value; :data:`CSS` styles the HTML (pass it to ``Blocks.launch``) and
+:data:`KEYBOARD_RELEASE_JS` makes the sliders answer the keyboard.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from PIL import Image
 from hirviz import figures
 from hirviz.degrade import Edit
 from hirviz.predict import QUERIES, Prediction
+from hirviz.prediction import agreement
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
-           "status_line", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS"]
+           "status_line", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
+           "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS"]
 
 EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
     "substitution": ("hz-sub", "substitution"),
@@ -76,10 +79,40 @@ CSS = """
 .hz-figure { margin: 0; text-align: center; }
 .hz-figure img { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #eee; }
 .hz-figure figcaption { font-size: 12px; color: #555; }
+.hz-abstain { background: #f4f4f4; color: #555; font-size: 12px; }
+.hz-abstain b { color: #333; }
+.hz-changes ul { margin: 2px 0 4px 18px; padding: 0; }
+/* Phones: a wide table scrolls inside its own box, never the page; names keep whole words (no letter columns). */
+.hz-scroll { overflow-x: auto; max-width: 100%; }
+.hz-scroll .hz-table { min-width: 540px; }
+.hz-name { overflow-wrap: normal; word-break: normal; hyphens: none; }
+.hz-result, .hz-seq { max-width: 100%; box-sizing: border-box; }
+#hz-neighbours, #hz-coi-hits { max-width: 100%; overflow-x: auto; }
+#hz-neighbours th span.header, #hz-coi-hits th span.header { white-space: nowrap; overflow-wrap: normal;
+  word-break: normal; }
+/* Side-by-side answers stack on a phone rather than share 390 px (Gradio's own minimum is 160 px). */
+#hz-coi, #hz-coi-hits, .hz-result-box { min-width: min(380px, 100%) !important; }
+@media (max-width: 640px) {
+  .hz-legend span { margin-right: 4px; }
+  .hz-table th.hz-level { width: 62px; }
+}
 /* No soft wrapping in the barcode box: wrapping one pasted line of 100 kb freezes a browser for seconds. */
 #hz-barcode textarea { white-space: pre; overflow-x: auto; font-family: ui-monospace, Menlo, Consolas, monospace; }
 """
 
+
+# A slider moved with the keyboard fires "input" and "change" but no "release" (Gradio sends that on pointerup and
+# on leaving the number box), so keyboard users would never re-identify. On the key's release, the range input gets
+# the pointerup it lacks: one request per key press, while dragging still sends one request on release.
+KEYBOARD_RELEASE_JS = """() => {
+  const keys = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"]);
+  document.addEventListener("keyup", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement && target.type === "range" && keys.has(event.key)) {
+      target.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+    }
+  });
+}"""
 
 
 def query_label(query: str) -> str:
@@ -87,10 +120,26 @@ def query_label(query: str) -> str:
     return figures.QUERY_LABELS.get(query, query)
 
 
-def _needs(query: str, fusion: bool = True) -> str:
+def _needs(query: str, fusion: bool = True, image: bool = True) -> str:
+    if query in ("image", "avg", "fused") and not image:
+        return "no trained image model (barcodes only)"
     if query == "fused" and not fusion:
         return "no trained fusion in this model"
     return {"image": "needs an image", "dna": "needs a barcode"}.get(query, "needs an image and a barcode")
+
+
+def answering(prediction: Prediction) -> dict[str, Any]:
+    """The queries of a prediction that give an answer (those that did not abstain), in :data:`QUERIES` order."""
+    return {q: r for q, r in prediction.queries.items() if not getattr(r, "abstained", False)}
+
+
+def plain_reason(reason: str | None) -> str:
+    """An abstention reason without its leading "no confident match:" (the page says that already)."""
+    text = (reason or "the evidence is too weak").strip()
+    prefix = "no confident match:"
+    if text.lower().startswith(prefix):
+        text = text[len(prefix):].strip()
+    return text[:1].upper() + text[1:]
 
 
 def data_badge(kind: str) -> str:
@@ -100,13 +149,14 @@ def data_badge(kind: str) -> str:
 
 
 def result_html(name: str, prediction: Prediction | None, *, note: str = "", fusion: bool = True,
-                data: str = "") -> str:
+                data: str = "", image: bool = True) -> str:
     """One model's answers as an HTML table: levels down, the four queries across, and their agreement.
 
     Each cell lists the top names with their scores (a rank's score sums its descendants' probabilities); the
-    last row gives the deepest rank each query's evidence supports. ``fusion=False`` says that the model has
-    no trained fusion (its fused column explains that instead of asking for inputs). ``data`` (``"real"`` or
-    ``"synthetic"``) adds the marker of what the model was trained on.
+    last row gives the deepest rank each query's evidence supports. A query that abstained shows "no confident
+    match" and why, instead of names. ``fusion=False`` says that the model has no trained fusion and
+    ``image=False`` that it has no trained image model (their columns explain that instead of asking for
+    inputs). ``data`` (``"real"`` or ``"synthetic"``) adds the marker of what the model was trained on.
     """
     subtitle = f" <span class='hz-sub-title'>{html.escape(note)}</span>" if note else ""
     title = f"<h4>{html.escape(name)}{subtitle}</h4>" + (data_badge(data) if data else "")
@@ -116,63 +166,105 @@ def result_html(name: str, prediction: Prediction | None, *, note: str = "", fus
     if prediction.gate is not None:
         gate = f" · gate: image {prediction.gate:.0%} / DNA {1 - prediction.gate:.0%}"
     head = "".join(f"<th>{html.escape(query_label(q))}</th>" for q in QUERIES)
+    answers = answering(prediction)
+    agreed = agreement({q: r.levels for q, r in answers.items()})
     rows = []
-    several = len(prediction.queries) > 1
-    for level in LEVELS:
+    for i, level in enumerate(LEVELS):
         cells = []
         for query in QUERIES:
             result = prediction.queries.get(query)
             if result is None:
-                cells.append(f"<td class='hz-na'>{_needs(query, fusion)}</td>")
+                cells.append(f"<td class='hz-na'>{_needs(query, fusion, image)}</td>")
+                continue
+            if query not in answers:  # one cell down the whole column: the reason, not names
+                if i == 0:
+                    cells.append(f"<td class='hz-abstain' rowspan='{len(LEVELS)}' data-query='{query}'>"
+                                 f"<b>no confident match</b><div>{html.escape(plain_reason(result.reason))}</div>"
+                                 "</td>")
                 continue
             items = "".join(
-                f"<li>{html.escape(n)}&nbsp;<span class='hz-score'>{s:.1%}</span>"
+                f"<li><span class='hz-name'>{html.escape(n)}</span>&nbsp;<span class='hz-score'>{s:.1%}</span>"
                 f"<div class='hz-bar' style='width:{max(0.0, min(1.0, s)) * 100:.0f}%'></div></li>"
                 for n, s in result.levels.get(level, [])
             )
             cells.append(f"<td><ul>{items}</ul></td>" if items else "<td class='hz-na'>no candidate this deep</td>")
         mark = ""
-        if several:
-            agree = prediction.agreement.get(level)
-            mark = ("<div class='hz-yes' title='every query gives the same top name'>✓ agree</div>" if agree else
+        if len(answers) > 1:  # agreement among the queries that answer; an abstained one has no name to compare
+            count = "" if len(answers) == len(prediction.queries) else f" ({len(answers)} of {len(prediction.queries)})"
+            mark = (f"<div class='hz-yes' title='every answering query gives the same top name'>✓ agree{count}</div>"
+                    if agreed.get(level) else
                     "<div class='hz-no' title='the queries give different top names'>✗ differ</div>")
         rows.append(f"<tr><th class='hz-level'>{level}{mark}</th>{''.join(cells)}</tr>")
     deepest = "".join(
-        f"<td>{html.escape(r.deepest_rank or 'none (order uncertain)')}</td>" if (r := prediction.queries.get(q))
-        else "<td class='hz-na'>–</td>"
+        ("<td class='hz-na'>–</td>" if (r := prediction.queries.get(q)) is None else
+         "<td class='hz-abstain'>no confident match</td>" if q not in answers else
+         f"<td>{html.escape(r.deepest_rank or 'none (order uncertain)')}</td>")
         for q in QUERIES
     )
     rows.append(f"<tr class='hz-deepest'><th class='hz-level'>deepest supported</th>{deepest}</tr>")
     return (
-        f"<div class='hz-result'>{title}<div class='hz-summary'>{agreement_text(prediction)}{gate}</div>"
-        f"<table class='hz-table'><thead><tr><th class='hz-level'>level</th>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+        f"<div class='hz-result'>{title}<div class='hz-summary'>{verdict_text(prediction)} "
+        f"{agreement_text(prediction)}{gate}</div>"
+        f"<div class='hz-scroll'><table class='hz-table'><thead><tr><th class='hz-level'>level</th>{head}</tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div></div>"
     )
 
 
+def verdict_text(prediction: Prediction) -> str:
+    """The overall answer in words, from :attr:`Prediction.verdict` (the first answering query, joint evidence
+    first): its name at the deepest rank it supports, the very cell the table shows; "no confident match" when
+    every query abstained."""
+    query, rank = prediction.verdict
+    if query is None:
+        reasons = dict.fromkeys(plain_reason(r.reason) for r in prediction.queries.values())
+        return f"No confident match: {'; '.join(reasons)}."
+    if rank is None:
+        return f"{query_label(query)} does not settle even the order."
+    top = prediction.queries[query].levels[rank][0]
+    return f"{query_label(query)} names the {rank} {top[0]} ({top[1]:.0%})."
+
+
 def agreement_text(prediction: Prediction) -> str:
-    """One sentence on where the queries of a prediction agree."""
-    if len(prediction.queries) < 2:
-        return f"One query ({query_label(next(iter(prediction.queries)))})."
-    agree = [lvl for lvl in LEVELS if prediction.agreement.get(lvl)]
-    differ = [lvl for lvl in LEVELS if not prediction.agreement.get(lvl)]
+    """One sentence on where the answering queries of a prediction agree (the tables' ✓ / ✗ marks)."""
+    answers = answering(prediction)
+    abstained = [query_label(q).lower() for q in prediction.queries if q not in answers]
+    note = f" No confident match from: {', '.join(abstained)}." if abstained else ""
+    if len(answers) < 2:
+        only = f"One answering query ({query_label(next(iter(answers)))})." if answers else ""
+        return (only + note).strip()
+    agreed = agreement({q: r.levels for q, r in answers.items()})
+    agree = [lvl for lvl in LEVELS if agreed.get(lvl)]
+    differ = [lvl for lvl in LEVELS if not agreed.get(lvl)]
+    n = len(answers)
     if not differ:
-        return f"All {len(prediction.queries)} queries agree at every level."
+        return f"The {n} answering queries agree at every level.{note}"
     if not agree:
-        return f"The {len(prediction.queries)} queries disagree at every level."
-    return f"The {len(prediction.queries)} queries agree at {', '.join(agree)}; they differ at {', '.join(differ)}."
+        return f"The {n} answering queries disagree at every level.{note}"
+    return f"The {n} answering queries agree at {', '.join(agree)}; they differ at {', '.join(differ)}.{note}"
 
 
-def barcode_html(clean: str | None, degraded: str | None, edits: Sequence[Edit]) -> str:
+def input_changes_html(notes: Sequence[str] | None) -> str:
+    """Every change made to the pasted text before a model read it (:func:`hirviz.coi_check.input_notes`), or
+    that none was made."""
+    if not notes:
+        return "<div class='hz-summary hz-changes'>Your input was read exactly as pasted: no changes.</div>"
+    items = "".join(f"<li>{html.escape(n[:1].upper() + n[1:])}</li>" for n in notes)
+    return f"<div class='hz-summary hz-changes'>Changes made to your input:<ul>{items}</ul></div>"
+
+
+def barcode_html(clean: str | None, degraded: str | None, edits: Sequence[Edit],
+                 notes: Sequence[str] | None = None) -> str:
     """The barcode the model saw, each change coloured by kind (legend included).
 
     ``degraded`` is ``None`` when no DNA noise was applied; the truncated tail is shown struck through after
-    the kept bases, and a deletion as a red bar just before the base that followed the deleted one.
+    the kept bases, and a deletion as a red bar just before the base that followed the deleted one. ``notes``
+    lists the changes made to the pasted text before that (cleaning, record chosen, reverse complement).
     """
     if clean is None:
         return "<div class='hz-summary'>No barcode given.</div>"
+    changes = input_changes_html(notes)
     if degraded is None:
-        return (f"<div class='hz-summary'>Barcode: {len(clean)} bp, used as given (no DNA noise).</div>"
+        return (f"<div class='hz-summary'>Barcode: {len(clean)} bp (no DNA noise added).</div>{changes}"
                 f"<div class='hz-seq'>{html.escape(clean)}</div>")
     tail = "".join(e.before for e in edits if e.kind == "truncation")
     full = degraded + tail
@@ -211,7 +303,7 @@ def barcode_html(clean: str | None, degraded: str | None, edits: Sequence[Edit])
         f"<span class='{css}'>{label}: {counts.get(kind, 0)}</span>" for kind, (css, label) in EDIT_STYLES.items()
     )
     summary = f"Barcode: {len(clean)} bp given, {len(degraded)} bp seen by the model after the noise."
-    return (f"<div class='hz-summary'>{summary}</div><div class='hz-legend'>{legend}</div>"
+    return (f"<div class='hz-summary'>{summary}</div>{changes}<div class='hz-legend'>{legend}</div>"
             f"<div class='hz-seq'>{''.join(parts)}</div>")
 
 
@@ -292,7 +384,7 @@ def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: 
                     f" | {_pair(get(clean, 'drift', 'mean_depth'), get(noisy, 'drift', 'mean_depth'))}"
                     f" | {_num(get(noisy, 'drift', 'mean_displacement'), 3)} |")
     if not rows:
-        return f"**{name}**: no hierarchy numbers in its evaluation (re-run `python -m train eval` to add them)."
+        return f"**{name}**: no hierarchy numbers in its evaluation (its evaluation predates them)."
     header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",
               "|---|---|---|---|---|---|"]
     return "\n".join([f"**{name}** (without noise → with noise)", "", *header, *rows])

@@ -26,6 +26,16 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_repo_module(name: str, relative: str) -> Any:
+    """Import a script of the repository that is not in a package (``app.py``, a bench) as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_data_dir() -> Path:
     """Where the real test data lives: ``$HIRVIZ_SHARED_DATA`` or ``../shared/data`` beside the repo."""
     return Path(os.environ.get("HIRVIZ_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

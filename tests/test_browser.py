@@ -5,7 +5,6 @@ Skipped where Playwright or Chromium is missing. The app is launched in this pro
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -17,6 +16,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 CHROMIUM = os.environ.get("HIRVIZ_CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 30_000
+from conftest import load_repo_module  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
@@ -25,10 +26,7 @@ if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
 
 
 def _load_app_module():
-    spec = importlib.util.spec_from_file_location("hirviz_app", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("hirviz_app", "app.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ caller uploaded. A real upload must still work (so a refusal is not just a broke
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import uuid
@@ -17,16 +16,15 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 
+from conftest import load_repo_module  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = f"hirviz-secret-{uuid.uuid4().hex}"  # unique per run: stale cache files cannot match
 ENDPOINTS = ("identify", "identify_example")
 
 
 def _load_app_module():
-    spec = importlib.util.spec_from_file_location("hirviz_app_security", REPO / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("hirviz_app_security", "app.py")
 
 
 @pytest.fixture(scope="module")

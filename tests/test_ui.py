@@ -528,6 +528,25 @@ def test_geometry_says_how_far_the_noise_moved_the_specimen(engine, example):
     assert "The noise moved the embedding" in drift_text(engine, blurred.session, "image")
 
 
+def test_robustness_draws_the_degraded_modality_alone_and_says_how_far_the_sweep_reaches(engine):
+    from hirviz.ui import robustness, sweep_coverage
+
+    dna_fig, blur_fig = robustness(engine, "species")
+    sweep = engine.bundles["HiR-Fuse"].eval_results["sweep"]
+    for fig, kind, alone in ((dna_fig, "dna", "DNA only"), (blur_fig, "blur", "Image only")):
+        query = "dna" if kind == "dna" else "image"
+        records = sorted((r for r in sweep if r["kind"] == kind and r["query"] == query and r["level"] == "species"),
+                         key=lambda r: r["strength"])
+        trace = next(t for t in fig.data if t.name == f"HiR-Fuse · {alone}")
+        assert list(trace.y) == [r["top1"] for r in records]
+    text = sweep_coverage(engine)
+    kernels = sorted({r["strength"] for r in sweep if r["kind"] == "blur"})
+    assert f"slider goes to {engine.blur_limit()} px" in text
+    if kernels[-1] < engine.blur_limit():
+        assert f"nothing beyond {kernels[-1]:g} px was measured" in text
+    assert f"measured up to {max(r['strength'] for r in sweep if r['kind'] == 'dna'):g}x" in text
+
+
 def test_robustness_says_not_evaluated_without_a_sweep():
     fig = figures.robustness_figure({"A": [], "B": None}, "dna", "species")
     assert not fig.data and "not evaluated" in fig.layout.annotations[0].text

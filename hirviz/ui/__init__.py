@@ -25,6 +25,7 @@ from hirviz.ui.handlers import (
     robustness,
     score_chart,
     source_path,
+    sweep_coverage,
 )
 from hirviz.ui.layout import API_NAMES, build_ui
 from hirviz.ui.render import CSS, EDIT_STYLES, barcode_html, image_html, neighbours_frame, result_html
@@ -43,6 +44,7 @@ __all__ = [
     "hierarchy_tables",
     "score_chart",
     "robustness",
+    "sweep_coverage",
     "eval_tables",
     "source_path",
     "barcode_html",

@@ -29,7 +29,9 @@ from hirviz.ui.coi_view import CoiView, empty_coi_html, hits_frame, identify_coi
 from hirviz.ui.engine import (
     BARCODE_ROUTES,
     COLOUR_LEVELS,
+    DNA_SLIDERS,
     MAP_SPACES,
+    PAPER_NOISE,
     SWEEP_LEVELS,
     Engine,
     NoiseSettings,
@@ -50,7 +52,7 @@ from hirviz.ui.render import (
 from hirviz.ui.result_csv import result_rows, write_csv
 
 __all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "generality", "drift_text",
-           "robustness", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
+           "robustness", "sweep_coverage", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -383,9 +385,38 @@ def robustness(engine: Engine, level: str) -> tuple[go.Figure, go.Figure]:
     level = level if level in SWEEP_LEVELS else "species"
     sweeps = engine.sweeps()
     return (
-        figures.robustness_figure(sweeps, "dna", level, title=f"Top-1 {level} accuracy as DNA noise rises"),
-        figures.robustness_figure(sweeps, "blur", level, title=f"Top-1 {level} accuracy as image blur rises"),
+        figures.robustness_figure(sweeps, "dna", level, queries=("dna", "avg", "fused"),
+                                  title=f"Top-1 {level} accuracy as DNA noise rises"),
+        figures.robustness_figure(sweeps, "blur", level, queries=("image", "avg", "fused"),
+                                  title=f"Top-1 {level} accuracy as image blur rises"),
     )
+
+
+def sweep_coverage(engine: Engine) -> str:
+    """In plain words, how far the evaluation sweeps reach compared with what the Identify sliders allow.
+
+    The sweeps are measured offline at a few strengths; the curves stop at the last one rather than guess
+    beyond it, so this says where the sliders go further than any measurement.
+    """
+    measured = {kind: sorted({float(r["strength"]) for records in engine.sweeps().values() for r in records
+                              if r.get("kind") == kind and "strength" in r}) for kind in ("dna", "blur")}
+    lines = []
+    if measured["blur"]:
+        top = measured["blur"][-1]
+        lines.append(f"Blur: measured at kernels {', '.join(f'{k:g}' for k in measured['blur'])} px; the Identify "
+                     f"slider goes to {engine.blur_limit()} px" + (f", so nothing beyond {top:g} px was measured."
+                                                                     if top < engine.blur_limit() else "."))
+    if measured["dna"]:
+        top = measured["dna"][-1]
+        reach = {field: limit / getattr(PAPER_NOISE, field) for field, _, limit, _ in DNA_SLIDERS
+                 if getattr(PAPER_NOISE, field) > 0}
+        lines.append(f"DNA noise: strength k means every one of the paper's rates times k, measured up to {top:g}x; "
+                     f"the Identify sliders move one rate at a time, each up to {min(reach.values()):.0f}x to "
+                     f"{max(reach.values()):.0f}x its paper rate, so a slider past {top:g}x its paper rate is "
+                     "beyond what was measured.")
+    if not lines:
+        return "No model here was evaluated with a noise sweep, so there are no curves to show."
+    return "\n\n".join(lines)
 
 
 def eval_tables(engine: Engine) -> str:

@@ -45,6 +45,7 @@ from hirviz.ui.handlers import (
     robustness,
     role_note,
     score_chart,
+    sweep_coverage,
 )
 from hirviz.ui.render import (
     CSS,
@@ -349,8 +350,9 @@ class _RobustnessTab:
 
 def _robustness_tab(engine: Engine) -> _RobustnessTab:
     with gr.Tab("Robustness", id="robustness"):
-        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: averaged vs "
-                    "gated fusion (colour), model vs model (dash).")
+        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: the degraded "
+                    "modality alone, averaged and gated fusion (colour), model vs model (dash).")
+        gr.Markdown(sweep_coverage(engine), elem_id="hz-sweep-coverage")
         level = gr.Radio(list(SWEEP_LEVELS), value="species", label="Level")
         dna_figure, blur_figure = robustness(engine, "species")
         with gr.Row(equal_height=False):

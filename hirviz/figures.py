@@ -27,6 +27,7 @@ __all__ = [
     "generality_figure",
     "DISK_CAPTION",
     "DISK_LABEL",
+    "PATH_START_LABEL",
     "prediction_bars",
     "robustness_figure",
     "gate_figure",
@@ -44,6 +45,7 @@ SWEEP_LABELS: dict[str, str] = {
     "blur": "image blur kernel (pixels)",
 }
 UNKNOWN_COLOUR = "#c9c9c9"
+PATH_START_LABEL = "no noise (start of the path)"
 # Qualitative colours that stay distinguishable on white; taxa beyond them cycle through the list.
 PALETTE: tuple[str, ...] = tuple(qualitative.Dark24) + tuple(qualitative.Alphabet)
 # Palette entry i as a colour scale over the integers 0..len-1 (each integer maps exactly onto its colour).
@@ -105,7 +107,8 @@ def umap_figure(
         colour_by: the level whose names colour the points.
         ids: ``N`` specimen ids shown on hover.
         query: ``[q, 2]`` (or ``[2]``) positions of the current query, drawn as stars.
-        path: ``[n, 2]`` positions of the query as noise rises (first row = clean), drawn as a line.
+        path: ``[n, 2]`` positions of the query as noise rises (first row = clean), drawn as a line whose clean
+            start has its own marker (:data:`PATH_START_LABEL`).
         path_labels: ``n`` labels of the path points (the noise strengths).
         legend_taxa: the most frequent taxa get their own legend entry; the rest share one ("other taxa"),
             still coloured per taxon, so that a genus-level map does not bury the plot under its legend.
@@ -169,6 +172,14 @@ def umap_figure(
                 line={"color": "#111", "width": 2, "dash": "dot"},
                 marker={"size": 7, "color": "#111", "symbol": "circle-open"},
                 hovertemplate="noise %{customdata}<extra></extra>", legendrank=legend_taxa + 2,
+            )
+        )
+        # The clean end gets its own marker so the direction of the path reads at a glance.
+        figure.add_trace(
+            go.Scatter(
+                x=path[:1, 0], y=path[:1, 1], mode="markers", name=PATH_START_LABEL,
+                marker={"size": 12, "symbol": "square", "color": "#2ca02c", "line": {"color": "#111", "width": 1}},
+                hovertemplate=f"{PATH_START_LABEL}<extra></extra>", legendrank=legend_taxa + 2,
             )
         )
     if query is not None and len(query):

@@ -420,21 +420,29 @@ def test_maps_place_the_query_and_its_noise_path(engine, example):
     for name, fig in {"HiR-Fuse": fused_maps["HiR-Fuse"], "CLIBD": dna_maps["CLIBD"]}.items():
         space = "fused" if name == "HiR-Fuse" else "dna"
         names = [t.name for t in fig.data]
-        assert names[-2:] == ["as noise rises", "your specimen"], names
-        assert len(fig.data[-2].x) == len(DEFAULT_STRENGTHS)
+        assert names[-3:] == ["as noise rises", figures.PATH_START_LABEL, "your specimen"], names
+        assert len(fig.data[-3].x) == len(DEFAULT_STRENGTHS)
+        # The start of the path is marked apart, at the path's clean end, and its hover says so.
+        assert (fig.data[-2].x[0], fig.data[-2].y[0]) == (fig.data[-3].x[0], fig.data[-3].y[0])
+        assert fig.data[-3].customdata[0] == "no noise" and fig.data[-3].text[0] == "no noise"
         reference = engine.bundles[name].reference
-        plotted = sum(len(t.x) for t in fig.data[:-2])
+        plotted = sum(len(t.x) for t in fig.data[:-3])
         assert plotted == int(np.isfinite(reference.layouts[space]).all(axis=1).sum())
         # Hover tells the specimen's taxonomy.
         assert "family" in fig.data[0].hovertemplate and fig.data[0].customdata.shape[1] == 1 + len(LEVELS)
     # The clean end of the path is where the query itself is placed.
     fig = fused_maps["HiR-Fuse"]
-    assert np.allclose([fig.data[-2].x[0], fig.data[-2].y[0]], [fig.data[-1].x[0], fig.data[-1].y[0]], atol=1e-5)
+    assert np.allclose([fig.data[-3].x[0], fig.data[-3].y[0]], [fig.data[-1].x[0], fig.data[-1].y[0]], atol=1e-5)
     # A strong blur: the path stops where the blur would exceed the model's input grid, instead of failing.
     blurred = identify(engine, {"path": image}, None, NoiseSettings(blur_kernel=20))
     status, maps = geometry(engine, blurred.session, "image", "order", True)
     limit = max(engine.predictor("HiR-Fuse").model.image_size)
-    assert status == "" and len(maps["HiR-Fuse"].data[-2].x) == sum(round(s * 20) <= limit for s in DEFAULT_STRENGTHS)
+    assert status == "" and len(maps["HiR-Fuse"].data[-3].x) == sum(round(s * 20) <= limit for s in DEFAULT_STRENGTHS)
+    # The Geometry tab explains the markers in one line, naming every strength the path is drawn at.
+    from hirviz.ui.handlers import PATH_CAPTION
+
+    assert "\n" not in PATH_CAPTION and "green square" in PATH_CAPTION
+    assert all(f"×{s:g}" in PATH_CAPTION for s in DEFAULT_STRENGTHS if s)
     # Without a specimen: the reference only, no query traces.
     _, empty_maps = geometry(engine, {}, "dna", "order", True)
     assert all("your specimen" not in [t.name for t in f.data] for f in empty_maps.values())

@@ -52,7 +52,7 @@ from hirviz.ui.render import (
 from hirviz.ui.result_csv import result_rows, write_csv
 
 __all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "generality", "drift_text",
-           "robustness", "sweep_coverage", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
+           "robustness", "sweep_coverage", "PATH_CAPTION", "hierarchy_tables", "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,13 @@ def score_chart(engine: Engine, session: Mapping[str, Any] | None, level: str) -
     return figures.prediction_bars(levels, level, title=f"{engine.primary}: top {level} names per query")
 
 
+# One line under the maps: what the noise path's markers mean (the points are labelled as _session_noise_path does).
+PATH_CAPTION = ("Noise path: the green square is your specimen with no noise; each ring after it is the same specimen "
+                "re-embedded with the noise multiplied by " + ", ".join(f"×{s:g}" for s in DEFAULT_STRENGTHS if s)
+                + " (×1 = the noise set on the Identify tab, or the paper's noise and a visible blur when the "
+                "controls are at zero). Strong blurs stop early, where the blur would exceed the model's input.")
+
+
 def geometry(
     engine: Engine,
     session: Mapping[str, Any] | None,
@@ -330,7 +337,7 @@ def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], s
         predictor, image, barcode, space, strengths, dna_noise=None if dna.is_off() else dna,
         blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)), layout=kind,
     )
-    return path, [f"×{s:g}" for s in strengths]
+    return path, ["no noise" if s == 0 else f"×{s:g}" for s in strengths]
 
 
 def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) -> str:

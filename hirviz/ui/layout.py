@@ -33,6 +33,7 @@ from hirviz.ui.engine import (
     NoiseSettings,
 )
 from hirviz.ui.handlers import (
+    PATH_CAPTION,
     drift_text,
     eval_tables,
     generality,
@@ -299,8 +300,8 @@ def _geometry_tab(engine: Engine) -> _GeometryTab:
     with gr.Tab("Geometry", id="geometry") as tab:
         gr.Markdown("UMAP maps of each model's reference specimens (precomputed); a hyperbolic model shows its "
                     "Poincare disk instead (" + figures.DISK_CAPTION + "). Your last specimen is "
-                    "the star; tick the box to follow it as the noise rises (×0 = clean, ×1 = the "
-                    "current noise, or the paper's noise when the controls are at zero).")
+                    "the star; tick the box to follow it as the noise rises.")
+        gr.Markdown(PATH_CAPTION, elem_id="hz-path-caption")
         with gr.Row():
             space = gr.Radio(spaces, value=default_space, label="Embedding space")
             colour_by = gr.Radio(list(COLOUR_LEVELS), value="order", label="Colour by")

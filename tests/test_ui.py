@@ -789,3 +789,40 @@ def test_the_app_wires_the_batch_tab_and_the_route(real_engine, tiny):
     assert len(names) == len(set(names))
     route = next(c for c in demo.get_config_file()["components"] if c["props"].get("elem_id") == "hz-route")
     assert route["props"]["value"] == "real" and route["props"]["visible"] is not False
+
+
+# ---------------------------------------------------------------------------------------------- typed names
+
+
+def test_identify_ranks_only_the_names_a_user_types(engine, example, monkeypatch):
+    from hirviz.ui import NoiseSettings, identify
+
+    image, barcode = example
+    bundle = engine.bundles["HiR-Fuse"]
+    known = list(bundle.candidates[:2])
+    typed = [*known, "Lepidoptera Noctuidae"]
+    text = "\n".join([typed[0], "", f"  {typed[1]} ", typed[0], typed[2]])  # blanks and repeats are dropped
+    view = identify(engine, {"path": image}, barcode, NoiseSettings(), candidates=text)
+    assert view.ok and "Ranked only your 3 typed names (HiR-Fuse, CLIBD)." in view.status
+    for prediction in view.predictions.values():
+        for result in prediction.queries.values():
+            assert len(result.probabilities) == 3 and np.isclose(result.probabilities.sum(), 1, atol=1e-4)
+            assert {c for c, _ in result.candidates} <= set(typed)
+    # The typed names are embedded by the bundle's own text tower: a known name gets its stored embedding, and
+    # a typed order/family keeps its ranks by position.
+    typed_predictor = engine.typed_predictor("HiR-Fuse", typed)
+    assert np.allclose(typed_predictor.text_embeddings[:2], np.asarray(bundle.text_embeddings[:2]), atol=1e-4)
+    assert typed_predictor.candidate_set.ranks[2] == ("Lepidoptera", "Noctuidae", None, None)
+    # Empty box: each model ranks its own candidates, as before.
+    plain = identify(engine, {"path": image}, barcode, NoiseSettings(), candidates="")
+    assert len(plain.predictions["HiR-Fuse"].queries["dna"].probabilities) == len(bundle.candidates)
+    assert "typed" not in plain.status
+    # A model that cannot (hyperbolic) keeps its own candidates and the status says so plainly.
+    monkeypatch.setattr(engine, "ranks_typed_names", lambda name: name != "CLIBD")
+    view = identify(engine, {"path": image}, barcode, NoiseSettings(), candidates=text)
+    assert "CLIBD cannot (hyperbolic" in view.status
+    assert len(view.predictions["CLIBD"].queries["dna"].probabilities) == len(engine.bundles["CLIBD"].candidates)
+    # Too many names, or not text: a clear message, no crash.
+    many = identify(engine, {"path": image}, barcode, NoiseSettings(), candidates="\n".join(f"O{i}" for i in range(300)))
+    assert not many.ok and "at most" in many.status
+    assert not identify(engine, {"path": image}, barcode, NoiseSettings(), candidates=["x"]).ok

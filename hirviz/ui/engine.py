@@ -11,6 +11,7 @@ what it was trained on (:func:`data_kind`): real records, or the synthetic teach
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
+from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise
 from hirviz.predict import InputError, Prediction, Predictor, agreement
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["Engine", "NoiseSettings", "trained_fusion", "barcode_only", "data_kind", "image_source", "barcode_text",
-           "BARCODE_ROUTES"]
+           "BARCODE_ROUTES",
+           "typed_names", "MAX_TYPED_NAMES"]
 
 MAX_BARCODE_BP = 20_000  # hirviz.barcode.parse_barcode's default limit
 MAP_SPACES: tuple[str, ...] = ("fused", "image", "dna")
@@ -46,6 +50,8 @@ PAPER_NOISE = DnaNoise()
 BARCODE_ROUTES: tuple[tuple[str, str], ...] = (
     ("the real COI model (alignment + model)", "real"), ("the synthetic demo models", "demo"), ("both", "both"),
 )
+# Candidate names a user may type for the open-set ranking (each one is a text-tower forward pass).
+MAX_TYPED_NAMES = 200
 # The synthetic benchmark (train/synthetic) names its specimens SYN0000001, SYN0000002, ...
 _SYNTHETIC_ID_PREFIX = "SYN"
 
@@ -145,9 +151,36 @@ class Engine:
             layouts.pop("image", None)
         return layouts
 
-    def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings) -> Prediction:
-        """One bundle's prediction; a model without trained fusion loses its meaningless fused query."""
-        prediction = self.predictor(name).predict(
+    def ranks_typed_names(self, name: str) -> bool:
+        """Whether a bundle can rank names a user types: a Euclidean model (its text tower embeds them as trained)."""
+        return getattr(self.bundles[name], "geometry_name", "euclidean") != "lorentz"
+
+    def typed_predictor(self, name: str, names: Sequence[str]) -> Predictor:
+        """One bundle's predictor ranking only ``names`` (taxonomy strings, order first), embedded by its text tower.
+
+        A name the bundle knows keeps its ranks; another is read by position (order, family, genus, then the rest
+        as the species). Raises :class:`InputError` for a hyperbolic bundle.
+        """
+        if not self.ranks_typed_names(name):
+            raise InputError(f"{name} is hyperbolic: it ranks its own candidate names only, not typed ones.")
+        predictor = self.predictor(name)
+        bundle = self.bundles[name]
+        known = dict(zip(bundle.candidates, bundle.candidate_ranks))
+        ranks = [known.get(n) or _positional_ranks(n) for n in names]
+        model = predictor.model
+        with torch.inference_mode():
+            embeddings = model.encode_text(model.tokenize_text(list(names)).to(predictor.device))
+        typed = copy.copy(predictor)  # shares the model and reference map; only the candidates differ
+        typed.candidate_set = CandidateSet(list(names), ranks)
+        typed.text_embeddings = embeddings.float().cpu().numpy()
+        return typed
+
+    def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings,
+                names: Sequence[str] | None = None) -> Prediction:
+        """One bundle's prediction (over ``names`` only when given, see :meth:`typed_predictor`); a model without
+        trained fusion loses its meaningless fused query."""
+        predictor = self.typed_predictor(name, names) if names else self.predictor(name)
+        prediction = predictor.predict(
             image=image, barcode=barcode, blur_kernel=noise.blur_kernel if image is not None else 0,
             dna_noise=noise.dna_or_none if barcode is not None else None, seed=noise.seed)
         if "fused" in prediction.queries and not trained_fusion(self.bundles[name]):
@@ -184,6 +217,25 @@ def data_kind(bundle: Any) -> str:
     except (OSError, ValueError, AttributeError):  # an unreadable reference (BundleError) is not shown as real
         return "synthetic"
     return "synthetic" if len(ids) and all(str(i).startswith(_SYNTHETIC_ID_PREFIX) for i in ids[:50]) else "real"
+
+
+def typed_names(text: Any) -> list[str]:
+    """The candidate names typed in the open-set box: one taxonomy string per line, blanks and repeats dropped."""
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise InputError("The candidate names must be text: one taxonomy string per line.")
+    names = list(dict.fromkeys(" ".join(line.split()) for line in text.splitlines()))
+    names = [n for n in names if n]
+    if len(names) > MAX_TYPED_NAMES:
+        raise InputError(f"{len(names)} candidate names: type at most {MAX_TYPED_NAMES}, one per line.")
+    return names
+
+
+def _positional_ranks(name: str) -> tuple[str | None, ...]:
+    words = name.split()
+    species = " ".join(words[3:]) or None
+    return (*(words[i] if i < len(words) else None for i in range(3)), species)
 
 
 def _sweep_records(results: Mapping[str, Any] | None) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from hirviz.ui.engine import (
     barcode_text,
     image_source,
     trained_fusion,
+    typed_names,
 )
 from hirviz.ui.render import (
     HIERARCHY_EXPLANATIONS,
@@ -85,6 +86,7 @@ def identify(
     *,
     level: str = "species",
     route: str | None = None,
+    candidates: Any = None,
 ) -> IdentifyView:
     """Identify one specimen with every bundle; never raises on bad input (``ok=False`` and a message instead).
 
@@ -93,7 +95,8 @@ def identify(
     identification engine; ``"demo"``, the photo models; ``"both"``); the default is the COI bundle when there is
     one. A photo always goes to the photo models. ``level`` picks the score chart's level. The maps are drawn by
     :func:`geometry` from the returned ``session`` (the Geometry tab does it when opened, so that a request does
-    not pay for maps nobody looks at).
+    not pay for maps nobody looks at). ``candidates``: typed taxonomy strings, one per line (:func:`typed_names`);
+    when given, each Euclidean model ranks only those (zero-shot) and the status says which models could not.
     """
     noise = noise or NoiseSettings()
     routes = [value for _, value in BARCODE_ROUTES]
@@ -101,6 +104,7 @@ def identify(
     coi: CoiView | None = None
     try:
         source, text = image_source(image), barcode_text(barcode)
+        names = typed_names(candidates)
         if source is None and text is None:
             return refused(engine, "Nothing to identify: upload a specimen photo and/or paste its DNA barcode "
                                    "(raw sequence or FASTA), then press Identify.")
@@ -124,7 +128,8 @@ def identify(
             # A model never answers from a tower it was not trained with (a barcode-only bundle gets no photo).
             photo = source if engine.image_trained(name) else None
             if photo is not None or demo_text is not None:
-                predictions[name] = engine.predict(name, photo, demo_text, noise)
+                typed = names if names and engine.ranks_typed_names(name) else None
+                predictions[name] = engine.predict(name, photo, demo_text, noise, names=typed)
         notes = input_notes(text) if text is not None else []
     except INPUT_ERRORS as err:
         return refused(engine, input_message(err))
@@ -177,8 +182,21 @@ def identify(
         view.status += " (Synthetic demo: invented names.)"
     if coi is not None:
         view.status += f" Barcode: {coi.status.split(' ', 1)[1]}"
-    view.status += unused
+    view.status += unused + _typed_note(engine, names, predictions)
     return view
+
+
+def _typed_note(engine: Engine, names: Sequence[str], predictions: Mapping[str, Prediction]) -> str:
+    """What the typed candidate names did: which models ranked only them, which could not."""
+    if not names:
+        return ""
+    used = [n for n in predictions if engine.ranks_typed_names(n)]
+    kept = [n for n in predictions if not engine.ranks_typed_names(n)]
+    note = f" Ranked only your {len(names)} typed name{'s' * (len(names) > 1)}"
+    note += f" ({', '.join(used)})." if used else ": no model here can rank typed names."
+    if kept:
+        note += f" {', '.join(kept)} cannot (hyperbolic: it ranks its own candidate names only)."
+    return note
 
 
 def source_path(image: Any) -> str | None:

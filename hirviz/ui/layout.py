@@ -114,6 +114,7 @@ class _IdentifyTab:
     image: gr.Image
     barcode: gr.Textbox
     route: gr.Radio
+    candidates: gr.Textbox
     run_button: gr.Button
     examples: gr.Examples | None
     real_examples: gr.Examples | None
@@ -150,6 +151,11 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                 route = gr.Radio(list(BARCODE_ROUTES), value=engine.default_route(), label="Send the barcode to",
                                  info="photos always go to the synthetic demo models", elem_id="hz-route",
                                  visible=engine.coi_name is not None)
+                candidates = gr.Textbox(
+                    label="Optional: rank only these names (zero-shot, one taxonomy string per line)", lines=2,
+                    max_lines=8, placeholder="Lepidoptera Noctuidae\nDiptera Cecidomyiidae",
+                    info="empty = open-ended (each model's own candidates); hyperbolic models cannot rank typed names",
+                    elem_id="hz-candidates")
                 run_button = gr.Button("Identify", variant="primary", elem_id="hz-identify")
                 real_texts, real_labels = real_examples(engine)
                 real = None
@@ -210,21 +216,24 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                  "abstentions)", interactive=False, elem_id="hz-download")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="Predictions")
-    return _IdentifyTab(image, barcode, route, run_button, examples, real, blur, rate_sliders, seed, paper_button,
+    return _IdentifyTab(image, barcode, route, candidates, run_button, examples, real, blur, rate_sliders, seed,
+                        paper_button,
                         off_button, status, model_image, gate_plot, barcode_view, result_views, bars_level, bars,
                         neighbours, coi, coi_hits, download, raw)
 
 
 def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
     names = engine.names
-    identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route]
+    identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route,
+                       tab.candidates]  # new inputs go last: API callers send them in this order
     identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
                         tab.neighbours, tab.coi, tab.coi_hits, tab.download, tab.raw, session]
 
     def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
-                     seed, score_level, route=None):
+                     seed, score_level, route=None, candidates=None):
         """Identify a specimen from a photo and/or a DNA barcode (raw or FASTA), with optional noise. ``route``:
-        where the barcode goes ("real": the real COI model, "demo": the synthetic demo models, "both")."""
+        where the barcode goes ("real": the real COI model, "demo": the synthetic demo models, "both");
+        ``candidates``: optional taxonomy strings, one per line, that the Euclidean models rank instead of theirs."""
         rates = dict(substitution=substitution, n_mask=n_mask, insertion=insertion, deletion=deletion,
                      n_run=n_run, truncation=truncation)
         try:
@@ -232,7 +241,7 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
         except InputError as err:
             view = refused(engine, input_message(err))
         else:
-            view = identify(engine, image, barcode, noise, level=score_level, route=route)
+            view = identify(engine, image, barcode, noise, level=score_level, route=route, candidates=candidates)
         if not view.ok:
             gr.Warning(view.status.split(" ", 1)[1])
         return (view.status, image_html(view.model_image), view.barcode, view.gate,

@@ -18,13 +18,14 @@ import pandas as pd
 from PIL import Image
 
 from hirviz import figures
+from hirviz.barcode import BarcodeError
 from hirviz.degrade import Edit
 from hirviz.predict import QUERIES, Prediction
 from hirviz.prediction import agreement
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
-           "status_line", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
+           "status_line", "input_message", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
            "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS"]
 
 EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
@@ -388,3 +389,10 @@ def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: 
     header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",
               "|---|---|---|---|---|---|"]
     return "\n".join([f"**{name}** (without noise → with noise)", "", *header, *rows])
+
+
+def input_message(err: Exception) -> str:
+    """A refused input's message for the page, starting with what was refused."""
+    what = "Barcode" if isinstance(err, BarcodeError) else "Input"
+    message = str(err) or type(err).__name__
+    return f"{what} refused: {message[0].upper()}{message[1:]}"

@@ -1,0 +1,185 @@
+"""The Geometry tab's callbacks: reference maps (UMAP or the Poincare disk), the noise path, distance from the
+origin by rank, and the drift of the current specimen in words."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from hirviz import figures
+from hirviz.degrade import DnaNoise
+from hirviz.hierarchy import describe_drift, specimen_drift
+from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
+from hirviz.predict import INPUT_ERRORS
+from hirviz.ui.engine import (
+    COLOUR_LEVELS,
+    MAP_SPACES,
+    Engine,
+    trained_fusion,
+)
+from hirviz.ui.render import input_message, status_line
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PATH_CAPTION", "geometry", "is_lorentz", "generality", "drift_text"]
+
+
+# One line under the maps: what the noise path's markers mean (the points are labelled as _session_noise_path does).
+PATH_CAPTION = ("Noise path: the green square is your specimen with no noise; each ring after it is the same specimen "
+                "re-embedded with the noise multiplied by " + ", ".join(f"×{s:g}" for s in DEFAULT_STRENGTHS if s)
+                + " (×1 = the noise set on the Identify tab, or the paper's noise and a visible blur when the "
+                "controls are at zero). Strong blurs stop early, where the blur would exceed the model's input.")
+
+
+def geometry(
+    engine: Engine,
+    session: Mapping[str, Any] | None,
+    space: str,
+    colour_by: str,
+    show_path: bool,
+) -> tuple[str, dict[str, go.Figure]]:
+    """Each bundle's reference map of ``space`` coloured by ``colour_by``, with the last query placed on it.
+
+    With ``show_path`` the query is re-embedded at rising noise strengths (:data:`DEFAULT_STRENGTHS` times the
+    current noise, or the paper's noise and a visible blur when the controls are at zero) and the path drawn.
+    Returns a status line and the figures.
+    """
+    session = session or {}
+    space = space if space in MAP_SPACES else MAP_SPACES[0]
+    colour_by = colour_by if colour_by in COLOUR_LEVELS else COLOUR_LEVELS[0]
+    notes, maps = [], {}
+    for name in engine.names:
+        title = f"{name}: {space} space, coloured by {colour_by}"
+        reference = engine.bundles[name].reference
+        disk = is_lorentz(engine, name)
+        # A hyperbolic model shows its Poincare disk; a Euclidean one its UMAP layout.
+        layout = (getattr(reference, "poincare", None) or {}).get(space) if disk else engine.layouts(name).get(space)
+        if layout is None:
+            untrained = space == "fused" and not trained_fusion(engine.bundles[name])
+            why = " (its fusion was never trained)" if untrained else ""
+            maps[name] = figures.empty_figure(f"{name} has no {space} space map{why}", title=title, height=520)
+            continue
+        query = path = labels = None
+        z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
+        reference_map = engine.predictor(name).reference_map
+        kind = "poincare" if disk else "umap"
+        if z is not None and reference_map is not None:
+            query = reference_map.place(np.asarray(z, dtype=np.float32), space, layout=kind)
+            if show_path:
+                try:
+                    path, labels = _session_noise_path(engine, name, session, space, kind)
+                except INPUT_ERRORS as err:
+                    notes.append(f"no noise path: {input_message(err)}")
+        elif z is None and session.get("embeddings"):
+            notes.append(f"the {space} space needs " + ("an image and a barcode" if space == "fused" else
+                                                       "an image" if space == "image" else "a barcode"))
+        draw = figures.poincare_figure if disk else figures.umap_figure
+        maps[name] = draw(layout, reference.ranks, colour_by, ids=reference.ids, title=title, query=query, path=path,
+                          path_labels=labels)
+    status = status_line("info", "; ".join(dict.fromkeys(notes))) if notes else ""
+    return status, maps
+
+
+def is_lorentz(engine: Engine, name: str) -> bool:
+    """Whether a bundle's model is hyperbolic (its Geometry tab shows the Poincare disk and the generality plot)."""
+    return getattr(engine.bundles[name], "geometry_name", "euclidean") == "lorentz"
+
+
+def generality(engine: Engine, session: Mapping[str, Any] | None, space: str) -> dict[str, go.Figure]:
+    """Per hyperbolic bundle: the geodesic distance from the origin of its candidate taxonomy texts and of its
+    reference specimens in ``space``, by rank (:func:`hirviz.figures.generality_figure`), with the last specimen's.
+
+    In a model that learned the hierarchy, order names sit nearest the origin and species farthest. Euclidean
+    bundles have no such axis and get no figure.
+    """
+    session = session or {}
+    out = {}
+    for name in engine.names:
+        if not is_lorentz(engine, name):
+            continue
+        bundle, reference_map = engine.bundles[name], engine.predictor(name).reference_map
+        geometry = engine.predictor(name).geometry
+        groups = {"taxonomy text (candidates)": (geometry.origin_distance(bundle.text_embeddings),
+                                                  np.array(bundle.candidate_ranks, dtype=object))}
+        if reference_map is not None and space in reference_map.spaces:
+            rows = reference_map.members(space)
+            groups[f"reference specimens ({space})"] = (
+                geometry.origin_distance(bundle.reference.embeddings[space][rows]), bundle.reference.ranks[rows])
+        z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
+        query = float(geometry.origin_distance(np.asarray(z, dtype=np.float64))[0]) if z is not None else None
+        out[name] = figures.generality_figure(groups, query=query,
+                                              title=f"{name}: distance from the origin by rank ({space} space)")
+    return out
+
+
+def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], space: str, kind: str = "umap"):
+    """The noise path of the last specimen (from the session) in one bundle's ``space``, and its point labels."""
+    predictor = engine.predictor(name)
+    noise = session.get("noise") or {}
+    dna = DnaNoise(**noise.get("dna", {})) if noise.get("dna") else DnaNoise.off()
+    blur = int(noise.get("blur_kernel", 0) or 0)
+    image = session.get("image")
+    barcode = session.get("barcode")
+    if space == "image":
+        barcode = None
+    if space == "dna":
+        image = None
+    if image is None and barcode is None:
+        return None, None
+    strengths = list(DEFAULT_STRENGTHS)
+    if image is not None:
+        # The blur grows with the strength; stop where it would exceed the model's input grid.
+        base_blur = blur if blur > 1 else predictor.default_blur_kernel()
+        limit = max(predictor.model.image_size)
+        strengths = [s for s in strengths if round(s * base_blur) <= limit]
+    path = noise_path(
+        predictor, image, barcode, space, strengths, dna_noise=None if dna.is_off() else dna,
+        blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)), layout=kind,
+    )
+    return path, ["no noise" if s == 0 else f"×{s:g}" for s in strengths]
+
+
+def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) -> str:
+    """In words, per bundle: how far the noise of the last identification moved the specimen in ``space``.
+
+    The specimen is re-embedded without noise and both embeddings are compared with the bundle's reference bank
+    (:func:`hirviz.hierarchy.specimen_drift`): does the nearest reference still share the names the noise-free
+    input's nearest reference has? Empty before any identification.
+    """
+    session = session or {}
+    embeddings = session.get("embeddings") or {}
+    if not embeddings:
+        return ""
+    noise = session.get("noise") or {}
+    dna = DnaNoise(**noise["dna"]) if noise.get("dna") else DnaNoise.off()
+    image = session.get("image") if space != "dna" else None
+    barcode = session.get("barcode") if space != "image" else None
+    blurred = image is not None and int(noise.get("blur_kernel", 0) or 0) > 1
+    if not blurred and (barcode is None or dna.is_off()):
+        return (f"Drift: no noise reached the {space} space's inputs; set the noise controls and identify again to "
+                "see how far the noise moves your specimen.")
+    lines = []
+    for name in engine.names:
+        z = (embeddings.get(name) or {}).get(space)
+        reference_map = engine.predictor(name).reference_map
+        if z is None or reference_map is None or space not in reference_map.spaces:
+            continue
+        rows = reference_map.members(space)
+        try:
+            clean = engine.predictor(name).embed(image, barcode).vectors.get(space) if len(rows) > 1 else None
+        except INPUT_ERRORS as err:  # e.g. the uploaded file is gone: say so instead of failing
+            lines.append(f"**{name}**: no drift: {input_message(err)}")
+            continue
+        if clean is None:
+            continue
+        reference = engine.bundles[name].reference
+        drift = specimen_drift(clean[0], np.asarray(z, dtype=np.float32), reference.embeddings[space][rows],
+                               reference.labels[rows])
+        lines.append(f"**{name}** ({space} space): {describe_drift(drift)}")
+    return "\n\n".join(lines)
+
+

@@ -14,10 +14,15 @@ import torch
 
 from hirviz.lorentz import log_map0
 
-__all__ = ["fit_disk_axes", "poincare_disk"]
+__all__ = ["POINCARE_LAYOUT", "fit_disk_axes", "poincare_disk"]
 
 # Largest disk radius stored: float32 rounds tanh of a far point to 1.0, on the boundary rather than inside it.
 _DISK_EDGE = 1.0 - 1e-6
+
+# How the disk layout is made, in words: recorded in a bundle's provenance and model card.
+POINCARE_LAYOUT = ("exact radial projection onto the Poincare disk: distance from the centre = tanh(sqrt(c) d / 2) "
+                   "for the geodesic distance d from the origin; direction = the tangent vector's projection on the "
+                   "bank's two principal tangent axes (hirviz.poincare.poincare_disk)")
 
 
 def fit_disk_axes(x: np.ndarray, curvature: float) -> np.ndarray:

@@ -61,12 +61,18 @@ def browser():
         browser.close()
 
 
+def _open_app(browser, url: str, width: int = 1400, height: int = 1000, timeout_ms: int = TIMEOUT_MS):
+    """A new page of ``browser`` on the app at ``url``, once its Identify button is there."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.wait_for_selector("#hz-identify")
+    return page
+
+
 @pytest.fixture(scope="module")
 def page(server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server["url"])
-    page.wait_for_selector("#hz-identify")
+    page = _open_app(browser, server["url"])
     yield page
     page.close()
 
@@ -208,10 +214,7 @@ def real_page(tmp_path_factory, free_port, browser):
     finally:
         os.environ.pop("GRADIO_SERVER_PORT", None)
     try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS * 2)
-        page.goto(f"http://127.0.0.1:{port}/")
-        page.wait_for_selector("#hz-identify")
+        page = _open_app(browser, f"http://127.0.0.1:{port}/", timeout_ms=TIMEOUT_MS * 2)
         yield page, demo
         page.close()
     finally:
@@ -272,10 +275,7 @@ def hyperbolic_app(server, page, free_port):
     demo = app.build_app([str(bundle), str(tiny["clibd"])], tiny["examples"])
     app.launch(demo, prevent_thread_lock=True, quiet=True, server_port=port)
     # a second page of the module's browser (one sync Playwright per thread)
-    hyperbolic_page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
-    hyperbolic_page.set_default_timeout(TIMEOUT_MS)
-    hyperbolic_page.goto(f"http://127.0.0.1:{port}/")
-    hyperbolic_page.wait_for_selector("#hz-identify")
+    hyperbolic_page = _open_app(page.context.browser, f"http://127.0.0.1:{port}/")
     yield hyperbolic_page
     hyperbolic_page.close()
     demo.close()
@@ -319,10 +319,7 @@ def _identify_example(page, server, row: int = 0, image: str | None = None) -> N
 @pytest.fixture()
 def fresh_page(server, browser):
     """A page of its own (sliders at zero), 1,280 px wide."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server["url"])
-    page.wait_for_selector("#hz-identify")
+    page = _open_app(browser, server["url"], 1280, 900)
     yield page
     page.close()
 

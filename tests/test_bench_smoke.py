@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from types import ModuleType
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_repo_module
 
 
 def _load(name: str) -> ModuleType:
     """Import ``bench/<name>.py`` as users run it (the scripts are not an installed package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_smoke_{name}", REPO_ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module(f"bench_smoke_{name}", f"bench/{name}.py")
 
 
 @pytest.fixture(scope="module")

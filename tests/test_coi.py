@@ -362,16 +362,15 @@ def test_cli_identifies_with_the_real_bundle_by_default(tmp_path, monkeypatch) -
 
 
 def test_bench_identify_runs_on_a_small_reference_table(tree: dict, tmp_path, capsys) -> None:
-    import importlib.util
 
     refs_tsv = tmp_path / "refs.tsv"
     with open(refs_tsv, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t")
         writer.writerow(["processid", *LEVELS, "dna_barcode"])
         writer.writerows([i, *r, s] for i, r, s in zip(tree["ids"], tree["ranks"], tree["seqs"]))
-    spec = importlib.util.spec_from_file_location("bench_identify", Path(__file__).resolve().parents[1] / "bench" / "bench_identify.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from conftest import load_repo_module
+
+    bench = load_repo_module("bench_identify", "bench/bench_identify.py")
     out = bench.main(["--references", str(refs_tsv), "--queries", "3", "--batch", "4"])
     assert out["batch_n"] == 4 and out["total_p95_ms"] > 0
     assert "| total |" in capsys.readouterr().out

@@ -203,11 +203,9 @@ def test_qdrant_local_mode_gives_the_exact_top_k(monkeypatch):
 
 
 def test_bench_bank_builds_and_measures_a_small_bank(tmp_path, capsys):
-    import importlib.util
+    from conftest import load_repo_module
 
-    spec = importlib.util.spec_from_file_location("bench_bank_smoke", REPO_ROOT / "bench" / "bench_bank.py")
-    bench_bank = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_bank)
+    bench_bank = load_repo_module("bench_bank_smoke", "bench/bench_bank.py")
     assert bench_bank.main(["--out", str(tmp_path), "--specimens", "3000", "--dim", "16", "--species", "60",
                             "--queries", "20", "--index", "large"]) == 0
     result = json.loads((tmp_path / "bench_result.json").read_text())

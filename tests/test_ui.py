@@ -614,11 +614,9 @@ def test_examples_are_listed(engine, tiny):
 
 
 def test_app_needs_a_bundle(tmp_path, monkeypatch):
-    import importlib.util
+    from conftest import load_repo_module
 
-    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[1] / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = load_repo_module("app", "app.py")
     monkeypatch.setenv("HIRVIZ_BUNDLES", f"{tmp_path / 'nope'},{tmp_path / 'neither'}")
     with pytest.raises(SystemExit) as info:
         app.load_bundles()
@@ -632,11 +630,9 @@ def test_app_needs_a_bundle(tmp_path, monkeypatch):
 
 
 def test_app_loads_the_bundles_it_is_given(tiny, monkeypatch):
-    import importlib.util
+    from conftest import load_repo_module
 
-    spec = importlib.util.spec_from_file_location("app", Path(__file__).resolve().parents[1] / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = load_repo_module("app", "app.py")
     monkeypatch.setenv("HIRVIZ_BUNDLES", f"{tiny['hir']},{tiny['clibd']}")
     bundles = app.load_bundles()
     assert list(bundles) == ["tiny-clibd-hir-fuse", "tiny-clibd"]

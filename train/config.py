@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from hirviz.model_config import ModelConfig
+from train.data.noise_aware import NoiseAware
 from train.losses import LossConfig
 
 
@@ -47,6 +48,14 @@ class DataConfig:
     # Not in the papers (their degradations are inference-only): each training barcode is degraded afresh every
     # epoch at a scale drawn uniformly from [0, dna_augment] times METHOD.md's rates; 0 = off (the paper).
     dna_augment: float = 0.0
+    # Noise-aware training (not in the papers, which train on clean pairs; train.data.noise_aware): per sample and
+    # epoch, drop one modality with probability noise_drop, else degrade each with probability noise_rate: DNA at
+    # a scale drawn from U[0, noise_dna_scale] (as dna_augment), images by a box blur of kernel 2..noise_blur_max.
+    noise_aware: bool = False
+    noise_rate: float = 0.5
+    noise_dna_scale: float = 2.0
+    noise_blur_max: int = 9
+    noise_drop: float = 0.1
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -57,6 +66,15 @@ class DataConfig:
         if isinstance(self.dna_augment, bool) or not isinstance(self.dna_augment, (int, float)) \
                 or not 0 <= self.dna_augment <= 100:
             raise ValueError(f"data.dna_augment must be a number between 0 and 100, got {self.dna_augment!r}")
+        self.noise_settings()  # checks the noise_* values even while noise_aware is off
+        if self.noise_aware and self.dna_augment:
+            raise ValueError("data.noise_aware draws its own DNA scale (data.noise_dna_scale): set data.dna_augment=0")
+
+    def noise_settings(self) -> NoiseAware | None:
+        """The noise-aware settings as :class:`train.data.noise_aware.NoiseAware`, or None when it is off."""
+        settings = NoiseAware(rate=self.noise_rate, dna_scale=self.noise_dna_scale, blur_max=self.noise_blur_max,
+                              drop=self.noise_drop)
+        return settings if self.noise_aware else None
 
 
 @dataclass
@@ -104,6 +122,9 @@ class TrainConfig:
                 raise ValueError(
                     f"model.geometry=lorentz trains CLIBD only (loss.objective=clibd with unit pair weights): HiR and "
                     f"the gated fusion are defined for L2-normalised embeddings; unsupported: {', '.join(conflicts)}")
+            if self.data.noise_aware and self.data.noise_drop > 0:
+                raise ValueError("model.geometry=lorentz cannot leave dropped modalities out of its loss: set "
+                                 "data.noise_drop=0 (or data.noise_aware=false)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

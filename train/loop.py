@@ -37,6 +37,7 @@ from hirviz.model import HirvizModel, build_model
 from train import distributed
 from train.config import TrainConfig, load_config
 from train.data import HierarchicalBatchSampler, SpecimenDataset, make_collate, open_images, train_transform
+from train.data.noise_aware import presence
 from train.embed import embed_texts
 from train.hyperbolic_training import RankPrompts, geometry_record, param_groups
 from train.losses import compute_loss, loggable_parts
@@ -147,7 +148,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     dna_views = cfg.data.views if hir_on == "dna" else 1
     transform = train_transform(model.image_size[0], model.image_mean, model.image_std)
     dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed,
-                              identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment)
+                              identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment,
+                              noise=cfg.data.noise_settings())
     if dist.is_main:
         dataset.taxonomy.save(str(out / TAXONOMY))
         with open(out / CONFIG, "w", encoding="utf-8") as fh:
@@ -324,7 +326,8 @@ def batch_loss(net: torch.nn.Module, batch: dict[str, Any], cfg: TrainConfig, de
         outputs["text"] = text_bank[text_ids]
     outputs = {k: v.float() for k, v in outputs.items()}
     return compute_loss(outputs, text_ids, batch["labels"].to(device, non_blocking=True), cfg.loss,
-                        logit_scale=outputs.get("logit_scale"), curvature=outputs.get("curvature"))
+                        logit_scale=outputs.get("logit_scale"), curvature=outputs.get("curvature"),
+                        present=presence(batch, device))
 
 
 def autocast_for(precision: str, device: torch.device):

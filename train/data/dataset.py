@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from hirviz.degrade import DnaNoise, degrade_barcode
+from hirviz.degrade import DnaNoise, box_blur, degrade_barcode
 from hirviz.taxonomy import LEVELS, Taxonomy
 from train.data.images import ImageStore
+from train.data.noise_aware import PRESENCE_KEYS, ItemNoise, NoiseAware, draw_item_noise
 from train.data.readers import COLUMNS, encode_labels
 from train.data.transforms import eval_transform
 
@@ -41,6 +42,9 @@ class SpecimenDataset(Dataset):
             identical views; the ablation compares it with independent views).
         dna_augment: when > 0, each item's barcode is degraded with :class:`hirviz.degrade.DnaNoise` scaled by a
             factor drawn uniformly from ``[0, dna_augment]``, afresh per (seed, epoch, item) (needs ``seed``).
+        noise: noise-aware training (:mod:`train.data.noise_aware`; needs ``seed``, excludes ``dna_augment``):
+            per (seed, epoch, item), blur the image views, degrade the barcode (as ``dna_augment`` does, at most
+            ``noise.dna_scale``) or drop a modality; items then carry ``image_present`` / ``dna_present`` flags.
 
     Attributes:
         labels: int64 [N, 4] rank ids, -1 unknown (what :class:`HierarchicalBatchSampler` needs).
@@ -57,6 +61,7 @@ class SpecimenDataset(Dataset):
         seed: int | None = None,
         identical_views: bool = False,
         dna_augment: float = 0.0,
+        noise: NoiseAware | None = None,
     ) -> None:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
@@ -65,6 +70,10 @@ class SpecimenDataset(Dataset):
             raise ValueError(f"views must be >= 1, got {views}")
         if dna_augment < 0 or (dna_augment > 0 and seed is None):
             raise ValueError(f"dna_augment must be >= 0 and needs a seed, got {dna_augment!r} with seed {seed!r}")
+        if noise is not None and (seed is None or dna_augment > 0):
+            raise ValueError("noise-aware training needs a seed and draws its own DNA scale (noise.dna_scale): "
+                             f"leave dna_augment at 0; got seed {seed!r}, dna_augment {dna_augment!r}")
+        self.noise = noise
         self.identical_views = identical_views
         self.dna_augment = float(dna_augment)
         self.frame = frame.reset_index(drop=True)
@@ -106,7 +115,7 @@ class SpecimenDataset(Dataset):
     def _item_seed(self, i: int, *stream: int) -> int:
         return int(np.random.SeedSequence([self.seed, self.epoch, i, *stream]).generate_state(1)[0])
 
-    def _views(self, image: Image.Image, i: int) -> torch.Tensor:
+    def _views(self, image: Image.Image, i: int, noise: ItemNoise | None = None) -> torch.Tensor:
         draws = 1 if self.identical_views else self.views
         if self.seed is None:
             views = [self.transform(image) for _ in range(draws)]
@@ -115,29 +124,54 @@ class SpecimenDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self._item_seed(i))
                 views = [self.transform(image) for _ in range(draws)]
-        return torch.stack(views * self.views if self.identical_views else views)
+        stacked = torch.stack(views * self.views if self.identical_views else views)
+        if noise is None:
+            return stacked
+        if noise.dropped == "image":  # a blank photo (the normalisation's mean colour): no information left
+            return torch.zeros_like(stacked)
+        # The evaluation's blur, on the same grid (the model's input): one photo, so every view gets the same kernel.
+        return box_blur(stacked, noise.blur_kernel)
 
-    def _barcode(self, i: int) -> str | None:
+    def _barcode(self, i: int, max_scale: float) -> str | None:
+        """Barcode ``i``, degraded at a scale drawn uniformly from ``[0, max_scale]`` (0: clean)."""
         barcode = self._barcodes[i]
-        if barcode is None or self.dna_augment == 0:
+        if barcode is None or max_scale == 0:
             return barcode
         seed = self._item_seed(i, 1)
-        scale = np.random.default_rng(seed).uniform(0.0, self.dna_augment)
+        scale = np.random.default_rng(seed).uniform(0.0, max_scale)
         return degrade_barcode(barcode, DnaNoise().scaled(scale), seed) or barcode
 
+    def item_noise(self, i: int) -> ItemNoise | None:
+        """What noise-aware training does to item ``i`` this epoch (``None`` when it is off)."""
+        if self.noise is None:
+            return None
+        both = self.has_images and self.has_barcodes
+        return draw_item_noise(self.noise, self._item_seed(i, 2), both_modalities=both)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
+        noise = self.item_noise(i)
+        if noise is None:
+            barcode = self._barcode(i, self.dna_augment)
+        elif noise.dropped == "dna":
+            # N throughout, at the barcode's length: tokenised like any barcode, it carries no sequence.
+            barcode = None if self._barcodes[i] is None else "N" * len(self._barcodes[i])
+        else:
+            barcode = self._barcode(i, self.noise.dna_scale if noise.degrade_dna else 0.0)
         item: dict[str, Any] = {
             "index": int(i),
             "labels": torch.from_numpy(self.labels[i]),
             "text_id": int(self.text_ids[i]),
             "taxonomy": self.texts[self.text_ids[i]],
-            "barcode": self._barcode(i),
+            "barcode": barcode,
         }
         if self.has_images:
             name = self._image_files[i]
             image = self.images.get(name) if name is not None else None
             # None marks the sample for the collate to drop; raising here would kill the DataLoader worker.
-            item["image_views"] = None if image is None else self._views(image, i)
+            item["image_views"] = None if image is None else self._views(image, i, noise)
+        if noise is not None:
+            item[PRESENCE_KEYS["image"]] = noise.dropped != "image"
+            item[PRESENCE_KEYS["dna"]] = noise.dropped != "dna"
         return item
 
 
@@ -154,8 +188,10 @@ def collate_specimens(
 
     Returns a dict with ``index`` [B], ``labels`` [B, 4], ``text_ids`` [B], ``taxonomy`` (list[str]),
     ``barcodes`` (list), ``image_views`` [B, V, C, H, W] when the dataset has images, ``dna_input_ids`` and
-    ``dna_attention_mask`` when ``dna_tokenizer`` is given, ``text_tokens`` when ``text_tokenizer`` is given, and
-    ``dropped`` (how many items were left out). Bind the tokenizers with :func:`make_collate` for a DataLoader.
+    ``dna_attention_mask`` when ``dna_tokenizer`` is given, ``text_tokens`` when ``text_tokenizer`` is given,
+    ``image_present`` / ``dna_present`` (bool [B], False where noise-aware training dropped that modality) when the
+    items carry them, and ``dropped`` (how many items were left out). Bind the tokenizers with :func:`make_collate`
+    for a DataLoader.
     """
     with_images = bool(items) and "image_views" in items[0]
     kept = []
@@ -184,6 +220,9 @@ def collate_specimens(
     }
     if with_images:
         batch["image_views"] = torch.stack([it["image_views"] for it in kept]) if kept else torch.empty(0)
+    for key in PRESENCE_KEYS.values():
+        if items and key in items[0]:
+            batch[key] = torch.tensor([bool(it[key]) for it in kept], dtype=torch.bool)
     if kept and dna_tokenizer is not None:
         tokens = dna_tokenizer(batch["barcodes"])
         batch["dna_input_ids"] = torch.as_tensor(tokens["input_ids"], dtype=torch.long)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from train.losses.contrastive import (
@@ -19,6 +20,7 @@ from train.losses.contrastive import (
     _gather_features,
     _gather_ids,
     _globalise,
+    _Layout,
     _layout,
     _pair_shares,
 )
@@ -130,6 +132,7 @@ def compute_loss(
     cfg: LossConfig,
     logit_scale: Tensor | float | None = None,
     curvature: Tensor | float | None = None,
+    present: Mapping[str, Tensor] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The training objective selected by ``cfg.objective``.
 
@@ -147,6 +150,12 @@ def compute_loss(
             SEL), and the objective is :func:`~train.losses.hyperbolic.hyperbolic_objective` with
             :meth:`LossConfig.hyperbolic` (its parts: the pair losses, ``clip``, ``entail``, and for SEL
             ``entail_intra`` / ``entail_inter``). Only ``objective="clibd"`` is defined there.
+        present: noise-aware training (:mod:`train.data.noise_aware`): ``{"image" | "dna": bool [B]}``, False where
+            the sample's modality was dropped (its embedding then describes a blank input). Such a row is left out,
+            as anchor and as candidate, of every pair term and of HiR when they need that modality; its fused
+            embedding is replaced by the present modality's (the query :class:`hirviz.predict.Predictor` answers
+            with when one input is missing), so the gate never sees a blank input. A term left with no row adds a
+            zero. ``None``: every modality of every row is real.
 
     Returns:
         ``(total, parts)``: the loss to back-propagate, and the detached terms for logging: the unweighted
@@ -165,6 +174,8 @@ def compute_loss(
         conflicts = cfg.lorentz_conflicts()
         if conflicts:
             raise ValueError(f"the Lorentz geometry trains CLIBD only; unsupported: {', '.join(conflicts)}")
+        if present is not None and not all(bool(flags.all()) for flags in present.values()):
+            raise ValueError("the Lorentz geometry cannot leave dropped modalities out of its loss (data.noise_drop=0)")
         scale = 1.0 / cfg.tau if logit_scale is None else logit_scale
         return hyperbolic_objective(outputs, text_ids, labels, cfg.hyperbolic(), curvature, scale)
     features: dict[str, Tensor] = {}
@@ -175,6 +186,10 @@ def compute_loss(
         if value is not None:
             features[key] = _check_features(f"outputs[{key!r}]", value, batch, dim)
             batch, dim = value.shape[0], value.shape[1]
+
+    rows = None if present is None else _present_rows(present, features, batch)
+    if rows is not None and "fused" in features:
+        features["fused"] = _fallback_fused(features, rows)
 
     pairs = [
         ("image_dna", "image", "dna", cfg.image_dna_weight),
@@ -206,17 +221,31 @@ def compute_loss(
         needed = {m for _, a, b, _ in pairs for m in (a, b)} | ({fuse_candidate} if fuse else set())
         # Each modality is gathered once and shared by the terms that use it.
         global_features = {key: _gather_features(features[key], layout) for key in features if key in needed}
+        present_global = None if rows is None else {
+            key: _gather_ids(flags.long(), layout).bool() for key, flags in rows.items()}
         for name, a, b, _ in pairs:
             a_local, b_local = features[a], features[b]
             a_global, b_global = global_features[a], global_features[b]
             if name == "image_dna" and cfg.detach_dna_in_id:
                 b_local, b_global = b_local.detach(), b_global.detach()
-            shares[name] = _pair_shares(a_local, b_local, a_global, b_global, ids_local, ids_global, scale, layout)
+            if present_global is None:
+                shares[name] = _pair_shares(a_local, b_local, a_global, b_global, ids_local, ids_global, scale, layout)
+                continue
+            keep, keep_global = rows[a] & rows[b], present_global[a] & present_global[b]
+            sub = _sub_layout(layout, keep_global)
+            shares[name] = (a_local.sum() + b_local.sum()) * 0.0 if sub.n_global == 0 else _pair_shares(
+                a_local[keep], b_local[keep], a_global[keep_global], b_global[keep_global], _rows_of(ids_local, keep),
+                _rows_of(ids_global, keep_global), scale, sub)
         if fuse:
-            fused_sum = _directed_row_loss_sum(
-                features[fuse_anchor], global_features[fuse_candidate], ids_local, ids_global, scale, layout.start
-            )
-            shares["fuse"] = fused_sum / layout.n_global
+            anchors, candidates = features[fuse_anchor], global_features[fuse_candidate]
+            sub, a_ids, c_ids = layout, ids_local, ids_global
+            if present_global is not None:  # rows without image and DNA have no fused query
+                keep, keep_global = rows["image"] | rows["dna"], present_global["image"] | present_global["dna"]
+                sub = _sub_layout(layout, keep_global)
+                anchors, candidates = anchors[keep], candidates[keep_global]
+                a_ids, c_ids = _rows_of(ids_local, keep), _rows_of(ids_global, keep_global)
+            fused_sum = _directed_row_loss_sum(anchors, candidates, a_ids, c_ids, scale, sub.start)
+            shares["fuse"] = fused_sum * 0.0 if sub.n_global == 0 else fused_sum / sub.n_global
         terms = _globalise(shares, layout)
     else:
         terms = {}
@@ -240,6 +269,9 @@ def compute_loss(
             raise ValueError(f"objective {cfg.objective!r} needs labels [B, 4] for HiR")
         if batch is not None and views.shape[0] != batch:
             raise ValueError(f"outputs[{views_key!r}] has batch size {views.shape[0]}, expected {batch}")
+        if rows is not None:  # views of a dropped modality are blanks: HiR sees the others
+            keep = rows[cfg.hir_modality]
+            views, labels = views[keep], labels[keep.to(labels.device)]
         # HiR is computed on the local batch: the hierarchical sampler puts relatives in the same rank's batch.
         hir, stats = hir_loss(views, labels, tau=cfg.tau, mode=cfg.hir_mode, max_scope=cfg.hir_max_scope,
                               return_stats=True)
@@ -258,6 +290,42 @@ def compute_loss(
             "'image', 'dna', 'text'"
         )
     return total, parts
+
+
+def _present_rows(present: Mapping[str, Tensor], features: Mapping[str, Tensor], batch: int | None
+                  ) -> dict[str, Tensor]:
+    """``present`` checked, with every modality (text too) as a bool ``[B]`` on the features' device."""
+    unknown = set(present) - set(_VIEWS_KEY)
+    if unknown:
+        raise ValueError(f"present has unknown modalities {sorted(unknown)}; valid: {sorted(_VIEWS_KEY)}")
+    device = next(iter(features.values())).device
+    rows = {}
+    for key in ("image", "dna", "text"):
+        flags = present.get(key)
+        if flags is None:
+            rows[key] = torch.ones(batch, dtype=torch.bool, device=device)
+            continue
+        if not isinstance(flags, Tensor) or flags.dtype != torch.bool or tuple(flags.shape) != (batch,):
+            raise ValueError(f"present[{key!r}] must be a bool tensor of shape [{batch}], got {flags!r}")
+        rows[key] = flags.to(device)
+    return rows
+
+
+def _fallback_fused(features: Mapping[str, Tensor], rows: Mapping[str, Tensor]) -> Tensor:
+    """The fused embeddings, with a row that lost one modality given the other one's embedding instead."""
+    fused = features["fused"]
+    fused = torch.where((rows["image"] & ~rows["dna"])[:, None], features["image"], fused)
+    return torch.where((rows["dna"] & ~rows["image"])[:, None], features["dna"], fused)
+
+
+def _sub_layout(layout: _Layout, keep_global: Tensor) -> _Layout:
+    """The layout of the rows ``keep_global`` [n_global] selects: per rank, how many of its rows are kept."""
+    counts = [int(part.sum()) for part in keep_global.split(list(layout.sizes))]
+    return _Layout(rank=layout.rank, world=layout.world, sizes=tuple(counts))
+
+
+def _rows_of(ids: Tensor | None, keep: Tensor) -> Tensor | None:
+    return None if ids is None else ids[keep]
 
 
 def loggable_parts(parts: Mapping[str, Tensor]) -> dict[str, float]:

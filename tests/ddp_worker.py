@@ -37,6 +37,20 @@ class Scenario:
     learnable_scale: bool = True
     seed: int = 0
     n_taxa: int = 4
+    # noise-aware training: global rows whose image / DNA was dropped (compute_loss's ``present``)
+    image_dropped: tuple[int, ...] = ()
+    dna_dropped: tuple[int, ...] = ()
+
+    def present(self, rows: slice) -> dict[str, torch.Tensor] | None:
+        """The presence flags of ``rows``, or None when the scenario drops nothing."""
+        if not (self.image_dropped or self.dna_dropped):
+            return None
+        flags = {}
+        for key, dropped in (("image", self.image_dropped), ("dna", self.dna_dropped)):
+            mask = torch.ones(sum(self.sizes), dtype=torch.bool)
+            mask[list(dropped)] = False
+            flags[key] = mask[rows]
+        return flags
 
 
 SCENARIOS = [
@@ -63,6 +77,9 @@ SCENARIOS = [
                    fusion_direction="fused_anchor"),
         seed=2,
     ),
+    # rank 1 keeps one image: its pair terms have a single image anchor, its HiR no active level
+    Scenario("dropped_modalities", (5, 6), LossConfig(objective="clibd-hir-fuse", hir_weight=0.5), seed=3,
+             image_dropped=(1, 5, 6, 7, 8, 9), dna_dropped=(3, 10)),
 ]
 
 
@@ -121,7 +138,8 @@ def run_rank(out_dir: Path) -> None:
         start = sum(scenario.sizes[:rank])
         rows = slice(start, start + scenario.sizes[rank])
         leaves, params, outputs, text_ids, labels = forward(make_batch(scenario), rows, scenario)
-        total, parts = compute_loss(outputs, text_ids, labels, scenario.cfg, logit_scale(params, scenario))
+        total, parts = compute_loss(outputs, text_ids, labels, scenario.cfg, logit_scale(params, scenario),
+                                    present=scenario.present(rows))
         total.backward()
         # the public pairwise loss, on detached copies so it does not disturb the gradients above
         a = outputs["image"].detach().clone().requires_grad_()

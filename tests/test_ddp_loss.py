@@ -53,10 +53,14 @@ def test_gathered_loss_matches_single_process(rank_results: Path, scenario: ddp_
     # averaging its gradient is that of the mean of the per-rank HiR values: add exactly that.
     leaves, params, outputs, text_ids, labels = ddp_worker.forward(batch, slice(0, n), scenario)
     global_cfg = dataclasses.replace(scenario.cfg, hir_weight=0.0)
-    total, parts = compute_loss(outputs, text_ids, labels, global_cfg, ddp_worker.logit_scale(params, scenario))
+    present = scenario.present(slice(0, n))
+    total, parts = compute_loss(outputs, text_ids, labels, global_cfg, ddp_worker.logit_scale(params, scenario),
+                                present=present)
+    # HiR sees the views of the specimens whose image was not dropped
+    kept = torch.ones(n, dtype=torch.bool) if present is None else present["image"]
     views = outputs["image_views"]
-    hir_stats = [hir_loss(views[s], labels[s], mode=scenario.cfg.hir_mode, max_scope=scenario.cfg.hir_max_scope,
-                          return_stats=True) for s in slices]
+    hir_stats = [hir_loss(views[s][kept[s]], labels[s][kept[s]], mode=scenario.cfg.hir_mode,
+                          max_scope=scenario.cfg.hir_max_scope, return_stats=True) for s in slices]
     hir_per_rank = [hir for hir, _ in hir_stats]
     (total + scenario.cfg.hir_weight * torch.stack(hir_per_rank).mean()).backward()
 

@@ -272,9 +272,12 @@ def compute_loss(
         if rows is not None:  # views of a dropped modality are blanks: HiR sees the others
             keep = rows[cfg.hir_modality]
             views, labels = views[keep], labels[keep.to(labels.device)]
-        # HiR is computed on the local batch: the hierarchical sampler puts relatives in the same rank's batch.
-        hir, stats = hir_loss(views, labels, tau=cfg.tau, mode=cfg.hir_mode, max_scope=cfg.hir_max_scope,
-                              return_stats=True)
+        if len(views) == 0:  # every view is a blank: nothing to learn (the zero keeps the graph whole for DDP)
+            hir, stats = views.sum() * 0.0, {}
+        else:
+            # HiR is computed on the local batch: the hierarchical sampler puts relatives in the same rank's batch.
+            hir, stats = hir_loss(views, labels, tau=cfg.tau, mode=cfg.hir_mode, max_scope=cfg.hir_max_scope,
+                                  return_stats=True)
         parts["hir"] = hir.detach()
         parts.update({f"hir_clamped_{level}": stats[level] for level in _CLAMP_LOGGED if level in stats})
         total = cfg.hir_weight * hir if total is None else total + cfg.hir_weight * hir

@@ -119,6 +119,7 @@ def _image_file(tmp_path: Path, name: str, image: Image.Image, **save) -> str:
 
 def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
     from hirviz.ui import NoiseSettings, identify
+    from hirviz.ui.engine import MAX_TOP_K
 
     image, barcode = example
     view = identify(engine, {"path": image}, barcode, NoiseSettings(blur_kernel=3, seed=1))
@@ -130,7 +131,7 @@ def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
     assert "no trained fusion" in view.results["CLIBD"]
     for prediction in view.predictions.values():
         for result in prediction.queries.values():
-            assert all(1 <= len(result.levels[lvl]) <= 5 for lvl in LEVELS)
+            assert all(1 <= len(result.levels[lvl]) <= MAX_TOP_K for lvl in LEVELS)
             assert all(0.0 <= s <= 1.0 for ranked in result.levels.values() for _, s in ranked)
             scores = [s for _, s in result.levels["species"]]
             assert scores == sorted(scores, reverse=True)

@@ -753,7 +753,7 @@ def test_bad_barcodes_get_clear_messages_from_the_real_bundle(real_engine, case)
     view = identify(real_engine, None, text)
     expected = {"empty": "nothing to identify", "protein": "protein", "20 bp": "too short"}[case]
     assert expected in view.status.lower(), view.status
-    assert view.status.startswith("✗") or "no name" in view.status
+    assert view.status.startswith("✗") or "no confident match" in view.status
     assert view.coi_hits.empty
 
 

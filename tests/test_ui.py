@@ -503,7 +503,7 @@ def test_robustness_tab_tables_the_hierarchy_numbers_of_each_evaluation(engine, 
 
 
 def test_robustness_table_says_when_an_evaluation_has_no_hierarchy_numbers():
-    from hirviz.ui.render import hierarchy_markdown
+    from hirviz.ui.robustness_tab import hierarchy_markdown
 
     old = {"clean": {"dna": {lvl: {"top1": 50.0, "top5": 70.0} for lvl in (*LEVELS, "global")}}}
     assert "no hierarchy numbers" in hierarchy_markdown("old", old)

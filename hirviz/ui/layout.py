@@ -30,26 +30,21 @@ from hirviz.ui.engine import (
     MAX_BARCODE_BP,
     MAX_TOP_K,
     PAPER_NOISE,
-    SWEEP_LEVELS,
     Engine,
     NoiseSettings,
 )
 from hirviz.ui.handlers import (
     PATH_CAPTION,
     drift_text,
-    eval_tables,
     generality,
     geometry,
-    hierarchy_tables,
     identify,
     input_message,
     read_examples,
     refused,
     result_views,
-    robustness,
     role_note,
     score_chart,
-    sweep_coverage,
 )
 from hirviz.ui.plate import PLATE_API_NAMES, plate_tab, wire_plate
 from hirviz.ui.render import (
@@ -63,6 +58,7 @@ from hirviz.ui.render import (
     result_html,
     status_line,
 )
+from hirviz.ui.robustness_tab import robustness_tab, wire_robustness
 
 __all__ = ["API_NAMES", "build_ui"]
 
@@ -99,7 +95,7 @@ def build_ui(
             plate = plate_tab(engine)
             batch = batch_tab(engine)
             geometry_tab = _geometry_tab(engine)
-            robustness_tab = _robustness_tab(engine)
+            robustness = robustness_tab(engine)
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about_text(engine))
         _wire_identify(engine, identify_tab, session)
@@ -107,7 +103,7 @@ def build_ui(
         wire_batch(engine, batch, _guarded)
         _wire_geometry(engine, geometry_tab, session)
         _wire_score_chart(engine, identify_tab, session)
-        _wire_robustness(engine, robustness_tab)
+        wire_robustness(engine, robustness, _guarded)
         demo.load(None, None, None, js=KEYBOARD_RELEASE_JS, api_visibility="private", queue=False)
     return demo
 
@@ -375,42 +371,6 @@ def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None
           trigger_mode="always_last", concurrency_limit=2, concurrency_id="model")
 
 
-# ---------------------------------------------------------------------------------------------- robustness
-
-
-@dataclass
-class _RobustnessTab:
-    level: gr.Radio
-    dna_plot: gr.Plot
-    blur_plot: gr.Plot
-
-
-def _robustness_tab(engine: Engine) -> _RobustnessTab:
-    with gr.Tab("Robustness", id="robustness"):
-        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: the degraded "
-                    "modality alone, averaged and gated fusion (colour), model vs model (dash).")
-        gr.Markdown(sweep_coverage(engine), elem_id="hz-sweep-coverage")
-        level = gr.Radio(list(SWEEP_LEVELS), value="species", label="Level")
-        dna_figure, blur_figure = robustness(engine, "species")
-        with gr.Row(equal_height=False):
-            dna_plot = gr.Plot(dna_figure, show_label=False, elem_id="hz-sweep-dna")
-            blur_plot = gr.Plot(blur_figure, show_label=False, elem_id="hz-sweep-blur")
-        with gr.Accordion("Hierarchy consistency: how wrong the models are when they are wrong", open=True):
-            gr.Markdown(hierarchy_tables(engine), elem_id="hz-hierarchy")
-        with gr.Accordion("Evaluation tables", open=False):
-            gr.Markdown(eval_tables(engine))
-    return _RobustnessTab(level, dna_plot, blur_plot)
-
-
-def _wire_robustness(engine: Engine, tab: _RobustnessTab) -> None:
-    def run_robustness(level):
-        """Accuracy against DNA noise and against blur from the models' evaluation sweeps."""
-        return robustness(engine, level)
-
-    tab.level.change(_guarded(2, run_robustness), tab.level, [tab.dna_plot, tab.blur_plot], api_name="robustness",
-                     trigger_mode="always_last")
-
-
 # --------------------------------------------------------------------------------------------------- about
 
 
@@ -450,6 +410,9 @@ def _about_text(engine: Engine) -> str:
         "first query that does answer (gated fusion, averaged, image only, DNA only).\n"
         "- **Download the whole result**: a CSV with every model, query, rank and name, its score, and whether the "
         "query abstained and why.\n"
+        "- **Names per rank** and **Ranks shown** change what the tables show, without running the models again.\n"
+        "- **Plate**: several photos at once, one row per photo (a file that is not an image gets a row saying so), "
+        "and a CSV of the table.\n"
         "- From Python: `Client(url).predict(image=handle_file('photo.jpg'), barcode='ACGT…', blur_kernel=0, "
         "substitution=0.01, seed=0, api_name='/identify')` (`from gradio_client import Client, handle_file`); the "
         "last output is the full result as JSON. Every control of the page is an endpoint too (see *Use via API*)."

@@ -10,7 +10,7 @@ import base64
 import html
 import io
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from hirviz.taxonomy import LEVELS
 from hirviz.ui.engine import DEFAULT_TOP_K
 
 __all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
-           "status_line", "input_message", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
+           "status_line", "input_message", "data_badge", "verdict_text",
            "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS", "RANK_CHOICES",
            "shown_ranks", "top_k_value"]
 
@@ -363,59 +363,6 @@ def status_line(kind: str, message: str) -> str:
     """A status message with the icon of its kind (``ok``, ``error`` or ``info``)."""
     icon = {"ok": "✓", "error": "✗", "info": "→"}[kind]
     return f"{icon} {message}"
-
-
-# ------------------------------------------------------------------------------------- hierarchy consistency
-
-# The noisy condition of each space: the one that degrades what the space reads.
-_NOISY_CONDITION = {"image": ("noisy_image", "blurred photo"), "dna": ("noisy_dna", "noisy barcode"),
-                    "avg": ("noisy_both", "both degraded"), "fused": ("noisy_both", "both degraded")}
-HIERARCHY_EXPLANATIONS: tuple[str, ...] = (
-    "**Mistake severity**: how far off the wrong first answers are in the tree of life. Lower is better: 1 = "
-    "mistakes stay within the genus, 2 = within the family, 3 = within the order, 4 = another order.",
-    "**Tree agreement**: whether specimens that are closer in the tree also lie closer in the embedding space. "
-    "Higher is better: 1 = the space orders every pair as the tree does, 0 = it ignores the tree.",
-    "**Nearest reference shares**: down to which rank the reference specimen nearest to a specimen still has "
-    "the same name, on average. Higher is better: 4 = same species, 3 = genus, 2 = family, 1 = order.",
-    "**Moved by the noise**: how far the noise moves a specimen's embedding (cosine distance; 0 = not at all).",
-)
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    return "–" if not isinstance(value, (int, float)) else f"{float(value):.{digits}f}"
-
-
-def _pair(clean: Any, noisy: Any) -> str:
-    return f"{_num(clean)} → {_num(noisy)}"
-
-
-def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: bool = True) -> str:
-    """One model's hierarchy-consistency numbers (from its ``eval.json``) as a Markdown table: one row per
-    query, each cell "without noise → with noise"; a line saying so when the evaluation has none."""
-    rows = []
-    for query in QUERIES:
-        if query == "fused" and not fusion:
-            continue
-        noisy_condition, noise = _NOISY_CONDITION[query]
-        clean = (((results or {}).get("clean") or {}).get(query) or {}).get("hierarchy")
-        noisy = (((results or {}).get(noisy_condition) or {}).get(query) or {}).get("hierarchy")
-        if not isinstance(clean, Mapping):
-            continue
-        noisy = noisy if isinstance(noisy, Mapping) else {}
-
-        def get(h: Mapping[str, Any], block: str, key: str) -> Any:
-            return (h.get(block) or {}).get(key)
-
-        rows.append(f"| {query_label(query)} | {noise} | "
-                    f"{_pair(get(clean, 'mistake_severity', 'severity'), get(noisy, 'mistake_severity', 'severity'))}"
-                    f" | {_pair(get(clean, 'agreement', 'rho'), get(noisy, 'agreement', 'rho'))}"
-                    f" | {_pair(get(clean, 'drift', 'mean_depth'), get(noisy, 'drift', 'mean_depth'))}"
-                    f" | {_num(get(noisy, 'drift', 'mean_displacement'), 3)} |")
-    if not rows:
-        return f"**{name}**: no hierarchy numbers in its evaluation (its evaluation predates them)."
-    header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",
-              "|---|---|---|---|---|---|"]
-    return "\n".join([f"**{name}** (without noise → with noise)", "", *header, *rows])
 
 
 def input_message(err: Exception) -> str:

@@ -64,7 +64,7 @@ def plate_paths(files: Any) -> list[Any]:
 
 
 def _file_name(upload: Any, number: int) -> str:
-    path = upload.get("orig_name") or upload.get("path") if isinstance(upload, Mapping) else upload
+    path = (upload.get("orig_name") or upload.get("path")) if isinstance(upload, Mapping) else upload
     return Path(str(path)).name if isinstance(path, (str, Path)) and str(path) else f"photo {number}"
 
 
@@ -82,7 +82,7 @@ def identify_plate(engine: Engine, files: Any, model: str | None = None,
     model = model if model in photo_models else photo_models[0]
     uploads = plate_paths(files)
     if not uploads:
-        return status_line("error", "No photos: upload one or more specimen photos, then press Identify all."), \
+        return status_line("error", "No photos: upload one or more specimen photos, then press Identify all photos."), \
             PlateResult(model)
     if len(uploads) > MAX_PLATE_PHOTOS:
         return status_line("error", f"{len(uploads)} files: upload at most {MAX_PLATE_PHOTOS} photos at once."), \

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's hirviz, also when run as a script
 MAX_BYTES = 300_000
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
-TABS = ("Identify", "Batch barcodes", "Geometry", "Robustness", "About")
+TABS = ("Identify", "Plate (several photos)", "Batch barcodes", "Geometry", "Robustness", "About")
 TIMEOUT_MS = 120_000
 
 
@@ -99,8 +99,14 @@ def take(out: Path, chromium: str) -> list[tuple[str, int]]:
                     _open_tab(page, tab)
                     if tab == "Geometry":
                         page.wait_for_selector("#hz-map-0 .js-plotly-plot")
+                    if tab.startswith("Plate"):  # the example photos as a plate
+                        page.set_input_files("#hz-plate-files input[type=file]",
+                                             sorted(str(p) for p in app.DEFAULT_EXAMPLES.glob("*.jpg")))
+                        page.click("#hz-plate-run")
+                        page.wait_for_function("document.querySelector('#hz-plate-status').innerText.includes("
+                                               "'Identified')")
                     page.wait_for_timeout(1500)
-                    name = f"{tab.lower().replace(' ', '-')}-{label}.png"
+                    name = f"{tab.lower().replace(' (', '-').replace(')', '').replace(' ', '-')}-{label}.png"
                     written.append((name, save_small(page.screenshot(full_page=True), out / name)))
                 page.close()
             browser.close()

@@ -393,19 +393,6 @@ def test_a_slider_moved_by_keyboard_identifies_again(server, fresh_page):
     assert float(page.input_value("#hz-n_mask input[type=number]")) == pytest.approx(0.02)
 
 
-def test_a_blank_photo_gets_no_confident_match_and_no_tick(server, fresh_page, tmp_path):
-    from PIL import Image
-
-    page = fresh_page
-    grey = tmp_path / "grey.png"
-    Image.new("RGB", (200, 200), (128, 128, 128)).save(grey)
-    _identify_example(page, server, image=str(grey))
-    result = page.inner_text("#hz-result-0")
-    assert "no confident match" in result and "blank" in result
-    assert "✓" not in result and "✓" not in _status(page)
-    assert "No confident match" in _status(page)
-
-
 def test_the_whole_result_downloads_as_csv(server, fresh_page, tmp_path):
     from hirviz.ui.result_csv import CSV_COLUMNS
 

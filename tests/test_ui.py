@@ -119,6 +119,7 @@ def _image_file(tmp_path: Path, name: str, image: Image.Image, **save) -> str:
 
 def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
     from hirviz.ui import NoiseSettings, identify
+    from hirviz.ui.engine import MAX_TOP_K
 
     image, barcode = example
     view = identify(engine, {"path": image}, barcode, NoiseSettings(blur_kernel=3, seed=1))
@@ -130,7 +131,7 @@ def test_image_and_barcode_give_four_queries_for_each_model(engine, example):
     assert "no trained fusion" in view.results["CLIBD"]
     for prediction in view.predictions.values():
         for result in prediction.queries.values():
-            assert all(1 <= len(result.levels[lvl]) <= 5 for lvl in LEVELS)
+            assert all(1 <= len(result.levels[lvl]) <= MAX_TOP_K for lvl in LEVELS)
             assert all(0.0 <= s <= 1.0 for ranked in result.levels.values() for _, s in ranked)
             scores = [s for _, s in result.levels["species"]]
             assert scores == sorted(scores, reverse=True)
@@ -502,7 +503,7 @@ def test_robustness_tab_tables_the_hierarchy_numbers_of_each_evaluation(engine, 
 
 
 def test_robustness_table_says_when_an_evaluation_has_no_hierarchy_numbers():
-    from hirviz.ui.render import hierarchy_markdown
+    from hirviz.ui.robustness_tab import hierarchy_markdown
 
     old = {"clean": {"dna": {lvl: {"top1": 50.0, "top5": 70.0} for lvl in (*LEVELS, "global")}}}
     assert "no hierarchy numbers" in hierarchy_markdown("old", old)
@@ -752,7 +753,7 @@ def test_bad_barcodes_get_clear_messages_from_the_real_bundle(real_engine, case)
     view = identify(real_engine, None, text)
     expected = {"empty": "nothing to identify", "protein": "protein", "20 bp": "too short"}[case]
     assert expected in view.status.lower(), view.status
-    assert view.status.startswith("✗") or "no name" in view.status
+    assert view.status.startswith("✗") or "no confident match" in view.status
     assert view.coi_hits.empty
 
 

@@ -95,9 +95,9 @@ def _summary(engine: Engine, result: Identification) -> str:
     deepest = result.deepest_rank
     if not result.check.coi_found:
         why = "; ".join(result.check.warnings) or "no match to the COI-5P barcode region"
-        return f"{engine.coi_name}: no name, the sequence is not a usable COI-5P barcode ({why})."
+        return f"{engine.coi_name}: no confident match, the sequence is not a usable COI-5P barcode ({why})."
     if deepest is None:
-        return f"{engine.coi_name}: not even the order is settled (see the notes)."
+        return f"{engine.coi_name}: no confident match, not even the order is settled (see the notes)."
     answer = result.answers[deepest]
     how = _DECIDED[answer.decided_by]
     best = f"; best hit {result.hits[0].identity:.1f} % identical" if result.hits else ""

@@ -29,7 +29,7 @@ from hirviz.taxonomy import LEVELS
 
 __all__ = ["Engine", "NoiseSettings", "trained_fusion", "barcode_only", "data_kind", "image_source", "barcode_text",
            "BARCODE_ROUTES",
-           "typed_names", "MAX_TYPED_NAMES"]
+           "typed_names", "MAX_TYPED_NAMES", "MAX_TOP_K", "DEFAULT_TOP_K"]
 
 MAX_BARCODE_BP = 20_000  # hirviz.barcode.parse_barcode's default limit
 MAP_SPACES: tuple[str, ...] = ("fused", "image", "dna")
@@ -52,6 +52,10 @@ BARCODE_ROUTES: tuple[tuple[str, str], ...] = (
 )
 # Candidate names a user may type for the open-set ranking (each one is a text-tower forward pass).
 MAX_TYPED_NAMES = 200
+# Names per rank (and reference neighbours per query) the models are asked for; the result tables show the first
+# top-k of them (the page's top-k control), so changing it re-renders without running the models again.
+MAX_TOP_K = 10
+DEFAULT_TOP_K = 5
 # The synthetic benchmark (train/synthetic) names its specimens SYN0000001, SYN0000002, ...
 _SYNTHETIC_ID_PREFIX = "SYN"
 
@@ -177,12 +181,14 @@ class Engine:
 
     def predict(self, name: str, image: Any, barcode: str | None, noise: NoiseSettings,
                 names: Sequence[str] | None = None) -> Prediction:
-        """One bundle's prediction (over ``names`` only when given, see :meth:`typed_predictor`); a model without
-        trained fusion loses its meaningless fused query."""
+        """One bundle's prediction (over ``names`` only when given, see :meth:`typed_predictor`), with
+        :data:`MAX_TOP_K` names per rank and neighbours per query; a model without trained fusion loses its
+        meaningless fused query."""
         predictor = self.typed_predictor(name, names) if names else self.predictor(name)
         prediction = predictor.predict(
             image=image, barcode=barcode, blur_kernel=noise.blur_kernel if image is not None else 0,
-            dna_noise=noise.dna_or_none if barcode is not None else None, seed=noise.seed)
+            dna_noise=noise.dna_or_none if barcode is not None else None, seed=noise.seed, top_k=MAX_TOP_K,
+            neighbours=MAX_TOP_K)
         if "fused" in prediction.queries and not trained_fusion(self.bundles[name]):
             del prediction.queries["fused"]
             prediction.agreement = agreement({q: r.levels for q, r in prediction.queries.items()})

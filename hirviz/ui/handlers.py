@@ -25,6 +25,7 @@ from hirviz.taxonomy import LEVELS
 from hirviz.ui.coi_view import CoiView, empty_coi_html, hits_frame, identify_coi
 from hirviz.ui.engine import (
     BARCODE_ROUTES,
+    DEFAULT_TOP_K,
     Engine,
     NoiseSettings,
     barcode_text,
@@ -40,14 +41,15 @@ from hirviz.ui.render import (
     neighbours_frame,
     result_html,
     status_line,
+    top_k_value,
     verdict_text,
 )
 from hirviz.ui.result_csv import result_rows, write_csv
 from hirviz.ui.robustness_tab import eval_tables, hierarchy_tables, robustness, sweep_coverage  # noqa: F401
 
-__all__ = ["IdentifyView", "identify", "refused", "source_path", "score_chart", "geometry", "generality", "drift_text",
-           "robustness", "sweep_coverage", "PATH_CAPTION", "hierarchy_tables", "eval_tables", "read_examples",
-           "input_message", "role_note"]
+__all__ = ["IdentifyView", "identify", "result_views", "refused", "source_path", "score_chart", "geometry",
+           "generality", "drift_text", "robustness", "sweep_coverage", "PATH_CAPTION", "hierarchy_tables",
+           "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def identify(
     level: str = "species",
     route: str | None = None,
     candidates: Any = None,
+    top_k: int = DEFAULT_TOP_K,
+    rank: str | None = None,
 ) -> IdentifyView:
     """Identify one specimen with every bundle; never raises on bad input (``ok=False`` and a message instead).
 
@@ -91,6 +95,7 @@ def identify(
     :func:`geometry` from the returned ``session`` (the Geometry tab does it when opened, so that a request does
     not pay for maps nobody looks at). ``candidates``: typed taxonomy strings, one per line (:func:`typed_names`);
     when given, each Euclidean model ranks only those (zero-shot) and the status says which models could not.
+    ``top_k`` and ``rank`` say what the result tables show (:func:`result_views`); the CSV holds everything.
     """
     noise = noise or NoiseSettings()
     routes = [value for _, value in BARCODE_ROUTES]
@@ -145,10 +150,7 @@ def identify(
     view.model_image = main.model_input_image
     view.barcode = barcode_html(main.barcode, main.degraded_barcode, main.barcode_edits, notes)
     view.gate = figures.gate_figure(main.gate, main.gate_vector, title=f"Fusion gate ({engine.primary})")
-    view.results = {name: result_html(name, predictions.get(name), note=role_note(engine, name),
-                                      fusion=trained_fusion(engine.bundles[name]), data=engine.data_kind(name),
-                                      image=engine.image_trained(name))
-                    for name in engine.names}
+    view.results, view.neighbours = result_views(engine, predictions, top_k, rank)
     view.session = {
         "image": source_path(image) if source is not None else None,
         "barcode": text,
@@ -157,8 +159,7 @@ def identify(
         "embeddings": {name: {q: r.embedding.tolist() for q, r in p.queries.items()}
                        for name, p in predictions.items()},
     }
-    view.bars = score_chart(engine, view.session, level)
-    view.neighbours = neighbours_frame(main)
+    view.bars = score_chart(engine, view.session, level, top_k)
     view.raw = {name: p.to_dict() for name, p in predictions.items()}
     if coi is not None:
         view.raw["coi"] = coi.raw
@@ -178,6 +179,19 @@ def identify(
         view.status += f" Barcode: {coi.status.split(' ', 1)[1]}"
     view.status += unused + _typed_note(engine, names, predictions)
     return view
+
+
+def result_views(engine: Engine, predictions: Mapping[str, Prediction], top_k: int = DEFAULT_TOP_K,
+                 rank: str | None = None) -> tuple[dict[str, str], pd.DataFrame]:
+    """Every model's result table and the main model's neighbours, showing ``top_k`` names (neighbours) and the
+    ranks of ``rank`` (:data:`~hirviz.ui.render.RANK_CHOICES`). Called again when those controls change: the
+    predictions hold :data:`~hirviz.ui.engine.MAX_TOP_K` of each, so no model runs again."""
+    results = {name: result_html(name, predictions.get(name), note=role_note(engine, name),
+                                 fusion=trained_fusion(engine.bundles[name]), data=engine.data_kind(name),
+                                 image=engine.image_trained(name), top_k=top_k, rank=rank)
+               for name in engine.names}
+    main = predictions.get(engine.primary) or next(iter(predictions.values()), None)
+    return results, neighbours_frame(main, top_k, rank)
 
 
 def _typed_note(engine: Engine, names: Sequence[str], predictions: Mapping[str, Prediction]) -> str:
@@ -220,14 +234,17 @@ def refused(engine: Engine, message: str) -> IdentifyView:
     )
 
 
-def score_chart(engine: Engine, session: Mapping[str, Any] | None, level: str) -> go.Figure:
-    """The main model's top names at ``level`` for every query of the last identification, as bars."""
+def score_chart(engine: Engine, session: Mapping[str, Any] | None, level: str, top_k: int = DEFAULT_TOP_K
+                ) -> go.Figure:
+    """The main model's ``top_k`` names at ``level`` for every query of the last identification, as bars."""
     levels = ((session or {}).get("levels") or {}).get(engine.primary)
     if not levels:
         return figures.empty_figure("identify a specimen to see its scores")
     if level not in LEVELS:
         return figures.empty_figure(f"unknown level {level!r}")
-    return figures.prediction_bars(levels, level, title=f"{engine.primary}: top {level} names per query")
+    k = top_k_value(top_k)
+    shown = {query: {lvl: ranked[:k] for lvl, ranked in by_level.items()} for query, by_level in levels.items()}
+    return figures.prediction_bars(shown, level, title=f"{engine.primary}: top {level} names per query")
 
 
 def read_examples(examples_dir: str | Path | None) -> tuple[list[list[str]], list[str]]:

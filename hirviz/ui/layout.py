@@ -24,33 +24,33 @@ from hirviz.ui.coi_view import empty_coi_html, hits_frame
 from hirviz.ui.engine import (
     BARCODE_ROUTES,
     COLOUR_LEVELS,
+    DEFAULT_TOP_K,
     DNA_SLIDERS,
     MAP_SPACES,
     MAX_BARCODE_BP,
+    MAX_TOP_K,
     PAPER_NOISE,
-    SWEEP_LEVELS,
     Engine,
     NoiseSettings,
 )
 from hirviz.ui.handlers import (
     PATH_CAPTION,
     drift_text,
-    eval_tables,
     generality,
     geometry,
-    hierarchy_tables,
     identify,
     input_message,
     read_examples,
     refused,
-    robustness,
+    result_views,
     role_note,
     score_chart,
-    sweep_coverage,
 )
+from hirviz.ui.plate import PLATE_API_NAMES, plate_tab, wire_plate
 from hirviz.ui.render import (
     CSS,
     KEYBOARD_RELEASE_JS,
+    RANK_CHOICES,
     barcode_html,
     data_badge,
     image_html,
@@ -58,6 +58,7 @@ from hirviz.ui.render import (
     result_html,
     status_line,
 )
+from hirviz.ui.robustness_tab import robustness_tab, wire_robustness
 
 __all__ = ["API_NAMES", "build_ui"]
 
@@ -66,7 +67,8 @@ logger = logging.getLogger(__name__)
 # The names of the app's endpoints (``gradio_client``: ``client.predict(..., api_name="/identify")``).
 API_NAMES: tuple[str, ...] = (
     "identify", "identify_example", "paper_noise", "identify_paper_noise", "no_noise", "identify_no_noise",
-    "geometry", "score_chart", "robustness", "identify_real_example", BATCH_API_NAME,
+    "geometry", "score_chart", "robustness", "identify_real_example", BATCH_API_NAME, "show_results",
+    *PLATE_API_NAMES,
 )
 LIMIT_TEXT = f"JPEG, PNG, WebP, TIFF, BMP (RGB, RGBA, grey, 16-bit); up to {MAX_IMAGE_PIXELS / 1e6:g} megapixels"
 
@@ -90,16 +92,18 @@ def build_ui(
         gr.Markdown(f"## {title}\n" + _models_text(engine))
         with gr.Tabs():
             identify_tab = _identify_tab(engine, examples_dir)
+            plate = plate_tab(engine)
             batch = batch_tab(engine)
             geometry_tab = _geometry_tab(engine)
-            robustness_tab = _robustness_tab(engine)
+            robustness = robustness_tab(engine)
             with gr.Tab("About", id="about"):
                 gr.Markdown(_about_text(engine))
         _wire_identify(engine, identify_tab, session)
+        wire_plate(engine, plate, _guarded)
         wire_batch(engine, batch, _guarded)
         _wire_geometry(engine, geometry_tab, session)
         _wire_score_chart(engine, identify_tab, session)
-        _wire_robustness(engine, robustness_tab)
+        wire_robustness(engine, robustness, _guarded)
         demo.load(None, None, None, js=KEYBOARD_RELEASE_JS, api_visibility="private", queue=False)
     return demo
 
@@ -127,6 +131,8 @@ class _IdentifyTab:
     model_image: gr.HTML
     gate_plot: gr.Plot
     barcode_view: gr.HTML
+    top_k: gr.Slider
+    rank: gr.Radio
     result_views: list[gr.HTML]
     bars_level: gr.Radio
     bars: gr.Plot
@@ -135,6 +141,7 @@ class _IdentifyTab:
     coi_hits: gr.Dataframe
     download: gr.File
     raw: gr.JSON
+    shown: gr.State  # the last predictions, kept so the top-k and rank controls re-render without the models
 
 
 def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyTab:
@@ -196,6 +203,10 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                     visible=engine.coi_name is not None)
         barcode_view = gr.HTML(barcode_html(None, None, []), css_template=CSS, js_on_load=None,
                                elem_id="hz-barcode-view")
+        with gr.Row():
+            top_k = gr.Slider(1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Names per rank (top-k)",
+                              info="in the result tables, the score chart and the neighbours", elem_id="hz-top-k")
+            rank = gr.Radio(list(RANK_CHOICES), value=RANK_CHOICES[0], label="Ranks shown", elem_id="hz-rank")
         with gr.Row(equal_height=False):
             result_views = [
                 gr.HTML(result_html(n, None, note=role_note(engine, n), data=engine.data_kind(n)), css_template=CSS,
@@ -216,24 +227,25 @@ def _identify_tab(engine: Engine, examples_dir: str | Path | None) -> _IdentifyT
                                  "abstentions)", interactive=False, elem_id="hz-download")
         with gr.Accordion("Raw result (JSON)", open=False):
             raw = gr.JSON(label="Predictions")
+        shown = gr.State({})
     return _IdentifyTab(image, barcode, route, candidates, run_button, examples, real, blur, rate_sliders, seed,
-                        paper_button,
-                        off_button, status, model_image, gate_plot, barcode_view, result_views, bars_level, bars,
-                        neighbours, coi, coi_hits, download, raw)
+                        paper_button, off_button, status, model_image, gate_plot, barcode_view, top_k, rank,
+                        result_views, bars_level, bars, neighbours, coi, coi_hits, download, raw, shown)
 
 
 def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
     names = engine.names
     identify_inputs = [tab.image, tab.barcode, tab.blur, *tab.rate_sliders, tab.seed, tab.bars_level, tab.route,
-                       tab.candidates]  # new inputs go last: API callers send them in this order
+                       tab.candidates, tab.top_k, tab.rank]  # new inputs go last: API callers send them in this order
     identify_outputs = [tab.status, tab.model_image, tab.barcode_view, tab.gate_plot, *tab.result_views, tab.bars,
-                        tab.neighbours, tab.coi, tab.coi_hits, tab.download, tab.raw, session]
+                        tab.neighbours, tab.coi, tab.coi_hits, tab.download, tab.raw, session, tab.shown]
 
     def run_identify(image, barcode, blur_kernel, substitution, n_mask, insertion, deletion, n_run, truncation,
-                     seed, score_level, route=None, candidates=None):
+                     seed, score_level, route=None, candidates=None, top_k=DEFAULT_TOP_K, rank=None):
         """Identify a specimen from a photo and/or a DNA barcode (raw or FASTA), with optional noise. ``route``:
         where the barcode goes ("real": the real COI model, "demo": the synthetic demo models, "both");
-        ``candidates``: optional taxonomy strings, one per line, that the Euclidean models rank instead of theirs."""
+        ``candidates``: optional taxonomy strings, one per line, that the Euclidean models rank instead of theirs;
+        ``top_k`` (1-10) names per rank and ``rank`` ("all ranks", or one rank) for the result tables."""
         rates = dict(substitution=substitution, n_mask=n_mask, insertion=insertion, deletion=deletion,
                      n_run=n_run, truncation=truncation)
         try:
@@ -241,13 +253,14 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
         except InputError as err:
             view = refused(engine, input_message(err))
         else:
-            view = identify(engine, image, barcode, noise, level=score_level, route=route, candidates=candidates)
+            view = identify(engine, image, barcode, noise, level=score_level, route=route, candidates=candidates,
+                            top_k=top_k, rank=rank)
         if not view.ok:
             gr.Warning(view.status.split(" ", 1)[1])
         return (view.status, image_html(view.model_image), view.barcode, view.gate,
                 *[view.results[n] for n in names],
                 view.bars, view.neighbours, view.coi_html or empty_coi_html(engine), view.coi_hits, view.csv,
-                view.raw, view.session)
+                view.raw, view.session, {"predictions": view.predictions})
 
     run_identify = _guarded(len(identify_outputs), run_identify)
     # One endpoint for the button and every slider release: "always_last" drops superseded requests, and
@@ -278,12 +291,22 @@ def _wire_identify(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None
 
 
 def _wire_score_chart(engine: Engine, tab: _IdentifyTab, session: gr.State) -> None:
-    def run_score_chart(session_state, score_level):
+    def run_score_chart(session_state, score_level, top_k=DEFAULT_TOP_K):
         """The main model's top names per query at one level, as bars."""
-        return score_chart(engine, session_state, score_level)
+        return score_chart(engine, session_state, score_level, top_k)
 
-    tab.bars_level.change(_guarded(1, run_score_chart), [session, tab.bars_level], tab.bars, api_name="score_chart",
-                          trigger_mode="always_last")
+    tab.bars_level.change(_guarded(1, run_score_chart), [session, tab.bars_level, tab.top_k], tab.bars,
+                          api_name="score_chart", trigger_mode="always_last")
+
+    def show_results(shown, session_state, top_k, rank, score_level):
+        """The last identification's tables and score chart again with other top-k / rank settings (no model
+        runs: the predictions are kept with the page's session)."""
+        results, neighbours = result_views(engine, (shown or {}).get("predictions") or {}, top_k, rank)
+        return (*[results[n] for n in engine.names], neighbours, score_chart(engine, session_state, score_level, top_k))
+
+    gr.on([tab.top_k.change, tab.rank.change], _guarded(len(engine.names) + 2, show_results),
+          [tab.shown, session, tab.top_k, tab.rank, tab.bars_level], [*tab.result_views, tab.neighbours, tab.bars],
+          api_name="show_results", api_visibility="undocumented", trigger_mode="always_last", queue=False)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -348,42 +371,6 @@ def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None
           trigger_mode="always_last", concurrency_limit=2, concurrency_id="model")
 
 
-# ---------------------------------------------------------------------------------------------- robustness
-
-
-@dataclass
-class _RobustnessTab:
-    level: gr.Radio
-    dna_plot: gr.Plot
-    blur_plot: gr.Plot
-
-
-def _robustness_tab(engine: Engine) -> _RobustnessTab:
-    with gr.Tab("Robustness", id="robustness"):
-        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: the degraded "
-                    "modality alone, averaged and gated fusion (colour), model vs model (dash).")
-        gr.Markdown(sweep_coverage(engine), elem_id="hz-sweep-coverage")
-        level = gr.Radio(list(SWEEP_LEVELS), value="species", label="Level")
-        dna_figure, blur_figure = robustness(engine, "species")
-        with gr.Row(equal_height=False):
-            dna_plot = gr.Plot(dna_figure, show_label=False, elem_id="hz-sweep-dna")
-            blur_plot = gr.Plot(blur_figure, show_label=False, elem_id="hz-sweep-blur")
-        with gr.Accordion("Hierarchy consistency: how wrong the models are when they are wrong", open=True):
-            gr.Markdown(hierarchy_tables(engine), elem_id="hz-hierarchy")
-        with gr.Accordion("Evaluation tables", open=False):
-            gr.Markdown(eval_tables(engine))
-    return _RobustnessTab(level, dna_plot, blur_plot)
-
-
-def _wire_robustness(engine: Engine, tab: _RobustnessTab) -> None:
-    def run_robustness(level):
-        """Accuracy against DNA noise and against blur from the models' evaluation sweeps."""
-        return robustness(engine, level)
-
-    tab.level.change(_guarded(2, run_robustness), tab.level, [tab.dna_plot, tab.blur_plot], api_name="robustness",
-                     trigger_mode="always_last")
-
-
 # --------------------------------------------------------------------------------------------------- about
 
 
@@ -423,6 +410,9 @@ def _about_text(engine: Engine) -> str:
         "first query that does answer (gated fusion, averaged, image only, DNA only).\n"
         "- **Download the whole result**: a CSV with every model, query, rank and name, its score, and whether the "
         "query abstained and why.\n"
+        "- **Names per rank** and **Ranks shown** change what the tables show, without running the models again.\n"
+        "- **Plate**: several photos at once, one row per photo (a file that is not an image gets a row saying so), "
+        "and a CSV of the table.\n"
         "- From Python: `Client(url).predict(image=handle_file('photo.jpg'), barcode='ACGT…', blur_kernel=0, "
         "substitution=0.01, seed=0, api_name='/identify')` (`from gradio_client import Client, handle_file`); the "
         "last output is the full result as JSON. Every control of the page is an endpoint too (see *Use via API*)."

@@ -10,7 +10,7 @@ import base64
 import html
 import io
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,10 +23,12 @@ from hirviz.degrade import Edit
 from hirviz.predict import QUERIES, Prediction
 from hirviz.prediction import agreement
 from hirviz.taxonomy import LEVELS
+from hirviz.ui.engine import DEFAULT_TOP_K
 
 __all__ = ["CSS", "EDIT_STYLES", "DATA_BADGES", "result_html", "barcode_html", "neighbours_frame", "image_html",
-           "status_line", "input_message", "data_badge", "hierarchy_markdown", "HIERARCHY_EXPLANATIONS", "verdict_text",
-           "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS"]
+           "status_line", "input_message", "data_badge", "verdict_text",
+           "agreement_text", "answering", "plain_reason", "input_changes_html", "KEYBOARD_RELEASE_JS", "RANK_CHOICES",
+           "shown_ranks", "top_k_value"]
 
 EDIT_STYLES: dict[str, tuple[str, str]] = {  # kind -> (css class, legend text)
     "substitution": ("hz-sub", "substitution"),
@@ -116,6 +118,23 @@ KEYBOARD_RELEASE_JS = """() => {
 }"""
 
 
+# The result tables' rank control: every rank, or one.
+RANK_CHOICES: tuple[str, ...] = ("all ranks", *LEVELS)
+
+
+def shown_ranks(rank: str | None) -> tuple[str, ...]:
+    """The ranks a table shows for the rank control's value (:data:`RANK_CHOICES`; anything else: all ranks)."""
+    return (rank,) if rank in LEVELS else tuple(LEVELS)
+
+
+def top_k_value(top_k: Any) -> int:
+    """The top-k control's value as a whole number >= 1 (an unreadable value gives the default)."""
+    try:
+        return max(1, int(float(top_k)))
+    except (TypeError, ValueError):
+        return DEFAULT_TOP_K
+
+
 def query_label(query: str) -> str:
     """A query's name as the page shows it ("image only", "gated fusion", ...)."""
     return figures.QUERY_LABELS.get(query, query)
@@ -150,7 +169,7 @@ def data_badge(kind: str) -> str:
 
 
 def result_html(name: str, prediction: Prediction | None, *, note: str = "", fusion: bool = True,
-                data: str = "", image: bool = True) -> str:
+                data: str = "", image: bool = True, top_k: int = DEFAULT_TOP_K, rank: str | None = None) -> str:
     """One model's answers as an HTML table: levels down, the four queries across, and their agreement.
 
     Each cell lists the top names with their scores (a rank's score sums its descendants' probabilities); the
@@ -158,6 +177,8 @@ def result_html(name: str, prediction: Prediction | None, *, note: str = "", fus
     match" and why, instead of names. ``fusion=False`` says that the model has no trained fusion and
     ``image=False`` that it has no trained image model (their columns explain that instead of asking for
     inputs). ``data`` (``"real"`` or ``"synthetic"``) adds the marker of what the model was trained on.
+    ``top_k`` names are listed per cell, and ``rank`` (:data:`RANK_CHOICES`) picks the rank rows shown; the
+    "deepest supported" row is always there.
     """
     subtitle = f" <span class='hz-sub-title'>{html.escape(note)}</span>" if note else ""
     title = f"<h4>{html.escape(name)}{subtitle}</h4>" + (data_badge(data) if data else "")
@@ -169,8 +190,10 @@ def result_html(name: str, prediction: Prediction | None, *, note: str = "", fus
     head = "".join(f"<th>{html.escape(query_label(q))}</th>" for q in QUERIES)
     answers = answering(prediction)
     agreed = agreement({q: r.levels for q, r in answers.items()})
+    ranks = shown_ranks(rank)
+    top_k = top_k_value(top_k)
     rows = []
-    for i, level in enumerate(LEVELS):
+    for i, level in enumerate(ranks):
         cells = []
         for query in QUERIES:
             result = prediction.queries.get(query)
@@ -179,14 +202,14 @@ def result_html(name: str, prediction: Prediction | None, *, note: str = "", fus
                 continue
             if query not in answers:  # one cell down the whole column: the reason, not names
                 if i == 0:
-                    cells.append(f"<td class='hz-abstain' rowspan='{len(LEVELS)}' data-query='{query}'>"
+                    cells.append(f"<td class='hz-abstain' rowspan='{len(ranks)}' data-query='{query}'>"
                                  f"<b>no confident match</b><div>{html.escape(plain_reason(result.reason))}</div>"
                                  "</td>")
                 continue
             items = "".join(
                 f"<li><span class='hz-name'>{html.escape(n)}</span>&nbsp;<span class='hz-score'>{s:.1%}</span>"
                 f"<div class='hz-bar' style='width:{max(0.0, min(1.0, s)) * 100:.0f}%'></div></li>"
-                for n, s in result.levels.get(level, [])
+                for n, s in result.levels.get(level, [])[:top_k]
             )
             cells.append(f"<td><ul>{items}</ul></td>" if items else "<td class='hz-na'>no candidate this deep</td>")
         mark = ""
@@ -308,15 +331,19 @@ def barcode_html(clean: str | None, degraded: str | None, edits: Sequence[Edit],
             f"<div class='hz-seq'>{''.join(parts)}</div>")
 
 
-def neighbours_frame(prediction: Prediction | None) -> pd.DataFrame:
-    """The nearest reference specimens of every query: rank, id, taxonomy and cosine similarity."""
-    columns = ["query", "#", "specimen", *LEVELS, "similarity"]
+def neighbours_frame(prediction: Prediction | None, top_k: int = DEFAULT_TOP_K, rank: str | None = None
+                     ) -> pd.DataFrame:
+    """The ``top_k`` nearest reference specimens of every query: rank, id, taxonomy (the ranks of ``rank``,
+    :data:`RANK_CHOICES`) and cosine similarity."""
+    levels = shown_ranks(rank)
+    columns = ["query", "#", "specimen", *levels, "similarity"]
     rows = []
     for query in QUERIES:
         result = prediction.queries.get(query) if prediction is not None else None
-        for rank, hit in enumerate(result.neighbours if result is not None else [], start=1):
+        hits = result.neighbours[:top_k_value(top_k)] if result is not None else []
+        for number, hit in enumerate(hits, start=1):
             ranks = hit.get("ranks") or {}
-            rows.append([query_label(query), rank, hit.get("id", ""), *[ranks.get(lvl) or "–" for lvl in LEVELS],
+            rows.append([query_label(query), number, hit.get("id", ""), *[ranks.get(lvl) or "–" for lvl in levels],
                          round(float(hit.get("similarity", float("nan"))), 4)])
     return pd.DataFrame(rows, columns=columns)
 
@@ -336,59 +363,6 @@ def status_line(kind: str, message: str) -> str:
     """A status message with the icon of its kind (``ok``, ``error`` or ``info``)."""
     icon = {"ok": "✓", "error": "✗", "info": "→"}[kind]
     return f"{icon} {message}"
-
-
-# ------------------------------------------------------------------------------------- hierarchy consistency
-
-# The noisy condition of each space: the one that degrades what the space reads.
-_NOISY_CONDITION = {"image": ("noisy_image", "blurred photo"), "dna": ("noisy_dna", "noisy barcode"),
-                    "avg": ("noisy_both", "both degraded"), "fused": ("noisy_both", "both degraded")}
-HIERARCHY_EXPLANATIONS: tuple[str, ...] = (
-    "**Mistake severity**: how far off the wrong first answers are in the tree of life. Lower is better: 1 = "
-    "mistakes stay within the genus, 2 = within the family, 3 = within the order, 4 = another order.",
-    "**Tree agreement**: whether specimens that are closer in the tree also lie closer in the embedding space. "
-    "Higher is better: 1 = the space orders every pair as the tree does, 0 = it ignores the tree.",
-    "**Nearest reference shares**: down to which rank the reference specimen nearest to a specimen still has "
-    "the same name, on average. Higher is better: 4 = same species, 3 = genus, 2 = family, 1 = order.",
-    "**Moved by the noise**: how far the noise moves a specimen's embedding (cosine distance; 0 = not at all).",
-)
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    return "–" if not isinstance(value, (int, float)) else f"{float(value):.{digits}f}"
-
-
-def _pair(clean: Any, noisy: Any) -> str:
-    return f"{_num(clean)} → {_num(noisy)}"
-
-
-def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: bool = True) -> str:
-    """One model's hierarchy-consistency numbers (from its ``eval.json``) as a Markdown table: one row per
-    query, each cell "without noise → with noise"; a line saying so when the evaluation has none."""
-    rows = []
-    for query in QUERIES:
-        if query == "fused" and not fusion:
-            continue
-        noisy_condition, noise = _NOISY_CONDITION[query]
-        clean = (((results or {}).get("clean") or {}).get(query) or {}).get("hierarchy")
-        noisy = (((results or {}).get(noisy_condition) or {}).get(query) or {}).get("hierarchy")
-        if not isinstance(clean, Mapping):
-            continue
-        noisy = noisy if isinstance(noisy, Mapping) else {}
-
-        def get(h: Mapping[str, Any], block: str, key: str) -> Any:
-            return (h.get(block) or {}).get(key)
-
-        rows.append(f"| {query_label(query)} | {noise} | "
-                    f"{_pair(get(clean, 'mistake_severity', 'severity'), get(noisy, 'mistake_severity', 'severity'))}"
-                    f" | {_pair(get(clean, 'agreement', 'rho'), get(noisy, 'agreement', 'rho'))}"
-                    f" | {_pair(get(clean, 'drift', 'mean_depth'), get(noisy, 'drift', 'mean_depth'))}"
-                    f" | {_num(get(noisy, 'drift', 'mean_displacement'), 3)} |")
-    if not rows:
-        return f"**{name}**: no hierarchy numbers in its evaluation (its evaluation predates them)."
-    header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",
-              "|---|---|---|---|---|---|"]
-    return "\n".join([f"**{name}** (without noise → with noise)", "", *header, *rows])
 
 
 def input_message(err: Exception) -> str:

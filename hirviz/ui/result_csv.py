@@ -8,7 +8,7 @@ The columns are :data:`CSV_COLUMNS`: ``model``, then :data:`hirviz.prediction.RO
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,10 @@ def result_rows(predictions: Mapping[str, Prediction], coi: CoiView | None = Non
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]]) -> str:
-    """The rows as a CSV file (columns :data:`CSV_COLUMNS`) in a fresh temporary folder; returns its path."""
-    out = Path(tempfile.mkdtemp(prefix="hirviz-identify-")) / "identification.csv"
-    pd.DataFrame(rows, columns=list(CSV_COLUMNS)).to_csv(out, index=False)
+def write_csv(rows: list[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS,
+              file_name: str = "identification.csv") -> str:
+    """The rows as a CSV file (``columns``, :data:`CSV_COLUMNS` by default) in a fresh temporary folder; returns
+    its path."""
+    out = Path(tempfile.mkdtemp(prefix="hirviz-identify-")) / file_name
+    pd.DataFrame(rows, columns=list(columns)).to_csv(out, index=False)
     return str(out)

@@ -1,13 +1,18 @@
-"""The Robustness tab's callbacks: accuracy against noise strength, how far the sweeps reach, and the bundles'
-hierarchy-consistency numbers and evaluation tables."""
+"""The Robustness tab: accuracy against noise strength, how far the sweeps reach, and the bundles'
+hierarchy-consistency numbers and evaluation tables (callbacks, then the tab's layout and wiring)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import gradio as gr
 import plotly.graph_objects as go
 
 from hirviz import figures
+from hirviz.predict import QUERIES
 from hirviz.ui.engine import (
     DNA_SLIDERS,
     PAPER_NOISE,
@@ -15,11 +20,12 @@ from hirviz.ui.engine import (
     Engine,
     trained_fusion,
 )
-from hirviz.ui.render import HIERARCHY_EXPLANATIONS, hierarchy_markdown
+from hirviz.ui.render import query_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hierarchy_tables", "robustness", "sweep_coverage", "eval_tables"]
+__all__ = ["hierarchy_tables", "robustness", "sweep_coverage", "eval_tables", "hierarchy_markdown",
+           "HIERARCHY_EXPLANATIONS", "RobustnessTab", "robustness_tab", "wire_robustness"]
 
 
 def hierarchy_tables(engine: Engine) -> str:
@@ -82,3 +88,95 @@ def eval_tables(engine: Engine) -> str:
 # ------------------------------------------------------------------------------------------------ examples
 
 
+# ------------------------------------------------------------------------------------- hierarchy consistency
+
+# The noisy condition of each space: the one that degrades what the space reads.
+_NOISY_CONDITION = {"image": ("noisy_image", "blurred photo"), "dna": ("noisy_dna", "noisy barcode"),
+                    "avg": ("noisy_both", "both degraded"), "fused": ("noisy_both", "both degraded")}
+HIERARCHY_EXPLANATIONS: tuple[str, ...] = (
+    "**Mistake severity**: how far off the wrong first answers are in the tree of life. Lower is better: 1 = "
+    "mistakes stay within the genus, 2 = within the family, 3 = within the order, 4 = another order.",
+    "**Tree agreement**: whether specimens that are closer in the tree also lie closer in the embedding space. "
+    "Higher is better: 1 = the space orders every pair as the tree does, 0 = it ignores the tree.",
+    "**Nearest reference shares**: down to which rank the reference specimen nearest to a specimen still has "
+    "the same name, on average. Higher is better: 4 = same species, 3 = genus, 2 = family, 1 = order.",
+    "**Moved by the noise**: how far the noise moves a specimen's embedding (cosine distance; 0 = not at all).",
+)
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "–" if not isinstance(value, (int, float)) else f"{float(value):.{digits}f}"
+
+
+def _pair(clean: Any, noisy: Any) -> str:
+    return f"{_num(clean)} → {_num(noisy)}"
+
+
+def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: bool = True) -> str:
+    """One model's hierarchy-consistency numbers (from its ``eval.json``) as a Markdown table: one row per
+    query, each cell "without noise → with noise"; a line saying so when the evaluation has none."""
+    rows = []
+    for query in QUERIES:
+        if query == "fused" and not fusion:
+            continue
+        noisy_condition, noise = _NOISY_CONDITION[query]
+        clean = (((results or {}).get("clean") or {}).get(query) or {}).get("hierarchy")
+        noisy = (((results or {}).get(noisy_condition) or {}).get(query) or {}).get("hierarchy")
+        if not isinstance(clean, Mapping):
+            continue
+        noisy = noisy if isinstance(noisy, Mapping) else {}
+
+        def get(h: Mapping[str, Any], block: str, key: str) -> Any:
+            return (h.get(block) or {}).get(key)
+
+        rows.append(f"| {query_label(query)} | {noise} | "
+                    f"{_pair(get(clean, 'mistake_severity', 'severity'), get(noisy, 'mistake_severity', 'severity'))}"
+                    f" | {_pair(get(clean, 'agreement', 'rho'), get(noisy, 'agreement', 'rho'))}"
+                    f" | {_pair(get(clean, 'drift', 'mean_depth'), get(noisy, 'drift', 'mean_depth'))}"
+                    f" | {_num(get(noisy, 'drift', 'mean_displacement'), 3)} |")
+    if not rows:
+        return f"**{name}**: no hierarchy numbers in its evaluation (its evaluation predates them)."
+    header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",
+              "|---|---|---|---|---|---|"]
+    return "\n".join([f"**{name}** (without noise → with noise)", "", *header, *rows])
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+@dataclass
+class RobustnessTab:
+    """The Robustness tab's components that its events read or write."""
+
+    level: gr.Radio
+    dna_plot: gr.Plot
+    blur_plot: gr.Plot
+
+
+def robustness_tab(engine: Engine) -> RobustnessTab:
+    """Lay out the Robustness tab (inside ``gr.Tabs``)."""
+    with gr.Tab("Robustness", id="robustness"):
+        gr.Markdown("Accuracy against noise strength from each model's evaluation sweep: the degraded "
+                    "modality alone, averaged and gated fusion (colour), model vs model (dash).")
+        gr.Markdown(sweep_coverage(engine), elem_id="hz-sweep-coverage")
+        level = gr.Radio(list(SWEEP_LEVELS), value="species", label="Level")
+        dna_figure, blur_figure = robustness(engine, "species")
+        with gr.Row(equal_height=False):
+            dna_plot = gr.Plot(dna_figure, show_label=False, elem_id="hz-sweep-dna")
+            blur_plot = gr.Plot(blur_figure, show_label=False, elem_id="hz-sweep-blur")
+        with gr.Accordion("Hierarchy consistency: how wrong the models are when they are wrong", open=True):
+            gr.Markdown(hierarchy_tables(engine), elem_id="hz-hierarchy")
+        with gr.Accordion("Evaluation tables", open=False):
+            gr.Markdown(eval_tables(engine))
+    return RobustnessTab(level, dna_plot, blur_plot)
+
+
+def wire_robustness(engine: Engine, tab: RobustnessTab,
+                    guard: Callable[[int, Callable[..., tuple]], Callable[..., tuple]]) -> None:
+    """Wire the level control (endpoint ``robustness``); ``guard`` wraps callbacks as the layout does."""
+    def run_robustness(level):
+        """Accuracy against DNA noise and against blur from the models' evaluation sweeps."""
+        return robustness(engine, level)
+
+    tab.level.change(guard(2, run_robustness), tab.level, [tab.dna_plot, tab.blur_plot], api_name="robustness",
+                     trigger_mode="always_last")

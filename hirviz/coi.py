@@ -10,7 +10,7 @@
 
 Reconciliation, rank by rank from order down: close hits decide (``decided_by = "alignment"``); where they name
 nothing, the rank is named when the model's top name is carried by one of the nearest hits at :data:`AGREE`
-identity (``"alignment+model"``), else by the model alone at order and family when it scores >= :data:`MODEL_ALONE`
+identity (``decided_by = "model"``, with a note naming the agreeing hit), else by the model alone at order and family when it scores >= :data:`MODEL_ALONE`
 (``"model"``); below a rank named that way, close hits again decide finer ranks on their own
 (:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser name it contradicts;
 where the hits disagree and the model sides with none of them, or nothing supports a name, the rank is left
@@ -48,7 +48,7 @@ named at genus (docs/coi_engine.md)."""
 AGREE: dict[str, tuple[float, float]] = {"order": (75.0, 0.1), "family": (80.0, 0.1), "genus": (92.0, 0.1),
                                          "species": (95.0, 0.1)}
 """Per rank, (minimum identity of the nearest hit, minimum model score): below :data:`RANK_THRESHOLDS`, a rank is
-named (``decided_by = "alignment+model"``) when the model's top name is carried by one of the nearest hits (those
+named by the model (``decided_by = "model"``; a note gives the agreeing hit's identity) when the model's top name is carried by one of the nearest hits (those
 within ``NEAR_BEST`` points of the closest) and they reach these. An alignment and a model agreeing is evidence
 neither gives alone: on the validation slices this named 1-5 % more queries correctly at order and family with
 <= 1 % more wrong names on closed-set queries. Genus and species need 92 / 95 %: at 85 / 88 % the open-set slice
@@ -221,7 +221,10 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
         near = _near_names(hits, level)
         min_identity, min_score = AGREE.get(level, (101.0, 2.0))
         if near and near[0][1] >= min_identity and name in {n for n, _ in near} and score >= min_score:
-            answers[level] = RankAnswer(name, score, "alignment+model")
+            # "model" (the app knows alignment / model / ""): the note says the hits back it.
+            answers[level] = RankAnswer(name, score, "model")
+            result.notes.append(f"{level}: the model's {name} ({score:.2f}) agrees with a hit at "
+                                f"{max(i for n, i in near if n == name):.1f} % identity")
             continue
         if verdict is not None and verdict.conflict:
             result.notes.append(f"{level}: the model's {name} ({score:.2f}) is not used: the close hits disagree")
@@ -232,7 +235,7 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
             continue
         break
     thresholds = ", ".join(f"{lvl} {t[0]:g} %/{t[1]} bp" for lvl, t in RANK_THRESHOLDS.items())
-    if any(a.decided_by in ("model", "alignment+model") for a in answers.values()):
+    if any(a.decided_by == "model" for a in answers.values()):
         result.notes.append(f"ranks without a close reference hit ({thresholds}) named by the model, alone or "
                             "agreeing with the nearest hits")
 

@@ -47,9 +47,6 @@ class DataConfig:
     # Not in the papers (their degradations are inference-only): each training barcode is degraded afresh every
     # epoch at a scale drawn uniformly from [0, dna_augment] times METHOD.md's rates; 0 = off (the paper).
     dna_augment: float = 0.0
-    # Share of training barcodes cut each epoch to a random 150-450 bp window (train.data.dataset.CROP_BP), so
-    # partial reads are in-distribution; 0 = off (the paper).
-    dna_crop: float = 0.0
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -60,8 +57,6 @@ class DataConfig:
         if isinstance(self.dna_augment, bool) or not isinstance(self.dna_augment, (int, float)) \
                 or not 0 <= self.dna_augment <= 100:
             raise ValueError(f"data.dna_augment must be a number between 0 and 100, got {self.dna_augment!r}")
-        if isinstance(self.dna_crop, bool) or not isinstance(self.dna_crop, (int, float)) or not 0 <= self.dna_crop <= 1:
-            raise ValueError(f"data.dna_crop must be a share between 0 and 1, got {self.dna_crop!r}")
 
 
 @dataclass

@@ -41,8 +41,6 @@ class SpecimenDataset(Dataset):
             identical views; the ablation compares it with independent views).
         dna_augment: when > 0, each item's barcode is degraded with :class:`hirviz.degrade.DnaNoise` scaled by a
             factor drawn uniformly from ``[0, dna_augment]``, afresh per (seed, epoch, item) (needs ``seed``).
-        dna_crop: share of items whose barcode is cut, afresh per (seed, epoch, item), to a random window of
-            :data:`CROP_BP` bases (partial reads such as 313-bp mini-barcodes are then in-distribution; needs ``seed``).
 
     Attributes:
         labels: int64 [N, 4] rank ids, -1 unknown (what :class:`HierarchicalBatchSampler` needs).
@@ -59,7 +57,6 @@ class SpecimenDataset(Dataset):
         seed: int | None = None,
         identical_views: bool = False,
         dna_augment: float = 0.0,
-        dna_crop: float = 0.0,
     ) -> None:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
@@ -70,9 +67,6 @@ class SpecimenDataset(Dataset):
             raise ValueError(f"dna_augment must be >= 0 and needs a seed, got {dna_augment!r} with seed {seed!r}")
         self.identical_views = identical_views
         self.dna_augment = float(dna_augment)
-        if not 0 <= dna_crop <= 1 or (dna_crop > 0 and seed is None):
-            raise ValueError(f"dna_crop must be in [0, 1] and needs a seed, got {dna_crop!r} with seed {seed!r}")
-        self.dna_crop = float(dna_crop)
         self.frame = frame.reset_index(drop=True)
         self.images = images
         self.transform = transform if transform is not None else eval_transform()
@@ -125,8 +119,6 @@ class SpecimenDataset(Dataset):
 
     def _barcode(self, i: int) -> str | None:
         barcode = self._barcodes[i]
-        if barcode is not None and self.dna_crop > 0:
-            barcode = _crop(barcode, self.dna_crop, self._item_seed(i, 2))
         if barcode is None or self.dna_augment == 0:
             return barcode
         seed = self._item_seed(i, 1)
@@ -207,17 +199,3 @@ def make_collate(
 ) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]:
     """:func:`collate_specimens` with the tokenizers bound; it pickles, so DataLoader workers do the tokenising."""
     return functools.partial(collate_specimens, dna_tokenizer=dna_tokenizer, text_tokenizer=text_tokenizer)
-
-
-CROP_BP = (150, 450)
-"""Window lengths ``data.dna_crop`` draws from (uniformly): mini-barcodes and partial reads are 150-450 bp."""
-
-
-def _crop(barcode: str, share: float, seed: int) -> str:
-    """``barcode`` cut to a random :data:`CROP_BP` window with probability ``share`` (else unchanged)."""
-    rng = np.random.default_rng(seed)
-    if rng.random() >= share or len(barcode) <= CROP_BP[0]:
-        return barcode
-    length = int(rng.integers(CROP_BP[0], min(CROP_BP[1], len(barcode)) + 1))
-    start = int(rng.integers(0, len(barcode) - length + 1))
-    return barcode[start:start + length]

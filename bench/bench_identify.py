@@ -1,13 +1,14 @@
-"""Latency of COI barcode identification (``hirviz.identify_barcode``): input checks + reference hits, no model.
+"""Latency of COI barcode identification (``hirviz.identify_barcode``): input checks + reference hits + model.
 
     python bench/bench_identify.py [--references ../shared/data/real_dna/barcodes.tsv] [--queries 200]
-                                   [--batch 1000] [--threads 1]
+                                   [--batch 1000] [--threads 1] [--bundle assets/real-coi | --no-model]
 
 The references are every record of the barcode TSV (8,926 real barcodes by default); the queries are records of
 the same file drawn with a fixed seed (each is also a reference: the search does the same work either way). It
 prints markdown tables: the one-off cost of loading and indexing the references, per-barcode latency p50 / p95
-split into the checks (pyhmmer COI-5P search, stop codons) and the hits (k-mer prefilter + parasail alignments),
-and the wall time of ``identify_fasta`` over a FASTA of ``--batch`` barcodes.
+split into the checks (pyhmmer COI-5P search, stop codons), the hits (k-mer prefilter + parasail alignments) and
+the model (the bundle's :class:`hirviz.predict.Predictor` on the barcode, as ``identify_barcode`` calls it), and
+the wall time of ``identify_fasta`` over a FASTA of ``--batch`` barcodes (with the model too).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1000, help="barcodes in the batch run (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="FAISS / BLAS threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle", type=Path, default=REPO_ROOT / "assets" / "real-coi",
+                        help="bundle whose model is timed (default: the shipped real COI bundle)")
+    parser.add_argument("--no-model", action="store_true", help="time checks + hits only")
     return parser.parse_args(argv)
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import faiss
     import pandas as pd
 
-    from hirviz.coi import identify_fasta
+    from hirviz.coi import _model_levels, assemble, identify_fasta
     from hirviz.coi_check import check_barcode
     from hirviz.coi_refs import ReferenceSet, rank_verdicts
 
@@ -53,6 +57,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if not args.references.is_file():
         raise SystemExit(f"references not found: {args.references} (pass --references or set HIRVIZ_SHARED_DATA)")
     out: dict[str, float] = {}
+    predictor = None
+    if not args.no_model:
+        import torch
+
+        from hirviz.bundle import load_bundle
+
+        torch.set_num_threads(args.threads)
+        started = time.perf_counter()
+        predictor = load_bundle(args.bundle).predictor()
+        out["model_load_s"] = time.perf_counter() - started
     started = time.perf_counter()
     refs = ReferenceSet.from_tsv(args.references)
     out["load_s"] = time.perf_counter() - started
@@ -63,21 +77,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     frame = pd.read_csv(args.references, sep="\t", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(args.seed)
     rows = rng.choice(len(frame), min(args.queries, len(frame)), replace=False)
-    check_barcode(frame["dna_barcode"].iloc[rows[0]])  # loads the HMM once, as a running service would have
-    checks, hits = [], []
+    warm = check_barcode(frame["dna_barcode"].iloc[rows[0]])  # loads the HMM once, as a running service would have
+    if predictor is not None:
+        _model_levels(predictor, warm.sequence)  # and the model's first call
+    checks, hits, model = [], [], []
     cpu_started = time.process_time()
     for row in rows:
         t0 = time.perf_counter()
         check = check_barcode(frame["dna_barcode"].iloc[row])
         t1 = time.perf_counter()
-        rank_verdicts(refs.hits(check.sequence))
+        found = refs.hits(check.sequence)
+        rank_verdicts(found)
         t2 = time.perf_counter()
+        if predictor is not None:
+            assemble(check, found, _model_levels(predictor, check.sequence))
+        t3 = time.perf_counter()
         checks.append(t1 - t0)
         hits.append(t2 - t1)
+        model.append(t3 - t2)
     out["cpu_ms_per_barcode"] = 1000 * (time.process_time() - cpu_started) / len(rows)
-    checks_ms, hits_ms = 1000 * np.array(checks), 1000 * np.array(hits)
-    total_ms = checks_ms + hits_ms
-    for name, values in (("checks", checks_ms), ("hits", hits_ms), ("total", total_ms)):
+    checks_ms, hits_ms, model_ms = 1000 * np.array(checks), 1000 * np.array(hits), 1000 * np.array(model)
+    total_ms = checks_ms + hits_ms + model_ms
+    for name, values in (("checks", checks_ms), ("hits", hits_ms), ("model", model_ms), ("total", total_ms)):
         out[f"{name}_p50_ms"] = float(np.percentile(values, 50))
         out[f"{name}_p95_ms"] = float(np.percentile(values, 95))
 
@@ -85,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"k-mer index {out['index_s']:.2f} s; {args.threads} thread(s)\n")
     print(f"| one barcode ({len(rows)} queries), wall time | p50 ms | p95 ms |\n|---|---:|---:|")
     for name, label in (("checks", "checks (COI-5P HMM both strands, stop codons)"),
-                        ("hits", "hits (k-mer prefilter top 50 + 50 alignments + verdict)"), ("total", "total")):
+                        ("hits", "hits (k-mer prefilter top 50 + 50 alignments + verdict)"),
+                        ("model", "model (Predictor on the barcode + reconciliation)" if predictor is not None
+                         else "model (not run: --no-model)"), ("total", "total")):
         print(f"| {label} | {out[f'{name}_p50_ms']:.1f} | {out[f'{name}_p95_ms']:.1f} |")
     # CPU time is what a busy machine does not inflate: it tells what an otherwise idle core would take.
     print(f"\nCPU time per barcode (process time, all threads): {out['cpu_ms_per_barcode']:.1f} ms")
@@ -94,11 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_rows = rng.choice(len(frame), min(args.batch, len(frame)), replace=False)
         fasta = "".join(f">{frame['processid'].iloc[r]}\n{frame['dna_barcode'].iloc[r]}\n" for r in batch_rows)
         started, cpu_started = time.perf_counter(), time.process_time()
-        done = sum(1 for _ in identify_fasta(fasta, refs))
+        done = sum(1 for _ in identify_fasta(fasta, refs, predictor))
         out["batch_s"] = time.perf_counter() - started
         out["batch_cpu_s"] = time.process_time() - cpu_started
         out["batch_n"] = done
-        print(f"\n| batch | barcodes | wall s | CPU s | barcodes/s (wall) |\n|---|---:|---:|---:|---:|\n"
+        print(f"\n| batch ({'with' if predictor is not None else 'without'} the model) | barcodes | wall s | CPU s | barcodes/s (wall) |\n|---|---:|---:|---:|---:|\n"
               f"| `identify_fasta` | {done:,} | {out['batch_s']:.1f} | {out['batch_cpu_s']:.1f} | "
               f"{done / out['batch_s']:.1f} |")
     return out

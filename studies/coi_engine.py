@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hirviz import coi_refs  # noqa: E402
+from hirviz import coi, coi_refs  # noqa: E402
 from hirviz.barcode import BarcodeError  # noqa: E402
 from hirviz.coi import assemble  # noqa: E402
 from hirviz.coi_check import check_barcode  # noqa: E402
@@ -50,17 +50,24 @@ from train.rundir import select_rows  # noqa: E402
 
 PARTIAL_BP = 313
 METHODS = ("k-mer NN", "alignment", "reconciled", "model")
-# The engine's verdict settings before this study, then each change it made, cumulatively (hirviz.coi_refs
-# constants; the last step is the shipped default). Every choice was made on the val/* rows.
+# The engine's settings before each change, then each change, cumulatively (constants of hirviz.coi_refs, or
+# hirviz.coi for "coi.*"; the last step is the shipped default). Every choice was made on the val/* rows.
+_OLD_RECONCILE = {"coi.AGREE": {}, "coi.MODEL_ALONE": {level: 0.5 for level in LEVELS}, "coi.RESUME_BELOW": False}
 STEPS: list[tuple[str, dict[str, Any]]] = [
     ("before: every hit above the threshold votes; species 98 %",
-     {"NEAR_BEST": {level: 100.0 for level in LEVELS}, "CONSENSUS": {},
-      "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
+     {"NEAR_BEST": {level: 100.0 for level in LEVELS}, "CONSENSUS": {}, "AGREEMENT": 0.9,
+      "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}, **_OLD_RECONCILE}),
     ("+ only hits within 3 points of the closest vote",
-     {"CONSENSUS": {}, "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
+     {"CONSENSUS": {}, "AGREEMENT": 0.9, "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)},
+      **_OLD_RECONCILE}),
     ("+ order / family from >= 3 agreeing hits at >= 80 / 85 %",
-     {"RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}}),
-    ("+ species at 97 % (shipped defaults)", {}),
+     {"AGREEMENT": 0.9, "RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, "species": (98.0, 400)}, **_OLD_RECONCILE}),
+    ("+ species at 97 % (previous defaults)", {"AGREEMENT": 0.9, **_OLD_RECONCILE}),
+    ("+ 75 % of the near votes suffice (was 90 %)", _OLD_RECONCILE),
+    ("+ nearest hits and model agreeing name a rank (75 / 80 / 92 / 95 %)",
+     {"coi.MODEL_ALONE": {level: 0.5 for level in LEVELS}, "coi.RESUME_BELOW": False}),
+    ("+ close hits name ranks below one named with the model", {"coi.MODEL_ALONE": {level: 0.5 for level in LEVELS}}),
+    ("+ model alone at order / family only (shipped defaults)", {}),
 ]
 
 
@@ -96,18 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         sets[f"{split}/clean"] = (queries, clean, refs_frame)
         sets[f"{split}/degraded"] = (queries, _degrade(clean, noise, args.seed), refs_frame)
     sets["val/partial"] = (val, [_last_bp(s, PARTIAL_BP) for s in sets["val/clean"][1]], val_refs)
+    open_refs, open_queries = open_set_split(train, args.seed)
+    sets["val/open"] = (open_queries, [_last_bp(s, PARTIAL_BP) for s in open_queries["barcode"].fillna("")],
+                        open_refs)
     sets["test/partial"] = (partial, partial["barcode"].fillna("").tolist(), train)
 
     cached: dict[str, dict[str, Any]] = {}
     engines: dict[int, ReferenceSet] = {}
+    model_dir = work / ("model-" + _fingerprint(args.bundle)) if predictor is not None else None
     for name, (_, seqs, refs_frame) in sets.items():
         key = id(refs_frame)
         if key not in engines:
             engines[key] = _references(refs_frame)
-        cached[name] = _cached(work / (name.replace("/", "_") + ".pkl"), seqs, engines[key], predictor, refs_frame)
+        stem = name.replace("/", "_") + ".pkl"
+        cached[name] = _cached(work / stem, seqs, engines[key], predictor, model_dir and model_dir / stem)
 
     results: dict[str, Any] = {"_meta": {
-        "references": {"test": int(train["barcode"].notna().sum()), "val": int(val_refs["barcode"].notna().sum())},
+        "references": {"test": int(train["barcode"].notna().sum()), "val": int(val_refs["barcode"].notna().sum()),
+                       "val/open": int(open_refs["barcode"].notna().sum())},
+        "bundle": str(args.bundle) if predictor is not None else None,
         "queries": {name: len(s[1]) for name, s in sets.items()}, "dna_noise": noise.__dict__, "seed": args.seed,
         "metric": "per rank, over the queries labelled there: accuracy (abstention = wrong), abstention rate, "
                   "error rate among named answers (percent)",
@@ -160,12 +174,36 @@ def _references(frame: pd.DataFrame) -> ReferenceSet:
     return ReferenceSet(rows["processid"].astype(str).tolist(), rows[list(LEVELS)].fillna("").to_numpy(dtype=object), rows["barcode"].tolist())
 
 
-def _cached(path: Path, seqs: list[str], refs: ReferenceSet, predictor, refs_frame) -> dict[str, Any]:
-    """Checks, all aligned hits and the model's per-rank answers of every query (computed once, then read)."""
+def open_set_split(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An open-set validation slice of the training split, shaped like the partial reads (whose families are
+    mostly known, genera mostly and species all unknown): ``(references, queries)``, where the references lack
+    every row of 20 % of the families, of 15 % of the remaining genera and of 10 % of the remaining species, and
+    the ``size`` queries are drawn from those rows (20 % from held-out families, 70 % genera, 10 % species)."""
+    rng = np.random.default_rng([seed, 313])
+    held = np.zeros(len(frame), bool)
+    pools = []
+    for level, share, n in (("family", 0.2, 0.2), ("genus", 0.15, 0.7), ("species", 0.1, 0.1)):
+        names = frame.loc[~held & (frame[level].fillna("") != ""), level].unique()
+        out = set(rng.choice(names, int(round(share * len(names))), replace=False).tolist())
+        rows = ~held & frame[level].isin(out).to_numpy() & frame["barcode"].notna().to_numpy()
+        pools.append((np.flatnonzero(rows), n))
+        held |= frame[level].isin(out).to_numpy()
+    picked = np.concatenate([rng.choice(rows, min(len(rows), int(n * size)), replace=False) for rows, n in pools])
+    return frame[~held].reset_index(drop=True), frame.iloc[np.sort(picked)].reset_index(drop=True)
+
+
+def _fingerprint(bundle: str) -> str:
+    """Which model answered (the model cache is per bundle weights)."""
+    import hashlib
+
+    return hashlib.sha256((Path(bundle) / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def _cached(path: Path, seqs: list[str], refs: ReferenceSet, predictor, model_path: Path | None) -> dict[str, Any]:
+    """Checks, all aligned hits and the model's per-rank answers of every query (computed once, then read; the
+    model's answers are cached per bundle, so a new model reuses the hits)."""
     if path.is_file():
         cached = pickle.loads(path.read_bytes())
-        if predictor is None or cached.get("model") is not None:
-            return cached
     else:
         started = time.perf_counter()
         checks: list[Any] = []
@@ -178,13 +216,19 @@ def _cached(path: Path, seqs: list[str], refs: ReferenceSet, predictor, refs_fra
         hits: list[Any] = [None] * len(seqs)
         for i, found in zip(ok, refs.hits_many([checks[i].sequence for i in ok])):
             hits[i] = found
-        cached = {"checks": checks, "hits": hits, "model": None, "seconds": time.perf_counter() - started}
-    if predictor is not None:
-        started = time.perf_counter()
-        cached["model"] = [_model(predictor, c.sequence if not isinstance(c, str) else s)
-                           for c, s in zip(cached["checks"], seqs)]
-        cached["seconds"] += time.perf_counter() - started
-    path.write_bytes(pickle.dumps(cached))
+        cached = {"checks": checks, "hits": hits, "seconds": time.perf_counter() - started}
+        path.write_bytes(pickle.dumps(cached))
+    cached["model"] = None
+    if predictor is not None and model_path is not None:
+        if model_path.is_file():
+            cached["model"] = pickle.loads(model_path.read_bytes())
+        else:
+            started = time.perf_counter()
+            cached["model"] = [_model(predictor, c.sequence if not isinstance(c, str) else s)
+                               for c, s in zip(cached["checks"], seqs)]
+            cached["model_seconds"] = time.perf_counter() - started
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            model_path.write_bytes(pickle.dumps(cached["model"]))
     return cached
 
 
@@ -198,15 +242,19 @@ def _model(predictor, seq: str) -> dict[str, list[tuple[str, float]]] | None:
 
 @contextlib.contextmanager
 def _settings(settings: dict[str, Any]) -> Iterator[None]:
-    """Temporarily replace :mod:`hirviz.coi_refs` constants (read by ``rank_verdicts`` at each call)."""
-    saved = {name: getattr(coi_refs, name) for name in settings}
+    """Temporarily replace constants of :mod:`hirviz.coi_refs` (``NAME``) or :mod:`hirviz.coi` (``coi.NAME``),
+    which ``rank_verdicts`` and the reconciliation read at each call."""
+    def target(key: str) -> tuple[Any, str]:
+        return (coi, key[4:]) if key.startswith("coi.") else (coi_refs, key)
+
+    saved = {key: getattr(*target(key)) for key in settings}
     try:
-        for name, value in settings.items():
-            setattr(coi_refs, name, value)
+        for key, value in settings.items():
+            setattr(*target(key), value)
         yield
     finally:
-        for name, value in saved.items():
-            setattr(coi_refs, name, value)
+        for key, value in saved.items():
+            setattr(*target(key), value)
 
 
 def _answers(cached: dict[str, Any], seqs: list[str], refs_frame: pd.DataFrame, with_model: bool,
@@ -286,7 +334,9 @@ def report(results: dict[str, Any], minutes: float) -> str:
         "",
         f"Generated by `python studies/coi_engine.py` ({minutes:.1f} min with a warm cache). References: the "
         f"{meta['references']['test']:,} training barcodes of the seeded closed-set split (`test/*`), or for the "
-        f"validation slice the {meta['references']['val']:,} training barcodes outside it (`val/*`). Queries: "
+        f"validation slice the {meta['references']['val']:,} training barcodes outside it (`val/*`; for the open-set "
+        f"slice `val/open`, the {meta['references'].get('val/open', 0):,} outside its held-out families, genera and "
+        "species, its reads cut to their last 313 bp). Queries: "
         + ", ".join(f"{k} {v:,}" for k, v in meta["queries"].items()) + ". Degraded = METHOD.md's DNA noise "
         f"(seed {meta['seed']}).",
         "",

@@ -18,7 +18,7 @@ import pytest
 
 import hirviz
 from hirviz.barcode import BarcodeError
-from hirviz.coi import ROW_COLUMNS, identify_barcode, identify_fasta
+from hirviz.coi import ROW_COLUMNS, assemble, identify_barcode, identify_fasta
 from hirviz.coi_check import MAX_INPUT_BP, _profile, check_barcode, reverse_complement
 from hirviz.coi_refs import RANK_THRESHOLDS, Hit, ReferenceSet, rank_verdicts
 from hirviz.taxonomy import LEVELS
@@ -232,7 +232,7 @@ def test_order_and_family_from_several_agreeing_hits_below_the_threshold() -> No
     assert verdicts["genus"].name == ""
     # One such hit is not enough below the family threshold (90 %), nor are agreeing hits of mixed orders.
     assert rank_verdicts(three[:1])["family"].name == "" and "3 needed" in rank_verdicts(three[:1])["family"].note
-    mixed = [*three, hit(86.1, 3, "Diptera")]
+    mixed = [*three, hit(86.1, 3, "Diptera"), hit(86.05, 4, "Diptera")]  # 3 of 5: below AGREEMENT (75 %)
     assert rank_verdicts(mixed)["order"].name == ""
 
 
@@ -249,7 +249,8 @@ def test_one_outvoted_record_does_not_veto_a_clear_answer(tree: dict) -> None:
 
 
 def model_saying(*names_scores: tuple[str, float]):
-    return lambda seq: {level: [ns] for level, ns in zip(LEVELS, names_scores)}
+    """A model callable; called with no argument, the per-rank answers it gives (for :func:`assemble`)."""
+    return lambda seq=None: {level: [ns] for level, ns in zip(LEVELS, names_scores)}
 
 
 def test_model_places_the_specimen_where_no_reference_is_close(tree: dict) -> None:
@@ -257,13 +258,46 @@ def test_model_places_the_specimen_where_no_reference_is_close(tree: dict) -> No
     far = [i for i, r in enumerate(tree["ranks"]) if r[0] != lineage[0]]  # only the other order remains
     refs = ReferenceSet([tree["ids"][i] for i in far], [tree["ranks"][i] for i in far],
                         [tree["seqs"][i] for i in far], k=5)
-    model = model_saying((lineage[0], 0.95), (lineage[1], 0.8), (lineage[2], 0.6), (lineage[3], 0.3))
+    model = model_saying((lineage[0], 0.95), (lineage[1], 0.8), (lineage[2], 0.9), (lineage[3], 0.9))
     result = identify_barcode(query, refs, predictor=model)
-    assert [result.answers[level].name for level in LEVELS] == [*lineage[:3], ""]
-    assert [result.answers[level].decided_by for level in LEVELS] == ["model"] * 3 + [""]
+    # Alone, the model places it at order and family; a genus or species with no close hit is most likely one
+    # the model has never seen, so its confident genus and species are not given.
+    assert [result.answers[level].name for level in LEVELS] == [*lineage[:2], "", ""]
+    assert [result.answers[level].decided_by for level in LEVELS] == ["model"] * 2 + ["", ""]
     assert result.answers["family"].score == pytest.approx(0.8)
     row = result.to_row("q")
-    assert row["decided_by"] == "order:model family:model genus:model" and row["deepest_rank"] == "genus"
+    assert row["decided_by"] == "order:model family:model" and row["deepest_rank"] == "family"
+
+
+def test_nearest_hits_and_model_agreeing_name_a_rank_below_the_threshold() -> None:
+    query = consensus()
+    near = [Hit(f"R{i}", {"order": "O", "family": "F", "genus": "G", "species": ""}, 86.0 - 0.5 * i, 100.0, 600,
+                0.5) for i in range(2)]
+    agreeing = assemble(check_barcode(query), near, model_saying(("O", 0.3), ("F", 0.2), ("G", 0.9), ("G s", 0.9))())
+    # order: a hit at 86 % names it; family: below 90 % and 2 hits (3 needed), but the model says F too.
+    assert agreeing.answers["order"].decided_by == "alignment"
+    assert (agreeing.answers["family"].name, agreeing.answers["family"].decided_by) == ("F", "model")
+    assert "family: the model's F (0.20) agrees with a hit at 86.0 % identity" in agreeing.notes
+    assert agreeing.answers["genus"].name == ""  # 86 % is far below a genus, whatever the model says
+    other = assemble(check_barcode(query), near, model_saying(("O", 0.3), ("Other", 0.2))())
+    assert other.answers["family"].name == "" and other.deepest_rank == "order"
+
+
+def test_close_hits_name_the_ranks_below_one_the_model_resolved() -> None:
+    query = consensus()
+    lineage = {"order": "Diptera", "family": "Cecidomyiidae", "genus": "Contarinia", "species": ""}
+    good = [Hit(f"R{i}", lineage, 99.5, 100.0, 650, 0.9) for i in range(2)]
+    # A contaminated record (a wasp name on a midge sequence) ties the closest hit: the order is disputed.
+    bad = Hit("X", {"order": "Hymenoptera", "family": "", "genus": "", "species": ""}, 99.5, 100.0, 650, 0.9)
+    hits = [*good, bad]
+    assert rank_verdicts(hits)["order"].conflict and not rank_verdicts(hits)["family"].name
+    assert rank_verdicts(hits, walk=False)["family"].name == "Cecidomyiidae"
+    result = assemble(check_barcode(query), hits, model_saying(("Diptera", 0.9), ("Cecidomyiidae", 0.1))())
+    assert [result.answers[level].name for level in LEVELS[:3]] == ["Diptera", "Cecidomyiidae", "Contarinia"]
+    assert result.answers["order"].decided_by == "model" and any("agrees with a hit" in n for n in result.notes)
+    assert result.answers["genus"].decided_by == "alignment"
+    # Without the model the disputed order stays open and nothing finer is named under it.
+    assert assemble(check_barcode(query), hits).deepest_rank is None
 
 
 def test_alignment_decides_over_a_contradicting_model(tree: dict) -> None:
@@ -385,7 +419,8 @@ def test_a_bundle_predictor_is_used_as_the_model() -> None:
     predictor = hirviz.load_bundle(bundle_dir).predictor()
     result = identify_barcode(consensus(), None, predictor=predictor)
     assert set(result.model_levels) == set(LEVELS) and result.model_levels["order"]
-    expected = deepest_rank(result.model_levels, 0.5)
+    # Without references the model alone names at most order and family (hirviz.coi.MODEL_ALONE).
+    expected = deepest_rank({level: result.model_levels[level] for level in LEVELS[:2]}, 0.5)
     assert result.deepest_rank == expected
     for level in LEVELS[:LEVELS.index(expected) + 1 if expected else 0]:
         assert result.answers[level].name == result.model_levels[level][0][0]

@@ -18,7 +18,16 @@ bundles and logs stay in ``--work`` (not committed); a re-run skips every finish
 An arm whose overrides the config does not know (``data.noise_aware`` before noise-aware training exists) is skipped
 and flagged in the report, not fatal.
 
-Budget (measured on the development machine, 2 cores shared with other jobs, so pessimistic): see BUDGET below.
+Budget. One optimizer step of the study config (batch 100, 96-px images, 1 CPU thread) measured 0.84 s compute +
+0.37 s data for CLIBD and 1.4 s + 0.9 s for CLIBD-HiR (two image views), medians over 30-step runs while other jobs
+shared the 2 cores (pessimistic; study v1's runs, two at a time, trained at 0.94-1.54 s a step). 5000 specimens leave
+about 3630 training rows after test (20 %) and validation (10 % of training): 37 steps an epoch, so the config's 15
+epochs are 555 steps (v1 stopped at 205, before the curves flattened). Per (arm, seed), at v1's rates: CLIBD about
+9 min, each HiR or Fuse arm about 14 min, hyperbolic about 12 min, plus about 3.5 min for validation passes (every 25
+steps, 300 specimens), export, test evaluation with sweep, the validation evaluation and the gate summary. Ten arms
+(eight with the HiR term) x 3 seeds, two lanes: about 4-5 hours on an otherwise idle 2-core machine. Whether 555
+steps reach a plateau is read off the report's "Training budget and plateau" table (gain over the last quarter of
+the steps, per arm); raise ``optim.epochs`` in the config (and start a fresh ``--work``) if it does not.
 """
 
 from __future__ import annotations
@@ -51,9 +60,6 @@ from train.study import (  # noqa: E402
 )
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
-BUDGET = """\
-(filled in from the measurement below)
-"""
 SWEEP = ("--sweep",)
 HIR = ("loss.objective=clibd-hir", "loss.hir_mode=paper")
 # lambda of HiR paper mode -> arm; the selection is made among these on the validation split
@@ -117,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in skipped.items():
         logging.warning("arm %s skipped: %s", name, reason)
     if not args.report_only:
-        run_arms(study, arms, args.seeds)
+        run_arms(study, arms, args.seeds, keep_going=True)
         validation_results(study, arms, args.seeds, compute=True)
+        gate_values(study, arms, args.seeds, compute=True)
     report = build_report(study, arms, args, skipped, out, minutes=(time.time() - started) / 60)
     print(report)
     return 0
@@ -144,6 +151,52 @@ def validation_results(study: Study, arms: list[Arm], seeds: list[int], compute:
     return out
 
 
+def gate_values(study: Study, arms: list[Arm], seeds: list[int], compute: bool = False
+                ) -> dict[str, dict[str, float | None]]:
+    """The fusion arms' mean gate (1 = all image, 0 = all DNA) on the test rows under each condition, mean over
+    seeds: does the gate move towards the clean modality? Cached per run; with ``compute`` missing ones are run."""
+    per_arm: dict[str, dict[str, float | None]] = {}
+    for arm in (a for a in arms if a.name in FUSION_ARMS):
+        values = []
+        for seed in seeds:
+            cache = study.work / "results" / f"{arm.name}-s{seed}-gate.json"
+            if not cache.is_file() and compute and study.results_file(arm, seed).is_file():
+                cache.write_text(json.dumps(_mean_gate(study, arm, seed)), encoding="utf-8")
+            if cache.is_file():
+                values.append(json.loads(cache.read_text(encoding="utf-8")))
+        if values:
+            per_arm[arm.name] = {c: sum(v[c] for v in values) / len(values) for c in values[0]}
+    return per_arm
+
+
+def _mean_gate(study: Study, arm: Arm, seed: int) -> dict[str, float]:
+    import torch
+
+    from hirviz.bundle import load_bundle
+    from hirviz.degrade import DnaNoise
+    from train.data import open_images
+    from train.embed import Degradation, embed_frame
+    from train.evaluate import CONDITIONS, DEFAULT_BLUR_KERNEL
+    from train.rundir import select_rows
+
+    torch.set_num_threads(1)  # beside the other lane's runs
+    frame, _ = select_rows(study.metadata, study.run_dir(arm, seed), "test")
+    model = load_bundle(study.bundle_dir(arm, seed)).model
+    images = open_images(study.images)
+    try:
+        out = {}
+        for condition in CONDITIONS:  # the evaluation's conditions and noise seed (train.evaluate)
+            degradation = Degradation(dna=DnaNoise() if "dna" in condition or "both" in condition else None,
+                                      blur_kernel=DEFAULT_BLUR_KERNEL if "image" in condition or "both" in condition
+                                      else 0, seed=0)
+            emb = embed_frame(model, frame, images, degradation)
+            both = emb["has_image"] & emb["has_dna"]
+            out[condition] = float(emb["gate"][both].mean()) if both.any() else None
+        return out
+    finally:
+        images.close()
+
+
 def build_report(study: Study, arms: list[Arm], args: argparse.Namespace, skipped: dict[str, str], out: Path,
                  minutes: float) -> Path:
     """Tables, JSON and plots from whatever has finished; returns the markdown file."""
@@ -159,6 +212,7 @@ def build_report(study: Study, arms: list[Arm], args: argparse.Namespace, skippe
     q12_table, q12 = rep.question_hir(agg, HIR_ARMS)
     q3_table, q3 = rep.question_fusion(agg, FUSION_ARMS)
     plateau_md, plateau = rep.plateau_table(curves)
+    gates = gate_values(study, arms, args.seeds)
 
     stem = out / "synthetic"
     plots = plot_sweeps(agg, stem, images=True, fusion_arms=FUSION_ARMS) if agg else []
@@ -166,12 +220,12 @@ def build_report(study: Study, arms: list[Arm], args: argparse.Namespace, skippe
     plots += [curve_plot] if curve_plot else []
     summary = {"arms": agg, "validation": validation, "lambda_chosen": chosen, "blur_criterion": criterion,
                "questions": {"hir_vs_clibd": q12, "fusion": q3}, "plateau": plateau, "curves": curves,
-               "training_end": training, "skipped_arms": skipped,
+               "training_end": training, "gates": gates, "skipped_arms": skipped,
                "settings": {"specimens": args.specimens, "seeds": args.seeds, "lanes": args.lanes,
                             "overrides": list(args.overrides), "smoke": args.smoke}}
     (out / "synthetic.json").write_text(json.dumps(relative_paths(summary, ROOT), indent=1), encoding="utf-8")
     text = markdown(agg, args, skipped, minutes, plots, chosen, lambda_table, criterion, q12_table, q3_table,
-                    plateau_md, training)
+                    plateau_md, training, gates)
     path = out / "synthetic.md"
     path.write_text(text, encoding="utf-8")
     return path
@@ -185,7 +239,8 @@ def _mean_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
 
 def markdown(agg: dict[str, Any], args: argparse.Namespace, skipped: dict[str, str], minutes: float,
              plots: list[Path], chosen: str | None, lambda_table: str, criterion: dict | None, q12_table: str,
-             q3_table: str, plateau_md: str, training: dict[str, dict[str, float]]) -> str:
+             q3_table: str, plateau_md: str, training: dict[str, dict[str, float]],
+             gates: dict[str, dict[str, float | None]]) -> str:
     meta = next(iter(agg.values()))["_meta"] if agg else {}
     seconds = [s for a in agg.values() for s in a["_meta"]["train_seconds"] if s]
     table1 = {n: agg[n] for n in TABLE1_ARMS if n in agg}
@@ -229,14 +284,21 @@ def markdown(agg: dict[str, Any], args: argparse.Namespace, skipped: dict[str, s
               "ancestor (and distance moved) between a query's nearest reference clean and under its noise.", "",
               rep.hierarchy_table(agg), ""]
     lines += ["## Questions for docs/results.md (numbers; the prose is written there)", "",
-              "**1-2. Corrected HiR vs CLIBD** (each arm minus CLIBD; in brackets the difference in units of the larger "
-              "sd; consistency: rho up, severity down, drift depth up = shallower mistakes; accuracy under noise):", "",
+              "### Questions 1-2: corrected HiR vs CLIBD", "",
+              "Each arm minus CLIBD; in brackets the difference in units of the larger sd. Consistency: rho up, "
+              "severity down, drift depth up (shallower mistakes); then clean and noisy accuracy.", "",
               q12_table, "",
-              "**3. Fusion** (Global top-1 per condition; the paper: fused +2.5 over avg when both inputs are noisy; "
-              "the target: noise-aware fused >= avg and >= each modality in all four conditions):", "", q3_table, "",
-              "**4. Evidence where it does not reproduce**: the end of training per arm (means of the last tenth of "
-              "logged steps over seeds: loss terms and the share of HiR pairs clamped per level), the learning curves "
-              "and the plateau table below.", "", training_table_or_none(training), ""]
+              "### Question 3: fusion", "",
+              "Global top-1 per condition. The paper: fused +2.5 over avg when both inputs are noisy; the target: "
+              "noise-aware fused >= avg and >= each modality in all four conditions.", "", q3_table, "",
+              "### Question 4: evidence where it does not reproduce", "",
+              "The end of training per arm (means over seeds of the last tenth of the logged steps: the loss terms and "
+              "the share of HiR pairs clamped per level), with the learning curves and the plateau table below.", "",
+              training_table_or_none(training), "",
+              "Mean fusion gate on the test rows (1 = all image, 0 = all DNA), mean over seeds:", "",
+              rep.table(["Arm", *[rep.CONDITION_NAMES[c] for c in rep.CONDITION_NAMES]],
+                        [[name, *[rep.fmt(g.get(c), digits=3) for c in rep.CONDITION_NAMES]]
+                         for name, g in gates.items()]) if gates else "(no fusion arm has run)", ""]
     lines += ["## Training budget and plateau", "",
               "Validation top-1 (mean over seeds) at the last step, the best, and the gain over the last quarter of "
               "the steps: a gain within the seeds' sd means the arm trained to a plateau.", "", plateau_md, ""]

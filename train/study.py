@@ -249,15 +249,25 @@ def add_study_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) 
                                                                      "(e.g. optim.epochs=1 for a smoke test)")
 
 
-def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
-    """Every arm for every seed, ``study.lanes`` at a time; returns ``{arm name: [results per seed]}``."""
+def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int], keep_going: bool = False
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Every arm for every seed, ``study.lanes`` at a time; returns ``{arm name: [results per seed]}``.
+
+    A failed run raises, unless ``keep_going``: then it is logged (its log file names the cause), the other runs go
+    on, and its seed is missing from the results (a re-run retries it).
+    """
     # seed-major: a partial study has every arm once
     jobs = [(arm, seed) for seed in seeds for arm in arms if arm.seeds is None or seed in arm.seeds]
     with ThreadPoolExecutor(max_workers=max(1, study.lanes)) as pool:
         futures = {(arm.name, seed): pool.submit(study.run_one, arm, seed) for arm, seed in jobs}
         results: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
-        for (name, _), future in futures.items():
-            results[name].append(future.result())
+        for (name, seed), future in futures.items():
+            try:
+                results[name].append(future.result())
+            except RuntimeError as err:
+                if not keep_going:
+                    raise
+                logger.error("%s seed %d failed, the study goes on without it: %s", name, seed, err)
     return results
 
 

@@ -123,3 +123,20 @@ def test_an_arm_the_config_does_not_know_is_rejected_with_the_reason(tmp_path):
     study = Study(work=tmp_path, config=REPO / "train" / "configs" / "study_synth.yaml", metadata=tmp_path / "m.tsv")
     assert study.rejected(Arm("ok", ("loss.objective=clibd",))) is None
     assert "no_such_key" in study.rejected(Arm("new", ("data.no_such_key=true",)))
+
+
+def test_keep_going_leaves_a_failed_run_out_and_finishes_the_others(tmp_path):
+    from train.study import run_arms
+
+    class Flaky(Study):
+        def run_one(self, arm: Arm, seed: int) -> dict:
+            if arm.name == "broken":
+                raise RuntimeError("step failed (fit ...): see its log")
+            return {"seed": seed}
+
+    study = Flaky(work=tmp_path, config=REPO / "train" / "configs" / "study_synth.yaml", metadata=tmp_path / "m.tsv",
+                  lanes=2)
+    arms = [Arm("fine"), Arm("broken")]
+    assert run_arms(study, arms, [0, 1], keep_going=True) == {"fine": [{"seed": 0}, {"seed": 1}], "broken": []}
+    with pytest.raises(RuntimeError, match="see its log"):
+        run_arms(study, arms, [0])

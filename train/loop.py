@@ -178,8 +178,9 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         final_div_factor=cfg.optim.final_div_factor)
     autocast = autocast_for(cfg.optim.precision, dist.device)
     # Learning curves on the validation rows (never the test rows); RNG-neutral, so resuming stays exact.
+    # (the same validation sample for every training seed: seeds then differ in training only)
     validator = Validator(frame.iloc[train_idx], frame.iloc[split.val], images, cfg.run.eval_specimens,
-                          cfg.run.seed, dist.device) if cfg.run.eval_every and dist.is_main else None
+                          cfg.data.split_seed, dist.device) if cfg.run.eval_every and dist.is_main else None
 
     step, epoch, batches_done = 0, 0, 0
     if resume and (out / CHECKPOINT).exists():

@@ -64,7 +64,8 @@ def blur_criterion(results: Mapping[str, Any]) -> dict[str, Any]:
 def blur_line(criterion: Mapping[str, Any]) -> str:
     sp, od = criterion["species"], criterion["order"]
     if criterion["passed"] is None:
-        return "Blur criterion: not measurable (no image->text scores)."
+        return ("Blur criterion: not measurable (CLIBD's clean image->text species or order top-1 is missing or 0, "
+                "so there is no relative loss).")
 
     def pct(x: float) -> str:
         return f"{100 * x:.0f} %"
@@ -115,10 +116,14 @@ def difference(a: tuple[float | None, float | None], b: tuple[float | None, floa
     return {"delta": a[0] - b[0], "in_sd": (a[0] - b[0]) / sd if sd > 0 else None}
 
 
-def _delta(d: Mapping[str, float | None]) -> str:
+def _delta(d: Mapping[str, float | None], digits: int = 1) -> str:
     if d["delta"] is None:
         return "–"
-    return f"{d['delta']:+.1f}" + (f" ({d['in_sd']:+.1f} sd)" if d["in_sd"] is not None else "")
+    return f"{d['delta']:+.{digits}f}" + (f" ({d['in_sd']:+.1f} sd)" if d["in_sd"] is not None else "")
+
+
+# digits of each Q1-2 column: rho lives in [-1, 1], severity and drift depth in tree levels, accuracies in %
+_Q12_DIGITS = {"rho_image": 3, "rho_dna": 3, "severity_image": 2, "drift_image": 2}
 
 
 def hierarchy_cell(results: Mapping[str, Any] | None, condition: str, query: str, group: str, key: str
@@ -171,8 +176,8 @@ def question_hir(arms: Mapping[str, Mapping[str, Any]], hir_arms: Sequence[str],
             "dt_noisy": difference(top1(r, "noisy_dna", "dna"), top1(base, "noisy_dna", "dna")),
         }
         numbers[name] = d
-        rows.append([name, *[_delta(d[k]) for k in ("rho_image", "rho_dna", "severity_image", "drift_image",
-                                                   "it_clean", "dt_clean", "it_noisy", "dt_noisy")]])
+        rows.append([name, *[_delta(d[k], _Q12_DIGITS.get(k, 1)) for k in (
+            "rho_image", "rho_dna", "severity_image", "drift_image", "it_clean", "dt_clean", "it_noisy", "dt_noisy")]])
     header = ["Arm − CLIBD", "Δ rho I", "Δ rho D", "Δ severity I", "Δ drift depth I", "Δ IT clean Global",
               "Δ DT clean Global", "Δ IT noisy Global", "Δ DT noisy Global"]
     return (table(header, rows) if rows else "(CLIBD or the HiR arms have not run)"), numbers

@@ -64,7 +64,7 @@ def test_learning_curves_average_over_seeds_and_the_plateau_shows_a_flat_end(tmp
     assert plateau([7], [3.0])["tail_gain"] == 0.0
     assert learning_curve(tmp_path / "missing") == {}
     summary = training_summary(tmp_path / "a")
-    assert summary["loss"] == pytest.approx(3.0) and summary["hir_clamped_species"] == 0.25 and summary["steps"] == 40
+    assert summary["loss"] == pytest.approx(3.0) and summary["hir_clamped_species"] == 0.25 and summary["last_logged_step"] == 40
 
 
 def test_the_blur_criterion_needs_species_to_fall_and_order_to_hold():
@@ -111,7 +111,7 @@ def test_report_only_rebuilds_the_report_from_finished_runs_and_flags_what_is_mi
     assert "Validation picks **hir-paper-l0.1**" in text
     assert "Not finished yet" in text and "hyperbolic" in text
     # the Q1-2 row: IT noisy Global 14 vs CLIBD's 10 (one value per seed: no sd)
-    assert any(line.startswith("| hir-paper-l0.1 | +0.0") and "+4.0" in line for line in text.splitlines())
+    assert any(line.startswith("| hir-paper-l0.1 | +0.000") and "+4.0" in line for line in text.splitlines())
     summary = json.loads((out / "synthetic.json").read_text())
     assert summary["lambda_chosen"] == "hir-paper-l0.1"
     assert summary["curves"]["clibd"]["val_dna_global"][-1] == pytest.approx(30.5)

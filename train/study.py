@@ -182,7 +182,7 @@ TRAINING_KEYS = ("loss", "clip", "hir", "fuse", "hir_clamped_family", "hir_clamp
 
 def training_summary(run_dir: Path, keys: Sequence[str] = TRAINING_KEYS, tail: float = 0.1) -> dict[str, float]:
     """Means of the training-loss terms (and HiR's clamp fractions) over the last ``tail`` share of a run's logged
-    training lines, plus the last step; ``{}`` without a log."""
+    training lines, plus ``last_logged_step``; ``{}`` without a log."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return {}
@@ -192,7 +192,7 @@ def training_summary(run_dir: Path, keys: Sequence[str] = TRAINING_KEYS, tail: f
         return {}
     by_step = {int(r["step"]): r for r in records}  # a resumed run may log a step twice: the last one wins
     last = [by_step[s] for s in sorted(by_step)][-max(1, int(round(tail * len(by_step)))):]
-    out = {"steps": float(max(by_step))}
+    out = {"last_logged_step": float(max(by_step))}
     for key in keys:
         values = [r[key] for r in last if r.get(key) is not None]
         if values:

@@ -219,7 +219,8 @@ def plateau_table(curves: Mapping[str, Mapping[str, Sequence[float | None]]],
             p = plateau(curve["step"], curve[key])
             numbers.setdefault(name, {})[key] = p
             rows.append([name, key.removeprefix("val_"), f"{curve['step'][-1]:.0f}", fmt(p["final"]),
-                         f"{fmt(p['best'])} @ {p['best_step']:.0f}", f"{p['tail_gain']:+.1f} (from {p['tail_from_step']:.0f})"])
+                         f"{fmt(p['best'])} @ {p['best_step']:.0f}",
+                         f"{p['tail_gain']:+.1f} (from {p['tail_from_step']:.0f})"])
     header = ["Arm", "Validation top-1", "Steps", "Final", "Best @ step", "Gain over last quarter"]
     return (table(header, rows) if rows else "(no learning curves logged)"), numbers
 

@@ -1,9 +1,9 @@
 """The run directory of ``python -m train fit``: its file names, and the training split saved in it.
 
 A run directory holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/validation/test indices into the
-metadata, and the sample ids they were made on), ``metrics.jsonl`` and ``checkpoint.pt``. Everything that reads a run (export,
-evaluation, the k-mer baseline, the studies) re-reads its metadata and must get the very rows the run trained and
-held out on: :func:`check_split` is the one place that verifies it, and :func:`select_rows` picks a split's rows.
+metadata, and the sample ids they were made on), ``metrics.jsonl`` and ``checkpoint.pt``. Everything that reads a run
+(export, evaluation, the k-mer baseline, the studies) re-reads its metadata and must get the very rows the run trained
+and held out on: :func:`check_split` is the one place that verifies it, and :func:`select_rows` picks a split's rows.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ def selection_score(results: Mapping[str, Any]) -> float | None:
 
 def choose_lambda(validation: Mapping[str, Mapping[str, Any]], lambdas: Mapping[str, float]
                   ) -> tuple[str | None, str]:
-    """The arm (of ``lambdas``: arm name -> lambda) with the best validation score, and a markdown table of all."""
+    """The arm (of ``lambdas``: arm name -> lambda) with the best validation score, and a markdown table of all; a tie
+    goes to the arm listed first (the study lists the smallest lambda, the paper's, first)."""
     rows, best = [], (None, float("-inf"))
     for name, lam in lambdas.items():
         results = validation.get(name)

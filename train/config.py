@@ -38,6 +38,7 @@ class DataConfig:
     # column, the authors' CLIBD_partitioning folder beside a BIOSCAN-1M file, else computed (seeded by split_seed)
     partition: str | None = None
     test_fraction: float = 0.2  # closed split: share of each lineage held out
+    val_fraction: float = 0.0  # share of each lineage's training rows kept out for validation (model selection)
     split_seed: int = 0
     max_specimens: int | None = None  # keep a seeded subset, for quick runs
     batch_size: int = 250  # per rank
@@ -105,6 +106,10 @@ class RunConfig:
     log_every: int = 10
     tensorboard: bool = False  # also log to out_dir/tensorboard (needs the tensorboard package)
     device: str = "auto"  # "auto", "cpu", "cuda"
+    # every N optimizer steps, score DNA->text and image->text on (at most eval_specimens of) the validation rows
+    # into metrics.jsonl (train.validation); 0 = never. Needs data.val_fraction > 0.
+    eval_every: int = 0
+    eval_specimens: int = 500
 
 
 @dataclass
@@ -116,6 +121,8 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if self.run.eval_every and not self.data.val_fraction:
+            raise ValueError("run.eval_every needs validation rows: set data.val_fraction (e.g. 0.1)")
         if self.model.geometry == "lorentz":
             conflicts = self.loss.lorentz_conflicts()
             if conflicts:

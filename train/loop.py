@@ -5,8 +5,10 @@
 multi-node is torchrun's job (``--nnodes``, ``--rdzv-endpoint``). The recipe is the paper's (METHOD.md
 section 6): AdamW + OneCycle, bf16 autocast on GPU, optional gradient accumulation.
 
-A run directory (:mod:`train.rundir`) holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/test indices
-into the metadata), ``metrics.jsonl`` and ``checkpoint.pt``. Checkpoints are written atomically every
+A run directory (:mod:`train.rundir`) holds ``config.yaml``, ``taxonomy.json``, ``split.npz`` (train/validation/test
+indices into the metadata), ``metrics.jsonl`` and ``checkpoint.pt``. With ``run.eval_every`` > 0 the loop also scores
+the validation rows every that many steps and at the last step (:mod:`train.validation`), lines with ``val_*`` keys
+in ``metrics.jsonl``: the learning curves. Checkpoints are written atomically every
 ``run.checkpoint_every`` optimizer steps and at each epoch end; ``--resume`` continues from the last one
 with the same model, optimizer, scheduler, sampler and RNG state, so a killed run that resumes ends with
 the same weights as one that never stopped.
@@ -20,7 +22,6 @@ import logging
 import math
 import os
 import pickle
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,7 +42,16 @@ from train.data.noise_aware import presence
 from train.embed import embed_texts
 from train.hyperbolic_training import RankPrompts, geometry_record, param_groups
 from train.losses import compute_loss, loggable_parts
-from train.rundir import CHECKPOINT, CONFIG, METRICS, TAXONOMY, load_training_split
+from train.rng import rng_state, seed_everything, set_rng_state
+from train.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    TAXONOMY,
+    load_run_split,
+    load_training_split,  # noqa: F401  (re-exported: callers import it from the loop)
+)
+from train.validation import Validator
 from train.vocab import resolve_dna_vocabulary
 
 logger = logging.getLogger(__name__)
@@ -49,7 +59,7 @@ MODEL_INPUTS = ("image_views", "dna_input_ids", "dna_attention_mask", "text_toke
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checkpoint and RNG helpers
+# Checkpoint helpers
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -89,37 +99,6 @@ def _not_a_checkpoint(path: Path, err: Exception) -> ValueError:
 _NUMPY_ARRAY_GLOBALS = [np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG's state as tensors and plain values, so that checkpoints load with ``weights_only=True``."""
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"] = {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                            "pos": int(numpy_state["state"]["pos"])}
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved (or the numpy tuple of older checkpoints)."""
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        key = numpy_state["state"]["key"]
-        key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
-        numpy_state = {**numpy_state, "state": {**numpy_state["state"], "key": key.astype(np.uint32)}}
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # ----------------------------------------------------------------------------------------------------
 # The loop
 
@@ -135,7 +114,8 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     out.mkdir(parents=True, exist_ok=True)
 
     # -- data ------------------------------------------------------------------------------------
-    frame, train_idx, _ = load_training_split(cfg, out if dist.is_main else None)
+    split = load_run_split(cfg, out if dist.is_main else None)
+    frame, train_idx = split.frame, split.train
     # A vocabulary the config names but nobody has (or "bpe:N") is trained on the training barcodes first.
     cfg = resolve_dna_vocabulary(cfg, frame["barcode"].iloc[train_idx], out, dist.is_main)
     # Every rank builds the same model from the base seed: a frozen text tower is cached below, before DDP's
@@ -199,6 +179,10 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
         anneal_strategy="cos", cycle_momentum=False, div_factor=cfg.optim.div_factor,
         final_div_factor=cfg.optim.final_div_factor)
     autocast = autocast_for(cfg.optim.precision, dist.device)
+    # Learning curves on the validation rows (never the test rows); RNG-neutral, so resuming stays exact.
+    # (the same validation sample for every training seed: seeds then differ in training only)
+    validator = Validator(frame.iloc[train_idx], frame.iloc[split.val], images, cfg.run.eval_specimens,
+                          cfg.data.split_seed, dist.device) if cfg.run.eval_every and dist.is_main else None
 
     step, epoch, batches_done = 0, 0, 0
     if resume and (out / CHECKPOINT).exists():
@@ -266,12 +250,9 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                         record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                   "loss": loss.item(), **loggable_parts(parts), **geometry_record(model),
                                   "samples_per_s": rate, "data_s": data_time, "step_s": step_time}
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                        if board is not None:
-                            for key, value in record.items():
-                                if key not in ("step", "epoch"):
-                                    board.add_scalar(f"train/{key}", value, step)
+                        _log(metrics, board, record, "train")
+                    if validator is not None and (step % cfg.run.eval_every == 0 or step == total_steps):
+                        _log(metrics, board, validator.record(model, step, epoch), "val")
                     if step % cfg.run.checkpoint_every == 0 and batches_done < len(sampler):
                         save_checkpoint()
                     if max_steps is not None and step >= max_steps:
@@ -290,6 +271,18 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
             board.close()
         distributed.teardown()
     return out
+
+
+def _log(metrics: Any, board: Any, record: dict[str, Any], group: str) -> None:
+    """One ``metrics.jsonl`` line (and its scalars in TensorBoard under ``group/``)."""
+    if metrics is None:
+        return
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+    if board is not None:
+        for key, value in record.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                board.add_scalar(f"{group}/{key}", value, record["step"])
 
 
 def _tensorboard(out: Path):

@@ -6,6 +6,11 @@ eval``, a few at a time on one CPU thread each. Each finished run leaves its res
 it, so a killed study resumes where it stopped. :func:`aggregate` turns the per-seed results into the same
 nested layout with means and sample standard deviations, which :func:`train.evaluate.format_table1` and
 :func:`~train.evaluate.format_table2` print as ``mean ± sd``.
+
+For model selection and training budgets: :meth:`Study.rejected` says why the config refuses an arm (a key this
+version does not know), :func:`finished_runs` collects only what has already run (to rebuild a report while runs
+go on), :func:`learning_curve` reads a run's validation curve (``run.eval_every``) and :func:`aggregate_curves`
+averages curves over seeds; :func:`plateau` summarises how flat a curve's end is.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from train.config import load_config
 from train.evaluate import score_cell
-from train.rundir import CHECKPOINT
+from train.rundir import CHECKPOINT, METRICS
+from train.validation import validation_curve
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +100,14 @@ class Study:
     def results_file(self, arm: Arm, seed: int) -> Path:
         return self.work / "results" / f"{arm.name}-s{seed}.json"
 
+    def rejected(self, arm: Arm) -> str | None:
+        """Why the study's config refuses ``arm``'s overrides (e.g. a key this version lacks), or None if it loads."""
+        try:
+            load_config(self.config, [*self.common, *arm.overrides])
+        except (ValueError, TypeError) as err:
+            return str(err)
+        return None
+
     def run_one(self, arm: Arm, seed: int) -> dict[str, Any]:
         """fit -> export -> eval for one arm and seed; reuses a finished run's results."""
         out = self.results_file(arm, seed)
@@ -128,6 +143,91 @@ class Study:
         return _evaluate(self.bundle_dir(arm, seed), out, self.work / "logs" / f"{arm.name}-s{seed}.log", eval_args)
 
 
+def finished_runs(study: Study, arms: Sequence[Arm], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """The results of every (arm, seed) that has finished, without training anything: ``{arm: [results]}`` (arms
+    with no finished seed are left out)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for arm in arms:
+        for seed in seeds:
+            path = study.results_file(arm, seed)
+            if (arm.seeds is None or seed in arm.seeds) and path.is_file():
+                out.setdefault(arm.name, []).append(json.loads(path.read_text(encoding="utf-8")))
+    return out
+
+
+def learning_curve(run_dir: Path, keys: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """A run's validation curve from its ``metrics.jsonl``: ``{"step": [...], "<key>": [...]}`` for every ``val_*``
+    key (or ``keys``) logged at all validation steps; ``{}`` when the run logged none."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keys = keys or sorted({k for r in records for k in r if k.startswith("val_") and k not in
+                           ("val_specimens", "val_seconds")})
+    curve: dict[str, list[float]] = {}
+    for key in keys:
+        steps, values = validation_curve(records, key)
+        if not len(steps):
+            continue
+        if "step" in curve and curve["step"] != steps.tolist():
+            continue  # a key logged at other steps than the first one's is not part of this curve
+        curve["step"] = steps.tolist()
+        curve[key] = values.tolist()
+    return curve
+
+
+# What a training line of metrics.jsonl says about the objective at the end of a run (question 4's evidence)
+TRAINING_KEYS = ("loss", "clip", "hir", "fuse", "hir_clamped_family", "hir_clamped_genus", "hir_clamped_species")
+
+
+def training_summary(run_dir: Path, keys: Sequence[str] = TRAINING_KEYS, tail: float = 0.1) -> dict[str, float]:
+    """Means of the training-loss terms (and HiR's clamp fractions) over the last ``tail`` share of a run's logged
+    training lines, plus ``last_logged_step``; ``{}`` without a log."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return {}
+    records = [r for r in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+               if "loss" in r]
+    if not records:
+        return {}
+    by_step = {int(r["step"]): r for r in records}  # a resumed run may log a step twice: the last one wins
+    last = [by_step[s] for s in sorted(by_step)][-max(1, int(round(tail * len(by_step)))):]
+    out = {"last_logged_step": float(max(by_step))}
+    for key in keys:
+        values = [r[key] for r in last if r.get(key) is not None]
+        if values:
+            out[key] = float(np.mean(values))
+    return out
+
+
+def aggregate_curves(curves: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float | None]]:
+    """Mean and sample sd (``<key>_sd``) over seeds, per step present in every curve."""
+    curves = [c for c in curves if c.get("step")]
+    if not curves:
+        return {}
+    steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+    out: dict[str, list[float | None]] = {"step": [float(s) for s in steps]}
+    for key in (k for k in curves[0] if k != "step" and all(k in c for c in curves)):
+        at = [dict(zip(c["step"], c[key])) for c in curves]
+        stats = [_mean_sd([a[s] for a in at]) for s in steps]
+        out[key], out[f"{key}_sd"] = [m for m, _ in stats], [sd for _, sd in stats]
+    return out
+
+
+def plateau(steps: Sequence[float], values: Sequence[float | None], tail: float = 0.25) -> dict[str, float | None]:
+    """How flat a curve's end is: the last value, the best, and the gain over the last ``tail`` share of steps (last
+    value minus the value at the last point before that share); a gain near 0 (within the seeds' sd) is a plateau."""
+    points = [(s, v) for s, v in zip(steps, values) if v is not None]
+    if not points:
+        return {"final": None, "best": None, "best_step": None, "tail_gain": None, "tail_from_step": None}
+    xs = [s for s, _ in points]
+    # the tail starts at the last point at or before the cut, so it always spans at least two points
+    start = max(i for i, s in enumerate(xs) if s <= xs[-1] - tail * (xs[-1] - xs[0]))
+    best = max(points, key=lambda p: p[1])
+    return {"final": points[-1][1], "best": best[1], "best_step": best[0],
+            "tail_gain": points[-1][1] - points[start][1], "tail_from_step": xs[start]}
+
+
 def _evaluate(bundle: Path, out: Path, log: Path, eval_args: Sequence[Any]) -> dict[str, Any]:
     """``python -m train eval`` on one thread into ``out``, written only when complete."""
     tmp = out.with_suffix(".partial.json")
@@ -149,15 +249,25 @@ def add_study_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) 
                                                                      "(e.g. optim.epochs=1 for a smoke test)")
 
 
-def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
-    """Every arm for every seed, ``study.lanes`` at a time; returns ``{arm name: [results per seed]}``."""
+def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int], keep_going: bool = False
+             ) -> dict[str, list[dict[str, Any]]]:
+    """Every arm for every seed, ``study.lanes`` at a time; returns ``{arm name: [results per seed]}``.
+
+    A failed run raises, unless ``keep_going``: then it is logged (its log file names the cause), the other runs go
+    on, and its seed is missing from the results (a re-run retries it).
+    """
     # seed-major: a partial study has every arm once
     jobs = [(arm, seed) for seed in seeds for arm in arms if arm.seeds is None or seed in arm.seeds]
     with ThreadPoolExecutor(max_workers=max(1, study.lanes)) as pool:
         futures = {(arm.name, seed): pool.submit(study.run_one, arm, seed) for arm, seed in jobs}
         results: dict[str, list[dict[str, Any]]] = {arm.name: [] for arm in arms}
-        for (name, _), future in futures.items():
-            results[name].append(future.result())
+        for (name, seed), future in futures.items():
+            try:
+                results[name].append(future.result())
+            except RuntimeError as err:
+                if not keep_going:
+                    raise
+                logger.error("%s seed %d failed, the study goes on without it: %s", name, seed, err)
     return results
 
 

@@ -48,3 +48,24 @@ def closed_set_split(
     n_test = np.minimum(np.floor(sizes * test_fraction + rng.random(len(sizes))), sizes - 1).astype(np.int64)
     in_test = (rank >= 1) & (rank <= n_test[g_sorted])
     return np.sort(order[~in_test]).astype(np.int64), np.sort(order[in_test]).astype(np.int64)
+
+
+def carve_validation(frame: pd.DataFrame, train_idx: np.ndarray, fraction: float, seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded validation share of the training rows, carved the closed-set way (:func:`closed_set_split`).
+
+    ``train_idx`` are row positions of ``frame``; about ``fraction`` of each lineage's training members move to
+    validation, and every lineage keeps at least one member in training, so each validation taxon and taxonomy
+    string is also trained on (model selection then measures what the test split measures). The test rows are
+    not touched: a run's test split is the same whatever its validation fraction. ``fraction`` 0 gives an empty
+    validation set. Returns sorted ``(train_idx, val_idx)``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in [0, 1), got {fraction}")
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+    if fraction == 0 or len(train_idx) == 0:
+        return train_idx, np.empty(0, dtype=np.int64)
+    # a stream of its own, so the validation rows are not the test draw's permutation replayed on fewer rows
+    val_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+    keep, val = closed_set_split(frame.iloc[train_idx].reset_index(drop=True), fraction, val_seed)
+    return np.sort(train_idx[keep]), np.sort(train_idx[val])

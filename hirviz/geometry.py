@@ -341,7 +341,8 @@ class ReferenceMap:
         return placed[0] if single else placed
 
     def warm_up(self) -> None:
-        """Build every index and run one placement, so that the first user request pays no set-up cost."""
+        """Build every index, run one placement and summarise every map (:func:`hirviz.map_layers.prepare_map`),
+        so that the first user request pays no set-up cost."""
         for space in self.spaces:
             index = self.index(space)
             if space in self.layout_spaces and index.ntotal:
@@ -350,6 +351,11 @@ class ReferenceMap:
                 usable = np.flatnonzero(np.linalg.norm(first, axis=1) > 0)
                 if len(usable):
                     self.place(first[usable[0]], space)
+        from hirviz.map_layers import prepare_map  # plotly: only the app warms up
+
+        for kind in LAYOUT_KINDS:  # each map's density image and taxon codes, before the first request
+            for layout in self._layouts(kind).values():
+                prepare_map(layout, self.reference.ranks, self.reference.ids)
 
 
 def fit_layout(

@@ -28,7 +28,7 @@ from hirviz.placement import stratified_sample
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["DENSITY_THRESHOLD", "HIGHLIGHT_COLOURS", "NEAR_NEIGHBOURS", "OTHER_COLOUR", "TOP_TAXA",
-           "UNKNOWN_COLOUR", "MapSummary", "map_summary", "near_taxa", "reference_traces", "rank_array"]
+           "UNKNOWN_COLOUR", "MapSummary", "map_summary", "prepare_map", "near_taxa", "reference_traces", "rank_array"]
 
 # Up to this many drawable points a map draws them all (SVG up to WEBGL_THRESHOLD, WebGL above); beyond it, the
 # density layer and a sample: at 20k points the figure is already about 1.5 MB of JSON and hovering lags.
@@ -123,6 +123,17 @@ def map_summary(layout: np.ndarray, ranks: np.ndarray | Sequence[Sequence[str]],
             for stale in [k for k, (a, b, _) in _CACHE.items() if a() is None or b() is None]:
                 del _CACHE[stale]
             _CACHE[key] = (weakref.ref(layout), weakref.ref(ranks), summary)
+    return summary
+
+
+def prepare_map(layout: np.ndarray, ranks: np.ndarray, ids: Sequence[str] | None = None) -> MapSummary:
+    """Summarise a layout now (density, taxon codes at every level, marker samples): an app warms up with it."""
+    summary = map_summary(layout, ranks, ids)
+    for level in range(len(LEVELS)):
+        if summary.density is not None:
+            summary.overlay(level)
+        else:
+            summary.taxa(level)
     return summary
 
 

@@ -156,3 +156,20 @@ def test_large_layouts_are_memory_mapped_and_small_ones_load_as_before(tmp_path)
         loaded = Reference.load(tmp_path / f"r{n}.h5")
         np.testing.assert_array_equal(loaded.layouts["dna"], layout)
         assert isinstance(loaded.layouts["dna"].base, np.memmap) == (n >= FLAT_MAX_ROWS)
+
+
+def test_warm_up_summarises_every_map_before_the_first_request():
+    from hirviz.bundle import Reference
+    from hirviz.geometry import ReferenceMap
+
+    n = 40
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    layout, ranks = _bank(n)
+    ref = Reference(ids=np.arange(n).astype(str), ranks=ranks, labels=np.full((n, 4), -1), barcodes=np.full(n, ""),
+                    embeddings={"dna": emb}, has_image=np.zeros(n, bool), has_dna=np.ones(n, bool),
+                    layouts={"dna": layout})
+    ReferenceMap(ref).warm_up()
+    summary = map_summary(ref.layouts["dna"], ref.ranks, ref.ids)
+    assert sorted(summary._levels) == [0, 1, 2, 3]  # taxon codes of every colour level are ready

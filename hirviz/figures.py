@@ -2,19 +2,18 @@
 of each rank, prediction scores, robustness curves and the fusion gate.
 
 Every function takes plain data (arrays, dicts, lists of records) rather than predictor or bundle objects,
-so the figures can be built, and tested, without a model. (A little over 400 lines: the figures share one look,
-:func:`_base_layout` and the palette, which splitting them would scatter.)
+so the figures can be built, and tested, without a model. The reference layer of the maps (which points, which
+colours, the density of a large bank) is :mod:`hirviz.map_layers`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
+from hirviz.map_layers import DENSITY_THRESHOLD, TOP_TAXA, map_summary, rank_array, reference_traces
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
 
@@ -44,14 +43,7 @@ SWEEP_LABELS: dict[str, str] = {
     "dna": "DNA noise strength (multiple of the paper's rates)",
     "blur": "image blur kernel (pixels)",
 }
-UNKNOWN_COLOUR = "#c9c9c9"
 PATH_START_LABEL = "no noise (start of the path)"
-# Qualitative colours that stay distinguishable on white; taxa beyond them cycle through the list.
-PALETTE: tuple[str, ...] = tuple(qualitative.Dark24) + tuple(qualitative.Alphabet)
-# Palette entry i as a colour scale over the integers 0..len-1 (each integer maps exactly onto its colour).
-_STEPPED_PALETTE = [[i / (len(PALETTE) - 1), colour] for i, colour in enumerate(PALETTE)]
-# SVG scatter stays smooth up to a few thousand points and needs no WebGL (absent in some browsers).
-WEBGL_THRESHOLD = 4000
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
 _GRID = "#e8ecf2"
 _FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12}
@@ -96,10 +88,12 @@ def umap_figure(
     query_label: str = "your specimen",
     path: np.ndarray | None = None,
     path_labels: Sequence[str] | None = None,
-    legend_taxa: int = 12,
+    highlight: Sequence[str] | None = None,
+    legend_taxa: int = TOP_TAXA,
+    max_markers: int = DENSITY_THRESHOLD,
     height: int = 520,
 ) -> go.Figure:
-    """A 2-D map of the reference specimens coloured by their name at one level, with an optional query.
+    """A 2-D map of the reference specimens, a few taxa at one level in colour and the rest grey, with a query.
 
     Args:
         layout: ``[N, 2]`` precomputed coordinates (a UMAP layout of one embedding space).
@@ -110,55 +104,16 @@ def umap_figure(
         path: ``[n, 2]`` positions of the query as noise rises (first row = clean), drawn as a line whose clean
             start has its own marker (:data:`PATH_START_LABEL`).
         path_labels: ``n`` labels of the path points (the noise strengths).
-        legend_taxa: the most frequent taxa get their own legend entry; the rest share one ("other taxa"),
-            still coloured per taxon, so that a genus-level map does not bury the plot under its legend.
+        highlight: the taxa at ``colour_by`` to colour, each with its legend entry (e.g.
+            :func:`hirviz.map_layers.near_taxa` of the query's nearest references); ``None``: the ``legend_taxa``
+            most frequent. Every other named point is grey ("other ..."), unnamed ones light grey.
+        max_markers: a map with more drawable points shows a density image and a sample of markers instead of all
+            of them (:mod:`hirviz.map_layers`).
     """
     if colour_by not in LEVELS:
         raise ValueError(f"colour_by must be one of {LEVELS}, got {colour_by!r}")
-    points = np.asarray(layout, dtype=np.float32)
-    names = _rank_array(ranks, len(points))
-    ids_array = np.asarray(ids if ids is not None else np.arange(len(points)).astype(str)).astype(str)
-    if points.ndim != 2 or points.shape[1] != 2 or len(ids_array) != len(points):
-        raise ValueError(f"layout must be [N, 2] with N ids and ranks, got {points.shape} and {len(ids_array)} ids")
-
-    # Rows left out of this space's layout (a specimen without the modality) are NaN: not drawn.
-    keep = np.isfinite(points).all(axis=1)
-    points, names, ids_array = points[keep], names[keep], ids_array[keep]
-    level = LEVELS.index(colour_by)
-    labels = names[:, level]
-    scatter = go.Scattergl if len(points) > WEBGL_THRESHOLD else go.Scatter
-    hover_data = np.column_stack([ids_array, np.where(names == "", "–", names)])
-    hover = "<b>%{customdata[0]}</b><br>" + "<br>".join(
-        f"{name}: %{{customdata[{i + 1}]}}" for i, name in enumerate(LEVELS)
-    ) + "<extra></extra>"
-
-    figure = go.Figure()
-    counts = Counter(labels[labels != ""].tolist())
-    ordered = [name for name, _ in counts.most_common()]
-    colour_of = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ordered[:legend_taxa])}
-    marker = {"size": 5, "opacity": 0.75}
-
-    def add(mask: np.ndarray, name: str, colour: dict, legendrank: int) -> None:
-        figure.add_trace(
-            scatter(
-                x=points[mask, 0], y=points[mask, 1], mode="markers", name=name, legendrank=legendrank,
-                marker={**marker, **colour}, customdata=hover_data[mask], hovertemplate=hover,
-            )
-        )
-
-    for rank, name in enumerate(ordered[:legend_taxa]):
-        add(labels == name, name, {"color": colour_of[name]}, rank)
-    rest = ordered[legend_taxa:]
-    if rest:
-        mask = np.isin(labels, rest)
-        # Numbers on a stepped colour scale, not colour strings: plotly validates a string list point by point.
-        palette_index = {name: i % len(PALETTE) for i, name in enumerate(ordered)}
-        codes = np.array([palette_index[name] for name in labels[mask]], dtype=np.int16)
-        colour = {"color": codes, "colorscale": _STEPPED_PALETTE, "cmin": 0, "cmax": len(PALETTE) - 1,
-                  "showscale": False}
-        add(mask, f"other {colour_by} ({len(rest)} taxa)", colour, legend_taxa)
-    if (labels == "").any():
-        add(labels == "", f"{colour_by} unknown", {"color": UNKNOWN_COLOUR}, legend_taxa + 1)
+    summary = map_summary(layout, ranks, ids, max_markers=max_markers)
+    figure = go.Figure(data=reference_traces(summary, colour_by, highlight, legend_taxa))
 
     if path is not None and len(path):
         path = np.asarray(path, dtype=np.float32).reshape(-1, 2)
@@ -171,7 +126,7 @@ def umap_figure(
                 customdata=labels, textposition="top center", textfont={"size": 11},
                 line={"color": "#111", "width": 2, "dash": "dot"},
                 marker={"size": 7, "color": "#111", "symbol": "circle-open"},
-                hovertemplate="noise %{customdata}<extra></extra>", legendrank=legend_taxa + 2,
+                hovertemplate="noise %{customdata}<extra></extra>", legendrank=legend_taxa + 4,
             )
         )
         # The clean end gets its own marker so the direction of the path reads at a glance.
@@ -179,7 +134,7 @@ def umap_figure(
             go.Scatter(
                 x=path[:1, 0], y=path[:1, 1], mode="markers", name=PATH_START_LABEL,
                 marker={"size": 12, "symbol": "square", "color": "#2ca02c", "line": {"color": "#111", "width": 1}},
-                hovertemplate=f"{PATH_START_LABEL}<extra></extra>", legendrank=legend_taxa + 2,
+                hovertemplate=f"{PATH_START_LABEL}<extra></extra>", legendrank=legend_taxa + 4,
             )
         )
     if query is not None and len(query):
@@ -188,7 +143,7 @@ def umap_figure(
             go.Scatter(
                 x=query[:, 0], y=query[:, 1], mode="markers", name=query_label,
                 marker={"size": 18, "symbol": "star", "color": "#ffd400", "line": {"color": "#111", "width": 1.5}},
-                hovertemplate=f"{query_label}<extra></extra>", legendrank=legend_taxa + 3,
+                hovertemplate=f"{query_label}<extra></extra>", legendrank=legend_taxa + 5,
             )
         )
     figure.update_xaxes(visible=False)
@@ -229,7 +184,7 @@ def poincare_figure(
 
 def deepest_rank(ranks: np.ndarray | Sequence[Sequence[str]]) -> np.ndarray:
     """Per row, the index in :data:`LEVELS` of the deepest known name (-1 where none is known)."""
-    names = _rank_array(ranks, len(ranks))
+    names = rank_array(ranks, len(ranks))
     known = names != ""
     return np.where(known.any(axis=1), len(LEVELS) - 1 - np.argmax(known[:, ::-1], axis=1), -1)
 
@@ -272,23 +227,6 @@ def generality_figure(
     _base_layout(figure, title, height)
     figure.update_layout(margin={"b": 60})
     return figure
-
-
-def _rank_array(ranks: np.ndarray | Sequence[Sequence[str]], n: int) -> np.ndarray:
-    """``[N, 4]`` array of str names with ``""`` for unknown (None, NaN and bytes are normalised)."""
-    array = np.asarray(ranks, dtype=object)
-    if array.shape != (n, len(LEVELS)):
-        raise ValueError(f"ranks must be [{n}, {len(LEVELS)}], got {array.shape}")
-    as_text = np.vectorize(_rank_text, otypes=[object])(array) if array.size else array
-    return as_text.astype(str)
-
-
-def _rank_text(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return str(value).strip()
 
 
 # ------------------------------------------------------------------------------------------ prediction scores

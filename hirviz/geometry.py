@@ -55,6 +55,7 @@ from hirviz.index import (
     space_members,
 )
 from hirviz.lorentz import distance, log_map0, pairwise_distance, pairwise_inner, time_part
+from hirviz.placement import interpolate
 from hirviz.poincare import poincare_disk
 from hirviz.queries import QUERIES
 from hirviz.taxonomy import LEVELS
@@ -64,8 +65,6 @@ __all__ = ["EUCLIDEAN", "GEOMETRY_NAMES", "LAYOUT_KINDS", "Geometry", "Neighbour
 
 SPACES: tuple[str, ...] = QUERIES
 GEOMETRY_NAMES = ("euclidean", "lorentz")
-# Distance (cosine, or geodesic) under which a query counts as equal to a reference point (float32 round-off).
-_SAME_POINT = 1e-5
 # Map kinds: the 2-D UMAP layouts (every bundle) and the Poincare disk (Lorentz bundles).
 LAYOUT_KINDS = ("umap", "poincare")
 # Extra candidates the Lorentz search fetches by inner product before the exact float64 re-ranking.
@@ -327,17 +326,10 @@ class ReferenceMap:
         sims, rows = self.neighbours(z, space, k)
         single = sims.ndim == 1
         sims, rows = np.atleast_2d(sims), np.atleast_2d(rows)
-        pos = layout[np.clip(rows, 0, None)]
-        usable = (rows >= 0) & np.isfinite(pos).all(axis=-1)
-        if not usable.any(axis=1).all():
-            raise ValueError(f"no reference specimen of the {space!r} space has a layout position")
-        dist = np.clip((0.0 if self.geometry.lorentz else 1.0) - sims.astype(np.float64), 0.0, None)
-        same = usable & (dist <= _SAME_POINT)
-        weights = np.where(usable, 1.0 / np.maximum(dist, _SAME_POINT) ** 2, 0.0)
-        # A query on a reference point takes that point's position exactly (the mean of duplicates, if any).
-        weights = np.where(same.any(axis=1, keepdims=True), same.astype(np.float64), weights)
-        weights /= weights.sum(axis=1, keepdims=True)
-        placed = np.einsum("nk,nkc->nc", weights, np.where(usable[..., None], pos, 0.0)).astype(np.float32)
+        try:
+            placed = interpolate((0.0 if self.geometry.lorentz else 1.0) - sims.astype(np.float64), rows, layout)
+        except ValueError:
+            raise ValueError(f"no reference specimen of the {space!r} space has a layout position") from None
         return placed[0] if single else placed
 
     def _place_on_disk(self, z: np.ndarray, space: str) -> np.ndarray:
@@ -349,7 +341,8 @@ class ReferenceMap:
         return placed[0] if single else placed
 
     def warm_up(self) -> None:
-        """Build every index and run one placement, so that the first user request pays no set-up cost."""
+        """Build every index, run one placement and summarise every map (:func:`hirviz.map_layers.prepare_map`),
+        so that the first user request pays no set-up cost."""
         for space in self.spaces:
             index = self.index(space)
             if space in self.layout_spaces and index.ntotal:
@@ -358,6 +351,11 @@ class ReferenceMap:
                 usable = np.flatnonzero(np.linalg.norm(first, axis=1) > 0)
                 if len(usable):
                     self.place(first[usable[0]], space)
+        from hirviz.map_layers import prepare_map  # plotly: only the app warms up
+
+        for kind in LAYOUT_KINDS:  # each map's density image and taxon codes, before the first request
+            for layout in self._layouts(kind).values():
+                prepare_map(layout, self.reference.ranks, self.reference.ids)
 
 
 def fit_layout(

@@ -431,6 +431,15 @@ def test_maps_place_the_query_and_its_noise_path(engine, example):
         assert plotted == int(np.isfinite(reference.layouts[space]).all(axis=1).sum())
         # Hover tells the specimen's taxonomy.
         assert "family" in fig.data[0].hovertemplate and fig.data[0].customdata.shape[1] == 1 + len(LEVELS)
+    # Only the families of the specimen's nearest references are coloured (each its own colour); the rest is grey.
+    from hirviz.map_layers import HIGHLIGHT_COLOURS, NEAR_NEIGHBOURS, near_taxa
+
+    z = np.asarray(view.session["embeddings"]["CLIBD"]["dna"], dtype=np.float32)
+    near = engine.predictor("CLIBD").reference_map.neighbours(z, "dna", k=NEAR_NEIGHBOURS).rows
+    expected = near_taxa(engine.bundles["CLIBD"].reference.ranks, near, "family")
+    coloured = [t for t in dna_maps["CLIBD"].data[:-3] if t.marker.color in HIGHLIGHT_COLOURS]
+    assert expected and [t.name for t in coloured] == expected
+    assert len({t.marker.color for t in coloured}) == len(coloured)
     # The clean end of the path is where the query itself is placed.
     fig = fused_maps["HiR-Fuse"]
     assert np.allclose([fig.data[-3].x[0], fig.data[-3].y[0]], [fig.data[-1].x[0], fig.data[-1].y[0]], atol=1e-5)
@@ -568,9 +577,10 @@ def test_umap_figure_legend_and_unknowns():
     ranks = np.array([["O1", f"F{g % 7}", f"G{g}" if g % 5 else "", ""] for g in genera])
     fig = figures.umap_figure(rng.normal(size=(n, 2)), ranks, "genus", legend_taxa=10)
     names = [t.name for t in fig.data]
-    assert len(names) == 10 + 2 and names[-2].startswith("other genus") and names[-1] == "genus unknown"
+    # Grey layers first (drawn under the 10 coloured taxa), every point drawn once.
+    assert len(names) == 10 + 2 and names[0].startswith("other genus") and names[1] == "genus unknown"
     assert sum(len(t.x) for t in fig.data) == n
-    assert len(fig.data[-1].x) == int((genera % 5 == 0).sum())
+    assert len(fig.data[1].x) == int((genera % 5 == 0).sum())
 
 
 def test_gate_figure_shares_sum_to_one():

@@ -7,7 +7,8 @@ same as the one the run saved (:func:`train.rundir.check_split`). The bundle the
 * the candidates: the distinct taxonomy strings of the training split, with their ranks and text embeddings;
 * the reference bank: a seeded subsample of the training split (at most ``--max-reference`` specimens, every
   order and family represented while the cap allows), embedded clean in every space the model has, with a
-  seeded 2-D UMAP layout of the image, DNA and fused spaces (Lorentz models: also a Poincare disk map of each,
+  seeded 2-D UMAP layout of the image, DNA and fused spaces (past 50k specimens fitted on a per-taxon sample and
+  the rest placed by neighbours, :mod:`hirviz.layout_scale`; Lorentz models: also a Poincare disk map of each,
   :func:`disk_layouts`, described in the bundle config's ``provenance.poincare_layout``);
 * a model card (data, objective, recipe, and the accuracy tables of ``--eval`` when given) and provenance;
 * ``abstention.json``: the abstention policy calibrated on half of the run's held-out rows and reported on the
@@ -25,7 +26,6 @@ import datetime as _dt
 import json
 import logging
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +119,14 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
     layouts = {}
     poincare, poincare_axes = disk_layouts(model, embeddings)
     if umap:
-        from hirviz.geometry import Geometry, fit_layout
+        from hirviz.geometry import Geometry
+        from hirviz.layout_scale import fit_large_layout
+        from hirviz.placement import taxon_keys
 
         # Lorentz: UMAP (cosine metric) of the tangent-space points at the origin (log map); the disk is separate.
         to_layout = Geometry.of(model).tangent
+        # A large bank is fitted on a sample stratified by genus (else family, order) and the rest placed on it.
+        strata = taxon_keys(frame[list(LEVELS)].fillna("").astype(str).to_numpy())
         for space in LAYOUT_SPACES:
             if space not in embeddings:
                 continue
@@ -131,10 +135,9 @@ def build_reference(model: HirvizModel, frame: pd.DataFrame, images: ImageStore 
                 logger.warning("no UMAP layout of the %s space: only %d reference specimens have it",
                                space, int(members.sum()))
                 continue
-            started = time.perf_counter()
-            layouts[space] = fit_layout(to_layout(embeddings[space]), seed=seed)
-            logger.info("UMAP layout of the %s space (%d points) in %.1f s", space, int(members.sum()),
-                        time.perf_counter() - started)
+            layouts[space], timing = fit_large_layout(to_layout(embeddings[space]), strata, seed=seed)
+            logger.info("UMAP layout of the %s space (%d points, %d fitted) in %.1f s", space, timing["points"],
+                        timing["fitted"], timing["fit_s"] + timing["place_s"])
     ranks = frame[list(LEVELS)].to_numpy(dtype=object)
     return Reference(
         ids=reference_ids(frame),

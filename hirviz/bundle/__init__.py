@@ -14,7 +14,8 @@ A bundle holds (format version :data:`FORMAT_VERSION`):
 ``text_embeddings.npy``     float32 ``[C, d]`` embeddings of the candidates, row-aligned (L2-normalised, or
                             Lorentz space parts)
 ``reference.h5``            the reference specimens: ``ids``, ``ranks``, ``labels``, ``barcodes``,
-                            ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>``
+                            ``embeddings/<space>``, ``has_image``, ``has_dna``, ``umap/<space>`` (float32 [N, 2]
+                            for every row; past 50k rows fitted on a sample, :mod:`hirviz.layout_scale`)
 ``index_<space>.faiss``     (large banks only) the space's saved FAISS index, listed with its parameters and size
                             in ``config.json`` under ``reference_index`` (:func:`~hirviz.bundle.save.save_reference`)
 ``eval.json`` (optional)    the evaluation results (``python -m train eval``)

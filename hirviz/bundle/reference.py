@@ -41,7 +41,8 @@ class Reference:
         embeddings: space (``image``, ``dna``, ``avg``, ``fused``) -> float32 ``[N, d]``; only the spaces the
             model has. Rows of a specimen lacking a modality are meaningless (zeros): see the masks.
         has_image, has_dna: bool ``[N]``, whether the specimen has a photo / a barcode.
-        layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions (NaN for rows left out of a space).
+        layouts: space -> float32 ``[N, 2]`` precomputed UMAP positions of every row (NaN for rows left out of a
+            space; a large bank's are memory-mapped by :meth:`load`, see :mod:`hirviz.layout_scale`).
         indexes: space -> the saved search index of a large bank (``file`` beside ``reference.h5`` and its FAISS
             parameters, as ``config.json`` records them under ``reference_index``); empty for small banks, whose
             exact index is built when they are opened.
@@ -208,7 +209,7 @@ class Reference:
                     embeddings={k: _read_embeddings(v, path) for k, v in h5.get("embeddings", {}).items()},
                     has_image=h5["has_image"][()],
                     has_dna=h5["has_dna"][()],
-                    layouts={k: v[()] for k, v in h5.get("umap", {}).items()},
+                    layouts={k: _read_layout(v, path) for k, v in h5.get("umap", {}).items()},
                     indexes=_index_manifest(Path(path).parent),
                     folder=Path(path).parent,
                     poincare={k: v[()] for k, v in h5.get("poincare", {}).items()},
@@ -228,10 +229,20 @@ def _embedding_array(values: Any) -> np.ndarray:
 def _read_embeddings(ds: h5py.Dataset, path: str | os.PathLike) -> np.ndarray:
     """A float16 dataset memory-mapped from the file (contiguous, uncompressed, as :meth:`Reference.save` writes
     it), else read into memory: float32 banks (every bundle before float16 storage) load as they always did."""
-    offset = ds.id.get_offset() if ds.dtype == np.float16 and ds.chunks is None else None
+    return _map_or_read(ds, path, np.float16)
+
+
+def _read_layout(ds: h5py.Dataset, path: str | os.PathLike) -> np.ndarray:
+    """A large bank's float32 ``[N, 2]`` layout memory-mapped like its embeddings (8.8 MB per space at 1.1 M rows:
+    the map's density layer reads it once); a small one read into memory as before."""
+    return _map_or_read(ds, path, np.float32) if ds.shape[0] >= FLAT_MAX_ROWS else ds[()]
+
+
+def _map_or_read(ds: h5py.Dataset, path: str | os.PathLike, dtype: Any) -> np.ndarray:
+    offset = ds.id.get_offset() if ds.dtype == dtype and ds.chunks is None else None
     if offset is None:
         return ds[()]
-    return np.memmap(path, dtype=np.float16, mode="r", offset=offset, shape=ds.shape)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=ds.shape)
 
 
 def _index_manifest(folder: Path) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from hirviz import figures
 from hirviz.degrade import DnaNoise
 from hirviz.hierarchy import describe_drift, specimen_drift
+from hirviz.map_layers import NEAR_NEIGHBOURS, near_taxa
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS
 from hirviz.ui.engine import (
@@ -42,7 +43,11 @@ def geometry(
     colour_by: str,
     show_path: bool,
 ) -> tuple[str, dict[str, go.Figure]]:
-    """Each bundle's reference map of ``space`` coloured by ``colour_by``, with the last query placed on it.
+    """Each bundle's reference map of ``space`` with the last query placed on it.
+
+    Only a few taxa at ``colour_by`` are coloured: those of the query's :data:`~hirviz.map_layers.NEAR_NEIGHBOURS`
+    nearest references (:func:`~hirviz.map_layers.near_taxa`), or the most frequent ones before any query; the rest
+    is grey. A large bank is drawn as a density image with a sample of points (:mod:`hirviz.map_layers`).
 
     With ``show_path`` the query is re-embedded at rising noise strengths (:data:`DEFAULT_STRENGTHS` times the
     current noise, or the paper's noise and a visible blur when the controls are at zero) and the path drawn.
@@ -53,7 +58,7 @@ def geometry(
     colour_by = colour_by if colour_by in COLOUR_LEVELS else COLOUR_LEVELS[0]
     notes, maps = [], {}
     for name in engine.names:
-        title = f"{name}: {space} space, coloured by {colour_by}"
+        title = f"{name}: {space} space, {colour_by}: the most frequent in colour"
         reference = engine.bundles[name].reference
         disk = is_lorentz(engine, name)
         # A hyperbolic model shows its Poincare disk; a Euclidean one its UMAP layout.
@@ -63,12 +68,17 @@ def geometry(
             why = " (its fusion was never trained)" if untrained else ""
             maps[name] = figures.empty_figure(f"{name} has no {space} space map{why}", title=title, height=520)
             continue
-        query = path = labels = None
+        query = path = labels = highlight = None
         z = ((session.get("embeddings") or {}).get(name) or {}).get(space)
         reference_map = engine.predictor(name).reference_map
         kind = "poincare" if disk else "umap"
         if z is not None and reference_map is not None:
-            query = reference_map.place(np.asarray(z, dtype=np.float32), space, layout=kind)
+            z = np.asarray(z, dtype=np.float32)
+            query = reference_map.place(z, space, layout=kind)
+            # Colour only the taxa of the specimen's nearest references; the rest of the map stays grey.
+            near = reference_map.neighbours(z, space, k=NEAR_NEIGHBOURS).rows
+            highlight = near_taxa(reference.ranks, near, colour_by)
+            title = f"{name}: {space} space, {colour_by}: those nearest your specimen in colour"
             if show_path:
                 try:
                     path, labels = _session_noise_path(engine, name, session, space, kind)
@@ -79,7 +89,7 @@ def geometry(
                                                        "an image" if space == "image" else "a barcode"))
         draw = figures.poincare_figure if disk else figures.umap_figure
         maps[name] = draw(layout, reference.ranks, colour_by, ids=reference.ids, title=title, query=query, path=path,
-                          path_labels=labels)
+                          path_labels=labels, highlight=highlight)
     status = status_line("info", "; ".join(dict.fromkeys(notes))) if notes else ""
     return status, maps
 

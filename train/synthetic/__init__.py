@@ -33,7 +33,7 @@ from train.synthetic.config import FORMAT_VERSION, HDF5_GROUP, METADATA_COLUMNS,
 from train.synthetic.dna import barcode_strings, evolve_taxa, specimen_barcodes
 from train.synthetic.drawing import draw_specimen
 from train.synthetic.images import render_image, render_images
-from train.synthetic.looks import FamilyLook, GenusPattern, Look, OrderPlan, SpeciesDetail, build_looks
+from train.synthetic.looks import FamilyLook, GenusTexture, Look, OrderPlan, SpeciesDetail, build_looks
 from train.synthetic.tree import SynthTree, build_tree, known_depth, sample_species
 from train.synthetic.writer import generate
 
@@ -43,7 +43,7 @@ __all__ = [
     "METADATA_COLUMNS",
     "TRUTH_COLUMNS",
     "FamilyLook",
-    "GenusPattern",
+    "GenusTexture",
     "Look",
     "OrderPlan",
     "SpeciesDetail",

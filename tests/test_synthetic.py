@@ -210,8 +210,8 @@ def test_blur_erases_species_marks_before_the_body_plan() -> None:
         other_order = replace(look, plan=next(x.plan for x in looks if x.plan.archetype != look.plan.archetype))
         species_kept.append(kept(photo(look, i), photo(sister, i)))
         order_kept.append(kept(photo(look, i), photo(other_order, i)))
-    assert np.median(species_kept) < 0.15, species_kept
-    assert np.median(order_kept) > 0.25, order_kept
+    assert np.median(species_kept) < 0.2, species_kept  # the blur leaves little of a species difference
+    assert np.median(order_kept) > 2 * np.median(species_kept), order_kept  # and much more of an order one
     assert np.mean(np.array(species_kept) < np.array(order_kept)) >= 0.75
 
 

@@ -12,8 +12,10 @@
 The data have the structure that makes the real problem interesting, at any size and on a CPU: a
 random taxonomy with long-tailed species abundances; labels that stop at order, family, genus or
 species like BIOSCAN's; COI-like barcodes evolved down the tree (so DNA distance follows the
-hierarchy); and drawn insect photographs whose body plan comes from the order, colours from the
-family, pattern from the genus and small details from the species.
+hierarchy); and drawn insect photographs whose signal lives at a spatial scale set by the rank: the
+order in the silhouette and body plan, the family in colours and a coarse pattern, the genus in a fine
+texture and the species in its period, tiny spots and wing venation, with pose, size, lighting and dust
+varying per photo. A blur therefore removes species before order, as on real photographs.
 
 Everything is derived from the seed through separate :class:`numpy.random.SeedSequence` streams
 (one per part, and one per specimen for images), so the output is identical for any worker count,

@@ -305,7 +305,7 @@ def _draw_fine_marks(cv: _Canvas, look: Look, body: _Body, rng: np.random.Genera
         parts.append((body.thorax_x, body.thorax[0], body.thorax[1]))
     for x, a, b in parts:
         _texture(cv, x, a, b, texture.kind, period, alpha, phase)
-    radius = cv.image_heights(0.013)
+    radius = cv.image_heights(0.02)  # spots about 2.5 pixels across on a 64-pixel model input
     for k in range(detail.spots):
         along = body.thorax_x + body.thorax[0] * (0.0 if detail.spots == 1 else 0.45 - 0.9 * k)
         for sign in (1.0, -1.0):

@@ -28,9 +28,10 @@ _LIGHT_ACCENTS: tuple[Color, ...] = ((236, 214, 140), (240, 232, 206), (232, 170
 _PATTERNS = ("bands", "stripe", "spots", "tip", "saddle", "lateral", "plain")
 # Genus textures: light and dark strokes in equal measure, so blurring one leaves the part's colour.
 _TEXTURES = ("transverse", "longitudinal", "crosshatch", "dots")
-# Texture periods in image heights: about 3 and 5 pixels on a 64-pixel model input (hirviz-tiny), 1.6x apart so
-# that training's random resized crop (zoom 0.8-1.3x) does not blur the distinction.
-_PERIODS = (0.05, 0.08)
+# Texture periods in image heights: about 4 and 7 pixels on a 64-pixel model input (hirviz-tiny), 1.8x apart so
+# that training's random resized crop (zoom 0.8-1.3x) does not blur the distinction; a 7x7 box blur leaves
+# under a quarter of either's contrast, while the body (40-58 pixels long there) keeps its outline.
+_PERIODS = (0.06, 0.11)
 _SPOT_COUNTS = (0, 1, 2)
 
 
@@ -209,7 +210,7 @@ def build_looks(tree: SynthTree, config: SynthConfig) -> list[Look]:
     patterns = _distinct(rng, family_parent, len(_PATTERNS))
     families = [_family_look(palettes[f], _PATTERNS[patterns[f]], rng) for f in range(config.families)]
     textures = _distinct(rng, genus_parent, 2 * len(_TEXTURES))
-    genera = [GenusTexture(_TEXTURES[t % len(_TEXTURES)], t >= len(_TEXTURES), float(rng.uniform(0.5, 0.7)))
+    genera = [GenusTexture(_TEXTURES[t % len(_TEXTURES)], t >= len(_TEXTURES), float(rng.uniform(0.7, 0.9)))
               for t in textures]
     codes = _distinct(rng, tree.parent["species"], len(_PERIODS) * len(_SPOT_COUNTS))
     details = [SpeciesDetail(_PERIODS[c % len(_PERIODS)], _SPOT_COUNTS[c // len(_PERIODS)], bool(rng.random() < 0.5),

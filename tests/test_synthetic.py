@@ -181,6 +181,40 @@ def test_images_carry_order_signal(bench: Path, rows: list[dict[str, str]], trut
     assert between / within > 10, "body plans differ between orders (one-way ANOVA F statistic)"
 
 
+def test_blur_erases_species_marks_before_the_body_plan() -> None:
+    """Species differ in fine marks (a blur erases the difference), orders in the body plan (a blur keeps it)."""
+    from dataclasses import replace
+
+    from hirviz.degrade import box_blur
+    from train.synthetic.config import _rng
+    from train.synthetic.images import render_image
+    from train.synthetic.looks import _PERIODS, build_looks
+
+    config = SynthConfig(image_height=96)
+    looks = build_looks(build_tree(config), config)
+
+    def photo(look, i: int) -> Image.Image:  # the same pose, plate and lighting for every look
+        grey = decode(render_image(look, config.image_height, 90, _rng(0, 5, i))).convert("L")
+        return grey.resize((round(64 * grey.width / grey.height), 64), Image.BICUBIC)  # hirviz-tiny's input grid
+
+    def kept(a: Image.Image, b: Image.Image) -> float:  # share of the difference's energy left by a 5x5 blur
+        def energy(k: int) -> float:
+            return float(((np.asarray(box_blur(a, k), float) - np.asarray(box_blur(b, k), float)) ** 2).sum())
+        return energy(5) / energy(1)
+
+    species_kept, order_kept = [], []
+    for i in range(0, 200, 25):
+        look = looks[i]
+        period = next(p for p in _PERIODS if p != look.detail.period)
+        sister = replace(look, detail=replace(look.detail, period=period, spots=(look.detail.spots + 1) % 3))
+        other_order = replace(look, plan=next(x.plan for x in looks if x.plan.archetype != look.plan.archetype))
+        species_kept.append(kept(photo(look, i), photo(sister, i)))
+        order_kept.append(kept(photo(look, i), photo(other_order, i)))
+    assert np.median(species_kept) < 0.2, species_kept  # the blur leaves little of a species difference
+    assert np.median(order_kept) > 2 * np.median(species_kept), order_kept  # and much more of an order one
+    assert np.mean(np.array(species_kept) < np.array(order_kept)) >= 0.75
+
+
 def test_cli_writes_the_benchmark(tmp_path: Path) -> None:
     from train.__main__ import main
 

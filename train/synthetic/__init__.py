@@ -12,8 +12,10 @@
 The data have the structure that makes the real problem interesting, at any size and on a CPU: a
 random taxonomy with long-tailed species abundances; labels that stop at order, family, genus or
 species like BIOSCAN's; COI-like barcodes evolved down the tree (so DNA distance follows the
-hierarchy); and drawn insect photographs whose body plan comes from the order, colours from the
-family, pattern from the genus and small details from the species.
+hierarchy); and drawn insect photographs whose signal lives at a spatial scale set by the rank: the
+order in the silhouette and body plan, the family in colours and a coarse pattern, the genus in a fine
+texture and the species in its period, tiny spots and wing venation, with pose, size, lighting and dust
+varying per photo. A blur therefore removes species before order, as on real photographs.
 
 Everything is derived from the seed through separate :class:`numpy.random.SeedSequence` streams
 (one per part, and one per specimen for images), so the output is identical for any worker count,
@@ -33,7 +35,7 @@ from train.synthetic.config import FORMAT_VERSION, HDF5_GROUP, METADATA_COLUMNS,
 from train.synthetic.dna import barcode_strings, evolve_taxa, specimen_barcodes
 from train.synthetic.drawing import draw_specimen
 from train.synthetic.images import render_image, render_images
-from train.synthetic.looks import FamilyLook, GenusPattern, Look, OrderPlan, SpeciesDetail, build_looks
+from train.synthetic.looks import FamilyLook, GenusTexture, Look, OrderPlan, SpeciesDetail, build_looks
 from train.synthetic.tree import SynthTree, build_tree, known_depth, sample_species
 from train.synthetic.writer import generate
 
@@ -43,7 +45,7 @@ __all__ = [
     "METADATA_COLUMNS",
     "TRUTH_COLUMNS",
     "FamilyLook",
-    "GenusPattern",
+    "GenusTexture",
     "Look",
     "OrderPlan",
     "SpeciesDetail",

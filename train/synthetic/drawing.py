@@ -23,6 +23,11 @@ class _Canvas:
         self.center = complex(*center)
         self.rot = length * np.exp(1j * angle)
         self.length = length
+        self.height = image.height
+
+    def image_heights(self, size: float) -> float:
+        """A size given in image heights (a fixed magnification, like the plate camera's) in body lengths."""
+        return size * self.height / self.length
 
     def from_image(self, offset: complex) -> complex:
         """An offset fixed in the picture (x right, y down; body lengths) in the insect's frame."""
@@ -90,7 +95,7 @@ def _tinted(color: Sequence[int], tint: Sequence[float]) -> Color:
 def _draw_legs(cv: _Canvas, look: Look, body: _Body, pose: _Pose) -> None:
     # femur and tibia directions (degrees from the forward axis) of the front, middle and hind legs
     femur, tibia = (50.0, 88.0, 122.0), (22.0, 118.0, 152.0)
-    length = look.plan.legs * look.detail.leg_scale
+    length = look.plan.legs
     color = _tinted(look.family.legs, pose.tint)
     for pair, (f_deg, t_deg, share) in enumerate(zip(femur, tibia, (0.8, 0.9, 1.1))):
         base_x = body.thorax_x + body.thorax[0] * (0.35 - 0.35 * pair)
@@ -105,7 +110,7 @@ def _draw_legs(cv: _Canvas, look: Look, body: _Body, pose: _Pose) -> None:
 
 
 def _draw_antennae(cv: _Canvas, look: Look, body: _Body, pose: _Pose) -> None:
-    length = look.plan.antenna * look.detail.antenna_scale
+    length = look.plan.antenna
     color = _shade(_tinted(look.family.legs, pose.tint), 0.8)
     front = body.head_x + body.head[0] * 0.7
     for side, sign in enumerate((1.0, -1.0)):
@@ -127,9 +132,11 @@ def _wing(cv: _Canvas, base: complex, length: float, width: float, angle_deg: fl
     center = base + direction * length / 2
     cv.ellipse(center.real, center.imag, length / 2, width / 2, fill, angle=angle_deg, outline=outline)
     if veins and outline is not None:
+        # the species' venation: veins about one model-input pixel wide, so a blur erases them
         spread = np.linspace(-0.5, 0.5, veins) * np.degrees(np.arctan(width / length))
         for d in spread:
-            cv.line([base, base + 0.85 * length * np.exp(1j * np.radians(angle_deg + d))], 0.004, outline)
+            cv.line([base, base + 0.85 * length * np.exp(1j * np.radians(angle_deg + d))], cv.image_heights(0.012),
+                    outline)
 
 
 def _draw_wings(cv: _Canvas, look: Look, body: _Body, pose: _Pose, layer: str) -> None:
@@ -147,8 +154,8 @@ def _draw_wings(cv: _Canvas, look: Look, body: _Body, pose: _Pose, layer: str) -
             _wing(cv, base, length * 0.72, width, 180 - sign * (spread + 28), _shade(color, 0.85), None, 0)
             _wing(cv, base, length, width * 0.8, 180 - sign * spread, color, _shade(color, 0.7), 0)
             band = base + 0.62 * length * np.exp(1j * np.radians(180 - sign * spread))
-            cv.ellipse(band.real, band.imag, length * 0.07 * look.pattern.size, width * 0.32,
-                       look.pattern.color + (200,), angle=180 - sign * spread)
+            cv.ellipse(band.real, band.imag, length * 0.07 * look.family.pattern_size, width * 0.32,
+                       look.family.pattern_color + (200,), angle=180 - sign * spread)
         elif kind == "elytra":
             continue  # drawn as part of the body
         else:
@@ -177,24 +184,24 @@ def _abdomen_segments(body: _Body, plan: OrderPlan) -> list[tuple[float, float, 
 
 
 def _draw_body(cv: _Canvas, look: Look, body: _Body, pose: _Pose) -> None:
-    plan, fam, pattern = look.plan, look.family, look.pattern
-    main = _tinted(_tinted(fam.body, look.detail.tint), pose.tint)
-    secondary = _tinted(_tinted(fam.secondary, look.detail.tint), pose.tint)
+    plan, fam = look.plan, look.family
+    main = _tinted(fam.body, pose.tint)
+    secondary = _tinted(fam.secondary, pose.tint)
     # a soft shadow under the body, as the specimen lies on the plate
     shadow, off = (0, 0, 0, 26), cv.from_image(0.02 + 0.03j)
     cv.ellipse(body.abdomen_start - body.abdomen[0] / 2 + off.real, off.imag, body.abdomen[0] / 2,
                body.abdomen[1] * 1.1, shadow)
     cv.ellipse(body.thorax_x + off.real, off.imag, body.thorax[0], body.thorax[1] * 1.1, shadow)
     for i, (x, hl, hw) in enumerate(_abdomen_segments(body, plan)):
-        banded = pattern.kind == "bands" and plan.segments > 1 and i % 2 == 1
-        color = pattern.color if banded else _shade(main, 0.9 if i % 2 else 1.0)
+        banded = fam.pattern == "bands" and plan.segments > 1 and i % 2 == 1
+        color = fam.pattern_color if banded else _shade(main, 0.9 if i % 2 else 1.0)
         cv.ellipse(x, 0.0, hl, hw, color, outline=_shade(color, 0.7))
     if plan.waist > 0:
         cv.ellipse(body.waist_x, 0.0, body.waist * 1.4, body.thorax[1] * 0.25, _shade(main, 0.8))
     if plan.wings == "elytra":
         _draw_elytra(cv, body, secondary)
     _draw_pattern(cv, look, body)
-    thorax_color = pattern.color if pattern.kind == "saddle" else secondary
+    thorax_color = fam.pattern_color if fam.pattern == "saddle" else secondary
     cv.ellipse(body.thorax_x, 0.0, body.thorax[0], body.thorax[1], thorax_color, outline=_shade(thorax_color, 0.65))
     cv.ellipse(body.head_x, 0.0, body.head[0], body.head[1], main, outline=_shade(main, 0.65))
     eye = plan.eye * body.head[1]
@@ -215,8 +222,8 @@ def _draw_elytra(cv: _Canvas, body: _Body, color: Color) -> None:
 
 
 def _draw_pattern(cv: _Canvas, look: Look, body: _Body) -> None:
-    """The genus pattern, on the abdomen (or the elytra covering it)."""
-    kind, color, size = look.pattern.kind, look.pattern.color, look.pattern.size
+    """The family's coarse colour pattern, on the abdomen (or the elytra covering it)."""
+    kind, color, size = look.family.pattern, look.family.pattern_color, look.family.pattern_size
     length, half_width = body.abdomen
     start = body.abdomen_start
     if kind == "stripe":
@@ -235,18 +242,74 @@ def _draw_pattern(cv: _Canvas, look: Look, body: _Body) -> None:
             cv.ellipse(start - t * length, 0.0, length * 0.05 * size, half_width * 0.95, color)
 
 
-def _draw_marks(cv: _Canvas, look: Look, body: _Body) -> None:
-    """The species' pair of small dots."""
-    d = look.detail
-    if d.mark_part == "head":
-        x, half_length, half_width = body.head_x, body.head[0], body.head[1] * 0.5
-    elif d.mark_part == "thorax":
-        x, half_length, half_width = body.thorax_x, body.thorax[0], body.thorax[1]
+_LIGHT, _DARK = (255, 255, 255), (0, 0, 0)
+_SPOT_COLORS = {True: (240, 232, 206), False: (22, 18, 16)}
+
+
+def _chords(x: float, a: float, b: float, direction: float, offsets: np.ndarray) -> list[tuple[complex, complex]]:
+    """The segments of the lines ``offset * n + t * d`` (d at ``direction`` degrees, n normal to it) inside the
+    axis-aligned ellipse centred at (x, 0) with half axes a, b."""
+    d = np.exp(1j * np.radians(direction))
+    n = 1j * d
+    qa = (d.real / a) ** 2 + (d.imag / b) ** 2
+    qb = 2 * offsets * (n.real * d.real / a**2 + n.imag * d.imag / b**2)
+    qc = offsets**2 * ((n.real / a) ** 2 + (n.imag / b) ** 2) - 1
+    disc = qb**2 - 4 * qa * qc
+    out = []
+    for s, p, r in zip(offsets[disc > 0], qb[disc > 0], np.sqrt(disc[disc > 0])):
+        t0, t1 = (-p - r) / (2 * qa), (-p + r) / (2 * qa)
+        out.append((x + s * n + t0 * d, x + s * n + t1 * d))
+    return out
+
+
+def _texture(cv: _Canvas, x: float, a: float, b: float, kind: str, period: float, alpha: int, phase: float) -> None:
+    """Light and dark strokes in equal measure inside an ellipse of the body (a part's mean colour unchanged)."""
+    a, b = a * 0.9, b * 0.9  # keep clear of the outline: the silhouette is the order's
+    light, dark = _LIGHT + (alpha,), _DARK + (alpha,)
+    reach = max(a, b) + period
+    if kind in ("transverse", "longitudinal"):
+        offsets = np.arange(-reach, reach, period) + phase * period
+        direction = 90.0 if kind == "transverse" else 0.0
+        for shift, color in ((0.0, light), (period / 2, dark)):
+            for p, q in _chords(x, a, b, direction, offsets + shift):
+                cv.line([p, q], period / 2, color)
+    elif kind == "crosshatch":
+        offsets = np.arange(-reach, reach, period) + phase * period
+        for direction, color in ((45.0, light), (-45.0, dark)):
+            for p, q in _chords(x, a, b, direction, offsets):
+                cv.line([p, q], period / 4, color)
+    else:  # dots: a light dot and a dark one in every period x period cell
+        grid = np.arange(-reach, reach, period) + phase * period
+        r = period * 0.22
+        for gx in grid:
+            for gy in grid:
+                for dx, color in ((0.0, light), (period / 2, dark)):
+                    px, py = gx + dx, gy + dx
+                    if (px / a) ** 2 + (py / b) ** 2 < 1:
+                        cv.ellipse(x + px, py, r, r, color)
+
+
+def _draw_fine_marks(cv: _Canvas, look: Look, body: _Body, rng: np.random.Generator) -> None:
+    """The genus texture (period from the species) and the species' tiny thorax spots, drawn last so that wings
+    never hide them."""
+    texture, detail = look.texture, look.detail
+    period = cv.image_heights(detail.period)
+    alpha = int(255 * texture.strength)
+    phase = float(rng.uniform(0, 1))
+    if look.plan.wings == "elytra":
+        length, half_width = body.abdomen
+        parts = [(body.abdomen_start - length * 0.47, length * 0.54, half_width * 1.05)]
     else:
-        x, half_length, half_width = body.abdomen_start - body.abdomen[0] * 0.3, body.abdomen[0] * 0.3, body.abdomen[1]
-    for sign in (1.0, -1.0):
-        cv.ellipse(x + d.mark_offset[0] * half_length, sign * d.mark_offset[1] * half_width, d.mark_size, d.mark_size,
-                   d.mark_color)
+        parts = [(x, hl, hw) for x, hl, hw in _abdomen_segments(body, look.plan)]
+    if texture.thorax:
+        parts.append((body.thorax_x, body.thorax[0], body.thorax[1]))
+    for x, a, b in parts:
+        _texture(cv, x, a, b, texture.kind, period, alpha, phase)
+    radius = cv.image_heights(0.02)  # spots about 2.5 pixels across on a 64-pixel model input
+    for k in range(detail.spots):
+        along = body.thorax_x + body.thorax[0] * (0.0 if detail.spots == 1 else 0.45 - 0.9 * k)
+        for sign in (1.0, -1.0):
+            cv.ellipse(along, sign * body.thorax[1] * 0.5, radius, radius, _SPOT_COLORS[detail.spot_light])
 
 
 def draw_specimen(cv: _Canvas, look: Look, rng: np.random.Generator) -> None:
@@ -264,5 +327,5 @@ def draw_specimen(cv: _Canvas, look: Look, rng: np.random.Generator) -> None:
     _draw_antennae(cv, look, body, pose)
     _draw_wings(cv, look, body, pose, "under")
     _draw_body(cv, look, body, pose)
-    _draw_marks(cv, look, body)
     _draw_wings(cv, look, body, pose, "over")
+    _draw_fine_marks(cv, look, body, rng)

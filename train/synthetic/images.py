@@ -44,6 +44,11 @@ def _debris(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random.Gen
         dx, dy = rng.normal(0, h * 0.05, size=2)
         shade = int(rng.integers(90, 170))
         draw.line([x, y, x + dx, y + dy], fill=(shade, shade, shade, 140), width=max(1, h // 200))
+    # specks of dust and scales as small as the species' spots: fine detail that says nothing about the taxon
+    for _ in range(int(rng.poisson(2.5))):
+        x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.004, 0.012) * h
+        shade = int(rng.integers(60, 200))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(shade, shade, shade, 170))
 
 
 def render_image(look: Look, height: int, quality: int, rng: np.random.Generator) -> bytes:

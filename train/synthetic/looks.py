@@ -1,5 +1,9 @@
-"""Looks: what each taxon contributes to a picture (body plan from the order, colours from the family,
-pattern from the genus, small details from the species).
+"""Looks: what each taxon contributes to a picture, each rank at its own spatial scale.
+
+The order fixes the silhouette and body plan (low spatial frequencies), the family the colours and a coarse
+colour pattern (mid), the genus a fine texture and the species its period, tiny spots and wing venation (high:
+a few pixels at the model's input size). A blur then removes species and genus before family and order, as in
+real photographs. Nothing a species adds changes a part's mean colour or the outline.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ _PALETTE: tuple[Color, ...] = (
 _DARK_ACCENTS: tuple[Color, ...] = ((20, 18, 16), (52, 32, 22), (70, 30, 24))
 _LIGHT_ACCENTS: tuple[Color, ...] = ((236, 214, 140), (240, 232, 206), (232, 170, 70), (200, 210, 120))
 _PATTERNS = ("bands", "stripe", "spots", "tip", "saddle", "lateral", "plain")
+# Genus textures: light and dark strokes in equal measure, so blurring one leaves the part's colour.
+_TEXTURES = ("transverse", "longitudinal", "crosshatch", "dots")
+# Texture periods in image heights: about 4 and 7 pixels on a 64-pixel model input (hirviz-tiny), 1.8x apart so
+# that training's random resized crop (zoom 0.8-1.3x) does not blur the distinction; a 7x7 box blur leaves
+# under a quarter of either's contrast, while the body (40-58 pixels long there) keeps its outline.
+_PERIODS = (0.06, 0.11)
+_SPOT_COUNTS = (0, 1, 2)
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,7 @@ _ARCHETYPES: tuple[OrderPlan, ...] = (
 
 @dataclass(frozen=True)
 class FamilyLook:
-    """Colours and proportions shared by a family."""
+    """Colours, a coarse colour pattern and proportions shared by a family (mid spatial frequencies)."""
 
     body: Color
     secondary: Color
@@ -81,29 +92,32 @@ class FamilyLook:
     length_scale: float
     width_scale: float
     head_scale: float
+    pattern: str  # one of _PATTERNS: a band, stripe or patch several pixels wide at the model's input size
+    pattern_color: Color
+    pattern_size: float
 
 
 @dataclass(frozen=True)
-class GenusPattern:
-    """A colour pattern shared by a genus."""
+class GenusTexture:
+    """A fine texture shared by a genus: its kind and the body parts it covers (high spatial frequencies)."""
 
-    kind: str
-    color: Color
-    size: float
+    kind: str  # one of _TEXTURES
+    thorax: bool  # the thorax is textured too, not only the abdomen (or the elytra covering it)
+    strength: float  # opacity of the light and dark strokes
 
 
 @dataclass(frozen=True)
 class SpeciesDetail:
-    """Small species marks: a tint, a pair of dots, wing venation and appendage proportions."""
+    """Fine species marks: the texture's period, tiny spots on the thorax and the wing venation.
 
-    tint: tuple[int, int, int]
-    mark_part: str  # thorax | abdomen | head
-    mark_offset: tuple[float, float]  # along the part, across it (relative)
-    mark_size: float
-    mark_color: Color
+    Everything here is a few pixels wide at the model's input size and leaves the mean colour of a part
+    unchanged, so a blur wipes it out while silhouette (order) and colours (family) survive.
+    """
+
+    period: float  # of the genus texture, in image heights (one of _PERIODS)
+    spots: int  # pairs of tiny spots on the thorax
+    spot_light: bool  # light spots (else dark)
     veins: int
-    antenna_scale: float
-    leg_scale: float
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,7 @@ class Look:
 
     plan: OrderPlan
     family: FamilyLook
-    pattern: GenusPattern
+    texture: GenusTexture
     detail: SpeciesDetail
 
 
@@ -157,7 +171,7 @@ def _vary(color: Color, rng: np.random.Generator, amount: float) -> Color:
     return tuple(_byte(c + v) for c, v in zip(color, rng.normal(0, amount, size=3)))  # type: ignore[return-value]
 
 
-def _family_look(palette_index: int, rng: np.random.Generator) -> FamilyLook:
+def _family_look(palette_index: int, pattern: str, rng: np.random.Generator) -> FamilyLook:
     body = _vary(_PALETTE[palette_index % len(_PALETTE)], rng, 8)
     other = _PALETTE[int(rng.integers(len(_PALETTE)))]
     if rng.random() < 0.6:
@@ -170,46 +184,36 @@ def _family_look(palette_index: int, rng: np.random.Generator) -> FamilyLook:
     else:
         tint = (*_mix((120, 100, 80), body, 0.4), int(rng.integers(90, 140)))  # smoky or tinted
     scales = _jitter(rng, 1.0, 0.15), _jitter(rng, 1.0, 0.18), _jitter(rng, 1.0, 0.12)
-    return FamilyLook(body, secondary, legs, tint, *scales)
-
-
-def _genus_pattern(kind: str, body: Color, rng: np.random.Generator) -> GenusPattern:
-    dark_body = sum(body) < 330
-    accents = _LIGHT_ACCENTS if dark_body else _DARK_ACCENTS
+    accents = _LIGHT_ACCENTS if sum(body) < 330 else _DARK_ACCENTS
     color = _vary(accents[int(rng.integers(len(accents)))], rng, 6)
-    return GenusPattern(kind, color, float(rng.uniform(0.7, 1.3)))
+    return FamilyLook(body, secondary, legs, tint, *scales, pattern, color, float(rng.uniform(0.8, 1.2)))
 
 
-def _species_detail(rng: np.random.Generator) -> SpeciesDetail:
-    light = bool(rng.random() < 0.5)
-    return SpeciesDetail(
-        tint=tuple(int(v) for v in rng.integers(-14, 15, size=3)),  # type: ignore[arg-type]
-        mark_part=("thorax", "abdomen", "head")[int(rng.integers(3))],
-        mark_offset=(float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0.15, 0.45))),
-        mark_size=float(rng.uniform(0.025, 0.05)),
-        mark_color=(235, 225, 190) if light else (25, 20, 18),
-        veins=int(rng.integers(2, 6)),
-        antenna_scale=_jitter(rng, 1.0, 0.15),
-        leg_scale=_jitter(rng, 1.0, 0.1),
-    )
+def _distinct(rng: np.random.Generator, parent: np.ndarray, choices: int) -> list[int]:
+    """For each child (``parent[i]`` its parent), one of ``choices`` codes, distinct among siblings while they last."""
+    order = {int(p): rng.permutation(choices) for p in np.unique(parent)}
+    seen: dict[int, int] = {}
+    codes = []
+    for p in parent.tolist():
+        codes.append(int(order[p][seen.get(p, 0) % choices]))
+        seen[p] = seen.get(p, 0) + 1
+    return codes
 
 
 def build_looks(tree: SynthTree, config: SynthConfig) -> list[Look]:
-    """One :class:`Look` per species; siblings get distinct colours (families) and patterns (genera)."""
+    """One :class:`Look` per species; siblings get distinct colours and patterns (families), textures (genera)
+    and periods and spots (species) while the combinations last."""
     rng = _rng(config.seed, _LOOKS)
     plans = [_order_plan(i, rng) for i in range(config.orders)]
-    families: list[FamilyLook] = []
-    palette_order = {o: rng.permutation(len(_PALETTE)) for o in range(config.orders)}
-    for f, o in enumerate(tree.parent["family"]):
-        rank_in_order = int((tree.parent["family"][:f] == o).sum())
-        families.append(_family_look(int(palette_order[o][rank_in_order % len(_PALETTE)]), rng))
-    patterns: list[GenusPattern] = []
-    pattern_order = {f: rng.permutation(len(_PATTERNS)) for f in range(config.families)}
-    for g, f in enumerate(tree.parent["genus"]):
-        rank_in_family = int((tree.parent["genus"][:g] == f).sum())
-        kind = _PATTERNS[pattern_order[f][rank_in_family % len(_PATTERNS)]]
-        patterns.append(_genus_pattern(kind, families[f].body, rng))
+    family_parent, genus_parent = tree.parent["family"], tree.parent["genus"]
+    palettes = _distinct(rng, family_parent, len(_PALETTE))
+    patterns = _distinct(rng, family_parent, len(_PATTERNS))
+    families = [_family_look(palettes[f], _PATTERNS[patterns[f]], rng) for f in range(config.families)]
+    textures = _distinct(rng, genus_parent, 2 * len(_TEXTURES))
+    genera = [GenusTexture(_TEXTURES[t % len(_TEXTURES)], t >= len(_TEXTURES), float(rng.uniform(0.7, 0.9)))
+              for t in textures]
+    codes = _distinct(rng, tree.parent["species"], len(_PERIODS) * len(_SPOT_COUNTS))
+    details = [SpeciesDetail(_PERIODS[c % len(_PERIODS)], _SPOT_COUNTS[c // len(_PERIODS)], bool(rng.random() < 0.5),
+                             int(rng.integers(2, 6))) for c in codes]
     lineage = tree.lineage_ids(np.arange(config.species))
-    return [
-        Look(plans[o], families[f], patterns[g], _species_detail(rng)) for o, f, g, _ in lineage.tolist()
-    ]
+    return [Look(plans[o], families[f], genera[g], details[s]) for o, f, g, s in lineage.tolist()]

@@ -218,7 +218,7 @@ def build_report(study: Study, arms: list[Arm], args: argparse.Namespace, skippe
                 for arm in arms}
     validation = validation_results(study, arms, args.seeds)
     chosen, lambda_table = rep.choose_lambda(validation, LAMBDAS)
-    criterion = rep.blur_criterion(agg["clibd"]) if "clibd" in agg else None
+    criterion, blur_line = rep.blur_summary(agg.get("clibd"))
     q12_table, q12 = rep.question_hir(agg, HIR_ARMS)
     q3_table, q3 = rep.question_fusion(agg, FUSION_ARMS)
     plateau_md, plateau = rep.plateau_table(curves)
@@ -234,7 +234,7 @@ def build_report(study: Study, arms: list[Arm], args: argparse.Namespace, skippe
                "settings": {"specimens": args.specimens, "seeds": args.seeds, "lanes": args.lanes,
                             "overrides": list(args.overrides), "smoke": args.smoke}}
     (out / "synthetic.json").write_text(json.dumps(relative_paths(summary, ROOT), indent=1), encoding="utf-8")
-    text = markdown(agg, args, skipped, minutes, plots, chosen, lambda_table, criterion, q12_table, q3_table,
+    text = markdown(agg, args, skipped, minutes, plots, chosen, lambda_table, blur_line, q12_table, q3_table,
                     plateau_md, training, gates)
     path = out / "synthetic.md"
     path.write_text(text, encoding="utf-8")
@@ -248,7 +248,7 @@ def _mean_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
 
 
 def markdown(agg: dict[str, Any], args: argparse.Namespace, skipped: dict[str, str], minutes: float,
-             plots: list[Path], chosen: str | None, lambda_table: str, criterion: dict | None, q12_table: str,
+             plots: list[Path], chosen: str | None, lambda_table: str, blur_line: str, q12_table: str,
              q3_table: str, plateau_md: str, training: dict[str, dict[str, float]],
              gates: dict[str, dict[str, float | None]]) -> str:
     meta = next(iter(agg.values()))["_meta"] if agg else {}
@@ -275,7 +275,7 @@ def markdown(agg: dict[str, Any], args: argparse.Namespace, skipped: dict[str, s
     missing = [a.name for a in ARMS if a.name not in agg and a.name not in skipped]
     if missing:
         lines += [f"Not finished yet (rerun `--report-only` when they are): {', '.join(missing)}.", ""]
-    lines += ["## Blur criterion", "", rep.blur_line(criterion) if criterion else "(CLIBD has not run)", ""]
+    lines += ["## Blur criterion", "", blur_line, ""]
     lines += ["## Lambda chosen on the validation split (CLIBD-HiR, paper mode)", "", lambda_table, "",
               f"Validation picks **{chosen or '–'}**"
               + (f" (lambda {LAMBDAS[chosen]:g}); its test numbers are its rows below." if chosen else "."), ""]

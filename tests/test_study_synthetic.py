@@ -67,12 +67,13 @@ def test_learning_curves_average_over_seeds_and_the_plateau_shows_a_flat_end(tmp
     assert summary["loss"] == pytest.approx(3.0) and summary["hir_clamped_species"] == 0.25 and summary["last_logged_step"] == 40
 
 
-def test_the_blur_criterion_needs_species_to_fall_and_order_to_hold():
-    hurt = rep.blur_criterion(_results({"clean": 20, "noisy": 10}, 30, species_noisy=15.0, order_noisy=85.0))
-    assert hurt["species"]["relative_loss"] == pytest.approx(0.5) and hurt["passed"] is True
-    mild = rep.blur_criterion(_results({"clean": 20, "noisy": 10}, 30, species_noisy=25.0))
-    assert mild["passed"] is False and "not met" in rep.blur_line(mild)
-    assert rep.blur_criterion({"_meta": {}})["passed"] is None
+def test_the_report_states_the_blur_criterion_of_clibds_mean_results():
+    hurt, line = rep.blur_summary(_results({"clean": 20, "noisy": 10}, 30, species_noisy=15.0, order_noisy=85.0))
+    assert hurt["species_loss"] == pytest.approx(0.5) and hurt["passed"] is True and "PASS" in line
+    mild, line = rep.blur_summary(_results({"clean": 20, "noisy": 10}, 30, species_noisy=25.0))
+    assert mild["passed"] is False and "FAIL" in line
+    assert rep.blur_summary(None) == (None, "(CLIBD has not run)")
+    assert rep.blur_summary({"_meta": {}})[0] is None  # no image results: said, not crashed
 
 
 def test_lambda_is_chosen_by_the_validation_criterion_and_fusion_is_compared_per_condition():

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.time() - started) / 60
     payload = {"open_set": agg, "kmer_open_set": kmer, "seeds": args.seeds, "specimens": args.specimens,
                "overrides": args.overrides}
-    (out / "hyperbolic_unseen.json").write_text(json.dumps(relative_paths(payload, ROOT), indent=1), encoding="utf-8")
+    payload = relative_paths(payload, ROOT)  # the JSON and the report name no machine-specific folder
+    (out / "hyperbolic_unseen.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     text = report(payload, args, minutes)
     (out / "hyperbolic_unseen.md").write_text(text, encoding="utf-8")
     print(text.split("## Answer", 1)[-1].split("\n## ", 1)[0] if "## Answer" in text else "")

@@ -146,5 +146,6 @@ def difference(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> str:
     """``a - b`` of two aggregated top-1 cells with the sd of the difference (independent seeds), e.g. ``+3.1±2.0``."""
     if not a or not b or a.get("top1") is None or b.get("top1") is None:
         return "–"
-    sd = np.hypot(a.get("top1_sd") or 0.0, b.get("top1_sd") or 0.0)
-    return f"{a['top1'] - b['top1']:+.1f}±{sd:.1f}"
+    if a.get("top1_sd") is None or b.get("top1_sd") is None:
+        return f"{a['top1'] - b['top1']:+.1f} (one seed: no sd)"
+    return f"{a['top1'] - b['top1']:+.1f}±{np.hypot(a['top1_sd'], b['top1_sd']):.1f}"

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"models": agg, "kmer": kmer, "partial_reads": partial_agg, "kmer_partial_reads": kmer_partial,
                "partial_reads_coverage": coverage, "open_set": open_agg, "kmer_open_set": open_kmer,
                "lambda_selection": selection, "seeds": args.seeds, "overrides": args.overrides}
-    (out / "real_barcodes.json").write_text(json.dumps(relative_paths(payload, ROOT), indent=1), encoding="utf-8")
+    payload = relative_paths(payload, ROOT)  # the JSON and the report name no machine-specific folder
+    (out / "real_barcodes.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     text = report(payload, args, minutes, plots)
     (out / "real_barcodes.md").write_text(text, encoding="utf-8")
     print(text.split("## Answers", 1)[-1].split("\n## ", 1)[0] if "## Answers" in text else "")

@@ -41,7 +41,6 @@ def test_zero_shot_candidates_hold_every_unseen_queries_name(tiny_synth, tiny_ru
     frame, labels, _ = openset.partition(tiny_synth / "metadata.tsv")
     bundle = export(tiny_run, tmp_path / "bundle", name="openset", umap=False)
     result = openset.text_scores(bundle, frame, labels)
-    assert result["candidates"]["open"] > result["candidates"]["closed"] - 1
     assert result["open"]["unseen"]["not_a_candidate"] == 0
     assert result["open"]["unseen"]["n"] == len(openset.queries(frame, labels, "unseen"))
     assert "hierarchy" in result["open"]["unseen"] and "top1" in result["open"]["unseen"]["genus"]

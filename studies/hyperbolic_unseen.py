@@ -1,6 +1,7 @@
 """Side study: does hyperbolic CLIBD beat Euclidean CLIBD on unseen species from DNA, on the synthetic benchmark?
 
-    python studies/hyperbolic_unseen.py                # about 20-40 min on 2 CPU cores (2 lanes); resumes if killed
+    python studies/hyperbolic_unseen.py                # 6 runs, 2 at a time; resumes if killed
+    # measured on a 2-core machine shared with other work: a run took 20 min (16.5 min training), so ~1 h in all
     python studies/hyperbolic_unseen.py --smoke        # tiny, seed 0: every code path in a few minutes
     python studies/hyperbolic_unseen.py --report-only  # tables and JSON from the runs finished so far
 
@@ -98,7 +99,8 @@ def report(payload: dict, args: argparse.Namespace, minutes: float) -> str:
              "runs in parallel, one CPU thread each, on a shared CPU: times are pessimistic; a run trains in "
              + (f"{min(seconds):.0f}-{max(seconds):.0f} s" if seconds else "–") + f"). Synthetic benchmark of "
              f"{payload['specimens']} specimens (seed 0), `train/configs/study_synth.yaml`, `data.split=clibd`, "
-             f"`data.images=null`; seeds {args.seeds}, mean ± sample sd. Extra overrides: "
+             f"`data.images=null`; seeds {args.seeds}, mean ± sample sd over the seeds finished (per arm: "
+             f"{openset.finished(agg)}). Extra overrides: "
              f"{list(args.overrides) or 'none'}. Hyperbolic = Lorentz CLIBD, SEL entailment, weight 1.0, sum of "
              "the pair losses, learned curvature and logit scale; Euclidean = CLIBD.", ""]
     if "clibd" in agg and "hyperbolic" in agg:

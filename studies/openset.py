@@ -149,3 +149,8 @@ def difference(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> str:
     if a.get("top1_sd") is None or b.get("top1_sd") is None:
         return f"{a['top1'] - b['top1']:+.1f} (one seed: no sd)"
     return f"{a['top1'] - b['top1']:+.1f}±{np.hypot(a['top1_sd'], b['top1_sd']):.1f}"
+
+
+def finished(aggs: Mapping[str, Mapping[str, Any]]) -> str:
+    """``"arm: n seeds, ..."`` of aggregated arms, for a report's header (a study may be part-way)."""
+    return ", ".join(f"{name}: {agg['_meta'].get('n_seeds')}" for name, agg in aggs.items()) or "none"

@@ -1,9 +1,10 @@
 """The real-barcode study: DNA+text models (CLIBD, HiR on DNA, hyperbolic CLIBD) against k-mer nearest neighbours.
 
-    python studies/real_barcodes.py                 # 1-2 h on 2 CPU cores (2 lanes); resumes if killed
+    python studies/real_barcodes.py                 # 22 runs, 2 at a time (2-3 h on 2 cores); resumes if killed
     python studies/real_barcodes.py --smoke         # every arm and code path, tiny, 1 seed: a few minutes
     python studies/real_barcodes.py --report-only   # tables, JSON and plots from the runs finished so far
-    python studies/real_barcodes.py --splits open --arms clibd hyperbolic   # only the arms that answer one question
+    python studies/real_barcodes.py --splits open --arms clibd hyperbolic   # 6 runs: hyperbolic vs Euclidean, unseen
+    # v1 measured 6.5-13 min training per run of real_dna.yaml on 2 shared cores; the smoke's runs train in ~100 s
 
 On ``barcodes.tsv`` (real COI barcodes, ``--data``, default ``../shared/data/real_dna``) every arm trains with
 ``train/configs/real_dna.yaml`` for every seed, on two splits:

@@ -30,7 +30,7 @@ from studies import openset  # noqa: E402
 from studies.real_barcodes import HYPERBOLIC, OPEN_EVAL, _collect  # noqa: E402
 from studies.real_barcodes_report import hierarchy_table  # noqa: E402
 from train.evaluate import score_cell  # noqa: E402
-from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms  # noqa: E402
+from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms, use_smoke_folders  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
 ARMS = [Arm("clibd", ("loss.objective=clibd", "data.split=clibd")),
@@ -42,15 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_study_arguments(parser, ROOT / "data" / "studies" / "hyperbolic_unseen", ROOT / "docs" / "results")
     parser.add_argument("--specimens", type=int, default=5000, help="synthetic specimens (default %(default)s)")
-    parser.add_argument("--report-only", action="store_true", help="no training: report the finished runs")
     parser.add_argument("--smoke", action="store_true", help="1 epoch, 1500 specimens, seed 0, own --work and --out")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.overrides, args.specimens = [0], [*SMOKE, *args.overrides], 1500
-        if args.work == parser.get_default("work"):
-            args.work = str(Path(args.work).with_name("hyperbolic_unseen-smoke"))
-        if args.out == parser.get_default("out"):
-            args.out = str(Path(args.work) / "report")
+        use_smoke_folders(args, parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 

@@ -44,7 +44,16 @@ from studies.plots import plot_sweeps  # noqa: E402
 from studies.real_barcodes_report import report  # noqa: E402
 from train.data import closed_set_split, read_metadata  # noqa: E402
 from train.rundir import read_split  # noqa: E402
-from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms, run_step  # noqa: E402
+from train.study import (  # noqa: E402
+    Arm,
+    Study,
+    add_study_arguments,
+    aggregate,
+    relative_paths,
+    run_arms,
+    run_step,
+    use_smoke_folders,
+)
 
 CONFIG = ROOT / "train" / "configs" / "real_dna.yaml"
 LAMBDAS = (0.01, 0.1, 1.0)
@@ -83,16 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     add_study_arguments(parser, ROOT / "data" / "studies" / "real_barcodes", ROOT / "docs" / "results")
     parser.add_argument("--splits", nargs="+", choices=("closed", "open"), default=["closed", "open"])
     parser.add_argument("--arms", nargs="+", choices=FAMILIES, default=list(FAMILIES))
-    parser.add_argument("--report-only", action="store_true", help="no training: report the finished runs")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, seed 0, own --work and --out: checks "
                         "every arm and code path in a few minutes (numbers meaningless)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.overrides = [0], [*SMOKE, *args.overrides]
-        if args.work == parser.get_default("work"):
-            args.work = str(Path(args.work).with_name("real_barcodes-smoke"))
-        if args.out == parser.get_default("out"):
-            args.out = str(Path(args.work) / "report")
+        use_smoke_folders(args, parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 

@@ -67,6 +67,7 @@ from train.study import (  # noqa: E402
     relative_paths,
     run_arms,
     training_summary,
+    use_smoke_folders,
 )
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
@@ -105,14 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--specimens", type=int, default=5000)
     parser.add_argument("--smoke", action="store_true", help="tiny data, few steps, seed 0 only: checks every code "
                         "path in minutes; writes its report under --work, never docs/results")
-    parser.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report, JSON and "
-                        "plots from the runs finished so far")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.smoke:
-        work_default = parser.get_default("work")
-        args.work = str(Path(work_default).with_name("synthetic-smoke")) if args.work == work_default else args.work
-        args.out = str(Path(args.work) / "report") if args.out == parser.get_default("out") else args.out
+        use_smoke_folders(args, parser)
         args.specimens, args.seeds = SMOKE_SPECIMENS, [0]
         args.overrides = [*SMOKE_OVERRIDES, *args.overrides]
     started = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -90,3 +91,17 @@ def test_run_step_starts_the_trainer_from_any_working_directory(tmp_path, monkey
     # a study's own relative paths still mean where it was started
     study = Study(work=Path("work"), config=Path("c.yaml"), metadata=Path("m.tsv"))
     assert study.work == elsewhere / "work" and study.metadata == elsewhere / "m.tsv" and study.images is None
+
+
+def test_a_smoke_run_keeps_its_runs_and_report_out_of_the_real_study(tmp_path):
+    from train.study import add_study_arguments, use_smoke_folders
+
+    parser = argparse.ArgumentParser()
+    add_study_arguments(parser, tmp_path / "studies" / "synthetic", tmp_path / "docs" / "results")
+    args = parser.parse_args([])
+    use_smoke_folders(args, parser)
+    assert Path(args.work) == tmp_path / "studies" / "synthetic-smoke"
+    assert Path(args.out) == tmp_path / "studies" / "synthetic-smoke" / "report"
+    given = parser.parse_args(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+    use_smoke_folders(given, parser)
+    assert (given.work, given.out) == (str(tmp_path / "w"), str(tmp_path / "o"))  # explicit folders are kept

@@ -247,6 +247,15 @@ def add_study_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) 
     parser.add_argument("--lanes", type=int, default=2, help="runs in parallel, one CPU thread each")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra section.key=value for every arm "
                                                                      "(e.g. optim.epochs=1 for a smoke test)")
+    parser.add_argument("--report-only", action="store_true", help="no training: report the finished runs")
+
+
+def use_smoke_folders(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A ``--smoke`` run keeps its runs and report apart: ``<work>-smoke`` and its ``report`` unless given."""
+    if args.work == parser.get_default("work"):
+        args.work = str(Path(args.work).with_name(Path(args.work).name + "-smoke"))
+    if args.out == parser.get_default("out"):
+        args.out = str(Path(args.work) / "report")
 
 
 def run_arms(study: Study, arms: Sequence[Arm], seeds: Sequence[int], keep_going: bool = False

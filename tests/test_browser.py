@@ -61,6 +61,16 @@ def browser():
         browser.close()
 
 
+def _download(page, element_id: str, path):
+    """Click the download link inside ``element_id`` as a user would and save the file the browser receives."""
+    link = page.locator(f"{element_id} a").first
+    link.wait_for()
+    with page.expect_download() as info:
+        link.click()
+    info.value.save_as(path)
+    return path
+
+
 def _open_app(browser, url: str, width: int = 1400, height: int = 1000, timeout_ms: int = TIMEOUT_MS):
     """A new page of ``browser`` on the app at ``url``, once its Identify button is there."""
     page = browser.new_page(viewport={"width": width, "height": height})
@@ -398,12 +408,7 @@ def test_the_whole_result_downloads_as_csv(server, fresh_page, tmp_path):
 
     page = fresh_page
     _identify_example(page, server)
-    link = page.locator("#hz-download a").first
-    link.wait_for()
-    with page.expect_download() as info:
-        link.click()
-    path = tmp_path / "result.csv"
-    info.value.save_as(path)
+    path = _download(page, "#hz-download", tmp_path / "result.csv")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(table.columns) == list(CSV_COLUMNS)
     assert set(table["model"]) == {"tiny-clibd-hir-fuse", "tiny-clibd"}

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 from test_browser import (  # noqa: E402, F401 (fixtures are found by name)
+    _download,
     _identify_example,
     _status,
     _wait_status,
@@ -119,12 +120,7 @@ def test_a_plate_of_photos_gives_one_row_per_file(server, fresh_page, tmp_path):
     for name in [*examples.image_file[:2], "plate-notes.txt"]:
         assert name in table
     assert "not an image" in table
-    link = page.locator("#hz-plate-download a").first
-    link.wait_for()
-    with page.expect_download() as info:
-        link.click()
-    path = tmp_path / "plate.csv"
-    info.value.save_as(path)
+    path = _download(page, "#hz-plate-download", tmp_path / "plate.csv")
     csv = pd.read_csv(path, dtype=str, keep_default_na=False)
     assert list(csv.columns) == list(PLATE_COLUMNS) and len(csv) == 3
     assert list(csv["file_name"]) == [*examples.image_file[:2], "plate-notes.txt"]

@@ -833,3 +833,16 @@ def test_identify_ranks_only_the_names_a_user_types(engine, example, monkeypatch
     many = identify(engine, {"path": image}, barcode, NoiseSettings(), candidates="\n".join(f"O{i}" for i in range(300)))
     assert not many.ok and "at most" in many.status
     assert not identify(engine, {"path": image}, barcode, NoiseSettings(), candidates=["x"]).ok
+
+
+def test_geometry_tab_states_each_models_hierarchy_numbers_for_the_space_on_show(engine):
+    from hirviz.ui.geometry_tab import map_consistency
+
+    results = engine.bundles["HiR-Fuse"].eval_results
+    for space, noisy in (("dna", "noisy_dna"), ("image", "noisy_image")):
+        text = map_consistency(engine, space)
+        line = next(p for p in text.split("\n\n") if p.startswith("**HiR-Fuse**"))
+        rho = results["clean"][space]["hierarchy"]["agreement"]["rho"], results[noisy][space]["hierarchy"]["agreement"]["rho"]
+        assert f"tree agreement {rho[0]:.2f} → {rho[1]:.2f}" in line and f"({space} space" in line
+    # The baseline's fusion was never trained, so its evaluation has no fused numbers: said, not invented.
+    assert "**CLIBD** (fused space): its evaluation has no hierarchy numbers" in map_consistency(engine, "fused")

@@ -23,10 +23,11 @@ from hirviz.ui.engine import (
     trained_fusion,
 )
 from hirviz.ui.render import input_message, status_line
+from hirviz.ui.robustness_tab import hierarchy_cells
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PATH_CAPTION", "geometry", "is_lorentz", "generality", "drift_text"]
+__all__ = ["PATH_CAPTION", "geometry", "is_lorentz", "generality", "drift_text", "map_consistency"]
 
 
 # One line under the maps: what the noise path's markers mean (the points are labelled as _session_noise_path does).
@@ -151,6 +152,26 @@ def _session_noise_path(engine: Engine, name: str, session: Mapping[str, Any], s
         blur_kernel=blur if blur > 1 else None, seed=int(noise.get("seed", 0)), layout=kind,
     )
     return path, ["no noise" if s == 0 else f"×{s:g}" for s in strengths]
+
+
+def map_consistency(engine: Engine, space: str) -> str:
+    """Beside the maps: each bundle's hierarchy-consistency numbers for ``space`` from its held-out evaluation.
+
+    The space's own query is scored (image space: photo -> names, DNA: barcode -> names, fused: the gated
+    fusion), without noise and with the evaluation's noise, so a reader can judge how far the map's geometry
+    follows the tree before reading the map itself.
+    """
+    lines = []
+    for name in engine.names:
+        cells = hierarchy_cells(getattr(engine.bundles[name], "eval_results", None), space)
+        if cells is None:
+            lines.append(f"**{name}** ({space} space): its evaluation has no hierarchy numbers for this space.")
+            continue
+        lines.append(f"**{name}** ({space} space, without noise → with a {cells['noise']}): tree agreement "
+                     f"{cells['agreement']}, mistake severity {cells['severity']} (agreement: 1 = the space orders "
+                     "specimens as the tree does, 0 = it ignores the tree; severity: 1 = mistakes stay in the genus, "
+                     "4 = another order).")
+    return "\n\n".join(lines)
 
 
 def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) -> str:

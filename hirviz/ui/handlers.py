@@ -33,7 +33,7 @@ from hirviz.ui.engine import (
     trained_fusion,
     typed_names,
 )
-from hirviz.ui.geometry_tab import PATH_CAPTION, drift_text, generality, geometry, is_lorentz  # noqa: F401
+from hirviz.ui.geometry_tab import PATH_CAPTION, drift_text, generality, geometry, is_lorentz, map_consistency  # noqa: F401
 from hirviz.ui.render import (
     agreement_text,
     barcode_html,
@@ -48,7 +48,7 @@ from hirviz.ui.result_csv import result_rows, write_csv
 from hirviz.ui.robustness_tab import eval_tables, hierarchy_tables, robustness, sweep_coverage  # noqa: F401
 
 __all__ = ["IdentifyView", "identify", "result_views", "refused", "source_path", "score_chart", "geometry",
-           "generality", "drift_text", "robustness", "sweep_coverage", "PATH_CAPTION", "hierarchy_tables",
+           "generality", "drift_text", "map_consistency", "robustness", "sweep_coverage", "PATH_CAPTION", "hierarchy_tables",
            "eval_tables", "read_examples", "input_message", "role_note"]
 
 logger = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ from hirviz.ui.handlers import (
     geometry,
     identify,
     input_message,
+    map_consistency,
     read_examples,
     refused,
     result_views,
@@ -339,7 +340,8 @@ def _geometry_tab(engine: Engine) -> _GeometryTab:
             colour_by = gr.Radio(list(COLOUR_LEVELS), value="order", label="Colour by")
             show_path = gr.Checkbox(value=True, label="Show the path as noise rises")
         status = gr.Markdown("")
-        drift = gr.Markdown("", elem_id="hz-drift")
+        # The bundles' hierarchy-consistency numbers for the shown space, then how far the noise moved the specimen.
+        drift = gr.Markdown(map_consistency(engine, default_space), elem_id="hz-drift")
         with gr.Row(equal_height=False):
             initial_maps = geometry(engine, {}, default_space, "order", False)[1]
             map_plots = [gr.Plot(initial_maps[n], show_label=False, elem_id=f"hz-map-{i}")
@@ -360,7 +362,9 @@ def _wire_geometry(engine: Engine, tab: _GeometryTab, session: gr.State) -> None
         """Redraw the reference maps with the last specimen placed (and its noise path)."""
         message, maps = geometry(engine, session_state, map_space, colour_by, bool(show_path))
         curves = list(generality(engine, session_state, map_space).values()) if tab.generality_plots else []
-        return (message, drift_text(engine, session_state, map_space), *[maps[n] for n in engine.names], *curves)
+        notes = "\n\n".join(t for t in (map_consistency(engine, map_space), drift_text(engine, session_state, map_space))
+                            if t)
+        return (message, notes, *[maps[n] for n in engine.names], *curves)
 
     # The maps are drawn when the tab is opened (and redrawn on its controls), not on every identification.
     gr.on([tab.tab.select, tab.space.change, tab.colour_by.change, tab.show_path.change],

@@ -24,7 +24,7 @@ from hirviz.ui.render import query_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hierarchy_tables", "robustness", "sweep_coverage", "eval_tables", "hierarchy_markdown",
+__all__ = ["hierarchy_tables", "robustness", "sweep_coverage", "eval_tables", "hierarchy_markdown", "hierarchy_cells",
            "HIERARCHY_EXPLANATIONS", "RobustnessTab", "robustness_tab", "wire_robustness"]
 
 
@@ -112,28 +112,32 @@ def _pair(clean: Any, noisy: Any) -> str:
     return f"{_num(clean)} → {_num(noisy)}"
 
 
+def hierarchy_cells(results: Mapping[str, Any] | None, query: str) -> dict[str, str] | None:
+    """One query's hierarchy-consistency numbers from an evaluation, each "without noise → with noise" (the noise
+    of :data:`_NOISY_CONDITION`); None when the evaluation has none for that query."""
+    noisy_condition, noise = _NOISY_CONDITION[query]
+    clean = (((results or {}).get("clean") or {}).get(query) or {}).get("hierarchy")
+    noisy = (((results or {}).get(noisy_condition) or {}).get(query) or {}).get("hierarchy")
+    if not isinstance(clean, Mapping):
+        return None
+    noisy = noisy if isinstance(noisy, Mapping) else {}
+
+    def pair(block: str, key: str) -> str:
+        return _pair((clean.get(block) or {}).get(key), (noisy.get(block) or {}).get(key))
+
+    return {"noise": noise, "severity": pair("mistake_severity", "severity"), "agreement": pair("agreement", "rho"),
+            "shares": pair("drift", "mean_depth"), "moved": _num((noisy.get("drift") or {}).get("mean_displacement"), 3)}
+
+
 def hierarchy_markdown(name: str, results: Mapping[str, Any] | None, *, fusion: bool = True) -> str:
     """One model's hierarchy-consistency numbers (from its ``eval.json``) as a Markdown table: one row per
     query, each cell "without noise → with noise"; a line saying so when the evaluation has none."""
     rows = []
     for query in QUERIES:
-        if query == "fused" and not fusion:
-            continue
-        noisy_condition, noise = _NOISY_CONDITION[query]
-        clean = (((results or {}).get("clean") or {}).get(query) or {}).get("hierarchy")
-        noisy = (((results or {}).get(noisy_condition) or {}).get(query) or {}).get("hierarchy")
-        if not isinstance(clean, Mapping):
-            continue
-        noisy = noisy if isinstance(noisy, Mapping) else {}
-
-        def get(h: Mapping[str, Any], block: str, key: str) -> Any:
-            return (h.get(block) or {}).get(key)
-
-        rows.append(f"| {query_label(query)} | {noise} | "
-                    f"{_pair(get(clean, 'mistake_severity', 'severity'), get(noisy, 'mistake_severity', 'severity'))}"
-                    f" | {_pair(get(clean, 'agreement', 'rho'), get(noisy, 'agreement', 'rho'))}"
-                    f" | {_pair(get(clean, 'drift', 'mean_depth'), get(noisy, 'drift', 'mean_depth'))}"
-                    f" | {_num(get(noisy, 'drift', 'mean_displacement'), 3)} |")
+        cells = hierarchy_cells(results, query) if query != "fused" or fusion else None
+        if cells is not None:
+            rows.append(f"| {query_label(query)} | {cells['noise']} | {cells['severity']} | {cells['agreement']} | "
+                        f"{cells['shares']} | {cells['moved']} |")
     if not rows:
         return f"**{name}**: no hierarchy numbers in its evaluation (its evaluation predates them)."
     header = ["| Query | Noise | Mistake severity | Tree agreement | Nearest reference shares | Moved by the noise |",

@@ -166,7 +166,13 @@ def start_app(bundle: str, port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"the app did not answer at {url} within 300 s; see {log}")
 
 
-def load_test(url: str, image: str, barcode: str, users: int, seconds: float) -> tuple[list[float], list[str]]:
+def load_test(url: str, image: str, barcode: str, users: int, seconds: float,
+              request: Callable[[Any, int, int], None] | None = None, httpx_kwargs: dict[str, Any] | None = None
+              ) -> tuple[list[float], list[str]]:
+    """``users`` threads, each with its own ``gradio_client.Client`` (``httpx_kwargs``, e.g. a timeout, go to it),
+    calling back to back for ``seconds``: the latencies of the calls that succeeded and a message per failure.
+    ``request(client, user, call)`` makes one call and raises on a wrong answer (default: ``/identify`` with the
+    photo and the barcode)."""
     from gradio_client import Client, handle_file
 
     latencies: list[float] = []
@@ -176,7 +182,7 @@ def load_test(url: str, image: str, barcode: str, users: int, seconds: float) ->
 
     def user(index: int) -> None:
         try:
-            client = Client(url, verbose=False)
+            client = Client(url, verbose=False, httpx_kwargs=httpx_kwargs)
         except Exception as err:  # count it and let the others go on
             with lock:
                 errors.append(f"user {index}: connect: {type(err).__name__}: {err}")
@@ -191,11 +197,15 @@ def load_test(url: str, image: str, barcode: str, users: int, seconds: float) ->
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:
-                # Each user varies the seed and the noise so that nothing can be served from a cache.
-                out = client.predict(image=handle_file(image), barcode=barcode, blur_kernel=call % 4,
-                                     substitution=0.01 * (call % 3), seed=index * 1000 + call, api_name="/identify")
-                if not str(out[0]).startswith("✓"):
-                    raise RuntimeError(f"not identified: {out[0]!r}")
+                if request is not None:
+                    request(client, index, call)
+                else:
+                    # Each user varies the seed and the noise so that nothing can be served from a cache.
+                    out = client.predict(image=handle_file(image), barcode=barcode, blur_kernel=call % 4,
+                                         substitution=0.01 * (call % 3), seed=index * 1000 + call,
+                                         api_name="/identify")
+                    if not str(out[0]).startswith("✓"):
+                        raise RuntimeError(f"not identified: {out[0]!r}")
                 with lock:
                     latencies.append(time.perf_counter() - started)
             except Exception as err:

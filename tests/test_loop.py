@@ -227,3 +227,16 @@ def test_checkpoints_load_safely_and_older_ones_still_resume(tmp_path):
     torch.save({"rng": [old], "evil": tmp_path}, path)
     with pytest.raises(ValueError, match="not a checkpoint"):
         load_checkpoint(path)
+
+
+def test_resuming_with_other_settings_is_refused_and_keeps_the_runs_own(synth, tmp_path):
+    out = tmp_path / "run"
+    fit(load_config(CI_CONFIG, _overrides(synth, out)), max_steps=2)
+    before = (out / "config.yaml").read_text()
+    changed = load_config(CI_CONFIG, _overrides(synth, out, "optim.epochs=7", "run.log_every=1"))
+    with pytest.raises(ValueError, match=r"optim\.epochs: \d+ -> 7") as err:
+        fit(changed, resume=True)
+    assert "log_every" not in str(err.value)  # how often a run logs may change on resume
+    assert (out / "config.yaml").read_text() == before  # the settings to resume with are still there
+    moved = load_config(CI_CONFIG, _overrides(synth, out, "run.log_every=1"))
+    assert fit(moved, resume=True, max_steps=3) == out  # a harmless change resumes

@@ -112,6 +112,27 @@ class RunConfig:
     eval_specimens: int = 500
 
 
+# Settings a resumed run may change: where files are (a run directory or data folder may move), how often it logs,
+# checkpoints and validates (validation is RNG-neutral), and the loader's worker count. Everything else shapes the
+# model, the data or the schedule, and changing it mid-run would silently train a different model.
+RESUMABLE_CHANGES = frozenset({
+    "data.metadata", "data.images", "data.num_workers", "model.dna_tokenizer", "run.out_dir", "run.checkpoint_every",
+    "run.log_every", "run.tensorboard", "run.device", "run.eval_every", "run.eval_specimens"})
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings (``section.key: old -> new``) that differ between a checkpoint's config and the current one,
+    leaving out :data:`RESUMABLE_CHANGES`."""
+    changes = []
+    for section in sorted(set(saved) | set(current)):
+        old, new = saved.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            name = f"{section}.{key}"
+            if name not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+                changes.append(f"{name}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)

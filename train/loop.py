@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from hirviz.model import HirvizModel, build_model
 from train import distributed
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig, config_changes, load_config
 from train.data import HierarchicalBatchSampler, SpecimenDataset, make_collate, open_images, train_transform
 from train.data.noise_aware import presence
 from train.embed import embed_texts
@@ -130,6 +130,12 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed,
                               identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment,
                               noise=cfg.data.noise_settings())
+    if resume and (out / CHECKPOINT).exists() and (out / CONFIG).exists():
+        # before config.yaml is rewritten: it still holds the settings the checkpoint was trained with
+        changed = config_changes(yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}, cfg.to_dict())
+        if changed:
+            raise ValueError(f"{out} was trained with other settings than these ({'; '.join(changed)}): resume "
+                             "with the run's own settings (its config.yaml), or train into a new run.out_dir")
     if dist.is_main:
         dataset.taxonomy.save(str(out / TAXONOMY))
         with open(out / CONFIG, "w", encoding="utf-8") as fh:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import CI_CONFIG, REPO_ROOT, tiny_overrides
 from hirviz.bundle import load_bundle
@@ -240,3 +241,8 @@ def test_resuming_with_other_settings_is_refused_and_keeps_the_runs_own(synth, t
     assert (out / "config.yaml").read_text() == before  # the settings to resume with are still there
     moved = load_config(CI_CONFIG, _overrides(synth, out, "run.log_every=1"))
     assert fit(moved, resume=True, max_steps=3) == out  # a harmless change resumes
+    # a run written before a setting existed trained with its default: that is no change either
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["data"]["val_fraction"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert fit(moved, resume=True, max_steps=4) == out

@@ -132,7 +132,12 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
                               noise=cfg.data.noise_settings())
     if resume and (out / CHECKPOINT).exists() and (out / CONFIG).exists():
         # before config.yaml is rewritten: it still holds the settings the checkpoint was trained with
-        changed = config_changes(yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}, cfg.to_dict())
+        saved = yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}
+        try:  # settings added since the run started take their defaults, which is what the run trained with
+            saved = TrainConfig.from_dict(saved).to_dict()
+        except ValueError:  # a setting since removed: compared as written, so the error names it
+            pass
+        changed = config_changes(saved, cfg.to_dict())
         if changed:
             raise ValueError(f"{out} was trained with other settings than these ({'; '.join(changed)}): resume "
                              "with the run's own settings (its config.yaml), or train into a new run.out_dir")

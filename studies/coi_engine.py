@@ -45,8 +45,9 @@ from hirviz.coi_refs import ReferenceSet  # noqa: E402
 from hirviz.degrade import DnaNoise, degrade_barcodes  # noqa: E402
 from hirviz.taxonomy import LEVELS  # noqa: E402
 from train.data import closed_set_split, read_metadata  # noqa: E402
+from train.data.readers import specimen_ids  # noqa: E402
 from train.kmer_baseline import KmerNearestNeighbour  # noqa: E402
-from train.rundir import select_rows  # noqa: E402
+from train.rundir import read_split, select_rows  # noqa: E402
 
 PARTIAL_BP = 313
 METHODS = ("k-mer NN", "alignment", "reconciled", "model")
@@ -81,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="DNA noise and validation split seed")
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--no-model", action="store_true", help="score without the model (c and d left out)")
+    parser.add_argument("--write-partition", metavar="TSV",
+                        help="only write the partition that trains a model honest on the val/* slices, and exit")
     args = parser.parse_args(argv)
+    if args.write_partition:
+        validation_partition(Path(args.data) / "barcodes.tsv", args.run, Path(args.write_partition),
+                             args.val_fraction, args.seed)
+        return 0
     started = time.time()
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -179,6 +186,13 @@ def open_set_split(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[pd.
     mostly known, genera mostly and species all unknown): ``(references, queries)``, where the references lack
     every row of 20 % of the families, of 15 % of the remaining genera and of 10 % of the remaining species, and
     the ``size`` queries are drawn from those rows (20 % from held-out families, 70 % genera, 10 % species)."""
+    held, picked = open_set_rows(frame, seed, size)
+    return frame[~held].reset_index(drop=True), frame.iloc[picked].reset_index(drop=True)
+
+
+def open_set_rows(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`open_set_split` as ``(held, picked)``: a bool mask of the rows the references lack, and the sorted
+    row positions of the queries."""
     rng = np.random.default_rng([seed, 313])
     held = np.zeros(len(frame), bool)
     pools = []
@@ -189,7 +203,31 @@ def open_set_split(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[pd.
         pools.append((np.flatnonzero(rows), n))
         held |= frame[level].isin(out).to_numpy()
     picked = np.concatenate([rng.choice(rows, min(len(rows), int(n * size)), replace=False) for rows, n in pools])
-    return frame[~held].reset_index(drop=True), frame.iloc[np.sort(picked)].reset_index(drop=True)
+    return held, np.sort(picked)
+
+
+def validation_partition(barcodes: Path, run: str, out: Path, val_fraction: float, seed: int) -> Path:
+    """A partition file (``sampleid``, ``partition``) that trains a model honest on every ``val/*`` slice:
+    ``train`` = the training rows that are references of both validation searches (so the model has seen no
+    validation query, and no row of the taxa the open-set slice holds out), ``test_seen_query`` = the run's test
+    rows, ``heldout`` = the rest. ``python -m train fit ... data.split=clibd data.partition=PATH`` trains on it."""
+    frame = read_metadata(barcodes).reset_index(drop=True)
+    train, _ = select_rows(barcodes, run, "train")  # verifies the run's split against the file
+    saved = read_split(run)
+    train_pos, test_pos = saved.train, saved.test
+    train = train.reset_index(drop=True)
+    _, val_rows = closed_set_split(train, val_fraction, seed)
+    held, _ = open_set_rows(train, seed)
+    label = np.full(len(frame), "heldout", dtype=object)
+    label[test_pos] = "test_seen_query"
+    keep = ~held
+    keep[val_rows] = False
+    label[train_pos[keep]] = "train"
+    table = pd.DataFrame({"sampleid": specimen_ids(frame), "partition": label})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, sep="\t", index=False)
+    print(f"{out}: {dict(table['partition'].value_counts())}")
+    return out
 
 
 def _fingerprint(bundle: str) -> str:

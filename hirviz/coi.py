@@ -10,11 +10,11 @@
 
 Reconciliation, rank by rank from order down: close hits decide (``decided_by = "alignment"``); where they name
 nothing, the rank is named when the model's top name is carried by one of the nearest hits at :data:`AGREE`
-identity (``decided_by = "alignment+model"``, with a note naming the agreeing hit), else by the model alone when
-it scores >= :data:`MODEL_ALONE` (``"model"``); below a rank named that way, close hits again decide finer ranks on their own
-(:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser name it contradicts;
-where the hits disagree and the model sides with none of them, or nothing supports a name, the rank is left
-empty. A sequence that is not COI gets no name at all.
+identity (``decided_by = "alignment+model"``, with a note naming the agreeing hit), else by the model alone
+when it scores >= :data:`MODEL_ALONE` (``"model"``); below a rank named that way, close hits again decide finer
+ranks on their own (:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser
+name it contradicts; where the hits disagree and the model sides with none of them, or nothing supports a name,
+the rank is left empty. A sequence that is not COI gets no name at all.
 
 :func:`identify_fasta` does the same for every record of a FASTA file or text, yielding :data:`ROW_COLUMNS` rows.
 """
@@ -43,8 +43,9 @@ MODEL_THRESHOLD = 0.5
 MODEL_ALONE: dict[str, float] = {"order": MODEL_THRESHOLD, "family": MODEL_THRESHOLD}
 """Per rank, the score the model needs to name it alone. Never at genus or species: a query with no close hit
 there is mostly from a genus or species the references (and so the model's label set) lack, and the model can
-only answer with a name it knows (the previous rules' results on the partial reads: 56 % of the genera it named
-were wrong). Its validation scores cannot tell: it was trained on the validation rows (docs/coi_engine.md)."""
+only answer with a name it knows. Re-checked with a model that had not seen the validation slices
+(docs/coi_engine.md): at genus, >= 0.2 or 0.3 named no genus right on any slice and only wrong ones on the
+open-set slice; >= 0.5 named nothing at all."""
 AGREE: dict[str, tuple[float, float]] = {"order": (75.0, 0.1), "family": (80.0, 0.1), "genus": (92.0, 0.1),
                                          "species": (95.0, 0.1)}
 """Per rank, (minimum identity of the nearest hit, minimum model score): below :data:`RANK_THRESHOLDS`, a rank is

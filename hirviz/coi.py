@@ -10,11 +10,11 @@
 
 Reconciliation, rank by rank from order down: close hits decide (``decided_by = "alignment"``); where they name
 nothing, the rank is named when the model's top name is carried by one of the nearest hits at :data:`AGREE`
-identity (``decided_by = "model"``, with a note naming the agreeing hit), else by the model alone at order and family when it scores >= :data:`MODEL_ALONE`
-(``"model"``); below a rank named that way, close hits again decide finer ranks on their own
-(:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser name it contradicts;
-where the hits disagree and the model sides with none of them, or nothing supports a name, the rank is left
-empty. A sequence that is not COI gets no name at all.
+identity (``decided_by = "alignment+model"``, with a note naming the agreeing hit), else by the model alone
+when it scores >= :data:`MODEL_ALONE` (``"model"``); below a rank named that way, close hits again decide finer
+ranks on their own (:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser
+name it contradicts; where the hits disagree and the model sides with none of them, or nothing supports a name,
+the rank is left empty. A sequence that is not COI gets no name at all.
 
 :func:`identify_fasta` does the same for every record of a FASTA file or text, yielding :data:`ROW_COLUMNS` rows.
 """
@@ -43,12 +43,14 @@ MODEL_THRESHOLD = 0.5
 MODEL_ALONE: dict[str, float] = {"order": MODEL_THRESHOLD, "family": MODEL_THRESHOLD}
 """Per rank, the score the model needs to name it alone. Never at genus or species: a query with no close hit
 there is mostly from a genus or species the references (and so the model's label set) lack, and the model can
-only answer with a name it knows (the previous rules' results on the partial reads: 56 % of the genera it named
-were wrong). Its validation scores cannot tell: it was trained on the validation rows (docs/coi_engine.md)."""
+only answer with a name it knows. Re-checked with a model that had not seen the validation slices
+(docs/coi_engine.md): at genus, >= 0.2 or 0.3 named no genus right on any slice and only wrong ones on the
+open-set slice; >= 0.5 named nothing at all."""
 AGREE: dict[str, tuple[float, float]] = {"order": (75.0, 0.1), "family": (80.0, 0.1), "genus": (92.0, 0.1),
                                          "species": (95.0, 0.1)}
 """Per rank, (minimum identity of the nearest hit, minimum model score): below :data:`RANK_THRESHOLDS`, a rank is
-named by the model (``decided_by = "model"``; a note gives the agreeing hit's identity) when the model's top name
+named by the model and the hits together (``decided_by = "alignment+model"``; a note gives the agreeing hit's
+identity) when the model's top name
 is carried by one of the nearest hits (those within ``NEAR_BEST`` points of the closest) and they reach these. An
 alignment and a model agreeing is evidence neither gives alone: on the closed-set validation slices this named
 1-4 points more queries correctly at order and family, with up to 1.2 points more wrong names among those named.
@@ -74,7 +76,9 @@ ReferencesLike = ReferenceSet | str | os.PathLike | Any | None
 @dataclass
 class RankAnswer:
     """The answer at one rank: ``name`` ("" = abstain), ``score`` (the best supporting identity / 100 when
-    decided by alignment, the model's score when decided by the model) and ``decided_by``."""
+    decided by alignment, the model's score otherwise) and ``decided_by``: ``"alignment"`` (close hits),
+    ``"alignment+model"`` (the model's name, carried by the nearest hits below the close-hit thresholds),
+    ``"model"`` (the model alone) or ``""`` (not named)."""
 
     name: str = ""
     score: float = 0.0
@@ -219,8 +223,7 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
         near = _near_names(hits, level)
         min_identity, min_score = AGREE.get(level, (101.0, 2.0))
         if near and near[0][1] >= min_identity and name in {n for n, _ in near} and score >= min_score:
-            # "model" (the app knows alignment / model / ""): the note says the hits back it.
-            answers[level] = RankAnswer(name, score, "model")
+            answers[level] = RankAnswer(name, score, "alignment+model")
             result.notes.append(f"{level}: the model's {name} ({score:.2f}) agrees with a hit at "
                                 f"{max(ident for n, ident in near if n == name):.1f} % identity")
             continue
@@ -234,7 +237,7 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
             continue
         break
     thresholds = ", ".join(f"{lvl} {t[0]:g} %/{t[1]} bp" for lvl, t in RANK_THRESHOLDS.items())
-    if any(a.decided_by == "model" for a in answers.values()):
+    if any(a.decided_by in ("model", "alignment+model") for a in answers.values()):
         result.notes.append(f"ranks without a close reference hit ({thresholds}) named by the model, alone or "
                             "agreeing with the nearest hits")
 

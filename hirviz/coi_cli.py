@@ -1,6 +1,8 @@
 """``python -m hirviz identify --fasta F [--out T.tsv] [--bundle B] [--references TSV]``: batch COI identification.
 
-Writes one tab-separated row per FASTA record (:data:`hirviz.coi.ROW_COLUMNS`). References come from
+Writes one tab-separated row per FASTA record (:data:`hirviz.coi.ROW_COLUMNS`; ``decided_by`` lists, per named
+rank, ``alignment``, ``alignment+model`` or ``model``, e.g. ``order:alignment family:alignment+model``).
+References come from
 ``--references`` (a barcode TSV) or else from the bundle's reference bank; the bundle's model, when a bundle is
 given, answers where no reference is close. Without ``--bundle`` and ``--references`` the repository's real COI
 bundle (``assets/real-coi``: real BOLD / BIOSCAN-5M barcodes) gives both. A bad record gets a row whose ``notes`` say why; a bad option, file

@@ -45,8 +45,9 @@ from hirviz.coi_refs import ReferenceSet  # noqa: E402
 from hirviz.degrade import DnaNoise, degrade_barcodes  # noqa: E402
 from hirviz.taxonomy import LEVELS  # noqa: E402
 from train.data import closed_set_split, read_metadata  # noqa: E402
+from train.data.readers import specimen_ids  # noqa: E402
 from train.kmer_baseline import KmerNearestNeighbour  # noqa: E402
-from train.rundir import select_rows  # noqa: E402
+from train.rundir import read_split, select_rows  # noqa: E402
 
 PARTIAL_BP = 313
 METHODS = ("k-mer NN", "alignment", "reconciled", "model")
@@ -70,6 +71,23 @@ STEPS: list[tuple[str, dict[str, Any]]] = [
     ("+ model alone at order / family only (shipped defaults)", {}),
 ]
 
+# Candidate reconciliation rules compared on the val/* slices only (with a model that has not seen them:
+# --val-bundle), to choose whether the model alone may name genus / species and how it names families.
+_ALONE = coi.MODEL_ALONE
+CANDIDATES: list[tuple[str, dict[str, Any]]] = [
+    ("shipped defaults", {}),
+    *[(f"model alone at order / family >= {t:g}", {"coi.MODEL_ALONE": {"order": 0.5, "family": t}})
+      for t in (0.3, 0.7)],
+    *[(f"model alone also at genus >= {t:g}", {"coi.MODEL_ALONE": {**_ALONE, "genus": t}})
+      for t in (0.2, 0.3, 0.5, 0.7, 0.9)],
+    *[(f"model alone also at genus and species >= {t:g}", {"coi.MODEL_ALONE": {**_ALONE, "genus": t, "species": t}})
+      for t in (0.5, 0.7, 0.9)],
+    ("hits + model agreeing at family from 75 % (was 80)",
+     {"coi.AGREE": {**coi.AGREE, "family": (75.0, 0.1)}}),
+    ("hits + model agreeing at genus / species from 88 / 92 % (was 92 / 95)",
+     {"coi.AGREE": {**coi.AGREE, "genus": (88.0, 0.1), "species": (92.0, 0.1)}}),
+]
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -80,8 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--seed", type=int, default=0, help="DNA noise and validation split seed")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-bundle", default=None,
+                        help="the model that answers the val/* slices: one trained without them (--write-partition); "
+                             "default --bundle (then its validation scores are optimistic)")
     parser.add_argument("--no-model", action="store_true", help="score without the model (c and d left out)")
+    parser.add_argument("--write-partition", metavar="TSV",
+                        help="only write the partition that trains a model honest on the val/* slices, and exit")
     args = parser.parse_args(argv)
+    if args.write_partition:
+        validation_partition(Path(args.data) / "barcodes.tsv", args.run, Path(args.write_partition),
+                             args.val_fraction, args.seed)
+        return 0
     started = time.time()
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -96,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     val_refs, val = train.iloc[val_refs_rows].reset_index(drop=True), train.iloc[val_rows].reset_index(drop=True)
 
     predictor = None if args.no_model else _predictor(args.bundle)
+    val_bundle = args.val_bundle or args.bundle
+    val_predictor = None if args.no_model else (_predictor(val_bundle) if args.val_bundle else predictor)
     noise = DnaNoise()
     sets: dict[str, tuple[pd.DataFrame, list[str], pd.DataFrame]] = {}
     for split, queries, refs_frame in (("val", val, val_refs), ("test", test, train)):
@@ -110,18 +139,20 @@ def main(argv: list[str] | None = None) -> int:
 
     cached: dict[str, dict[str, Any]] = {}
     engines: dict[int, ReferenceSet] = {}
-    model_dir = work / ("model-" + _fingerprint(args.bundle)) if predictor is not None else None
     for name, (_, seqs, refs_frame) in sets.items():
         key = id(refs_frame)
         if key not in engines:
             engines[key] = _references(refs_frame)
         stem = name.replace("/", "_") + ".pkl"
-        cached[name] = _cached(work / stem, seqs, engines[key], predictor, model_dir and model_dir / stem)
+        model, bundle = (val_predictor, val_bundle) if name.startswith("val/") else (predictor, args.bundle)
+        model_dir = work / ("model-" + _fingerprint(bundle)) if model is not None else None
+        cached[name] = _cached(work / stem, seqs, engines[key], model, model_dir and model_dir / stem)
 
     results: dict[str, Any] = {"_meta": {
         "references": {"test": int(train["barcode"].notna().sum()), "val": int(val_refs["barcode"].notna().sum()),
                        "val/open": int(open_refs["barcode"].notna().sum())},
         "bundle": str(args.bundle) if predictor is not None else None,
+        "val_bundle": str(val_bundle) if predictor is not None else None,
         "queries": {name: len(s[1]) for name, s in sets.items()}, "dna_noise": noise.__dict__, "seed": args.seed,
         "metric": "per rank, over the queries labelled there: accuracy (abstention = wrong), abstention rate, "
                   "error rate among named answers (percent)",
@@ -137,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             with _settings(settings):
                 answers = _answers(cached[name], seqs, refs_frame, predictor is not None, kmer=False)
             results["steps"][name][step] = {method: score(names, truth) for method, names in answers.items()}
+        if name.startswith("val/") and predictor is not None:
+            results.setdefault("choices", {})[name] = {}
+            for label, settings in CANDIDATES:
+                with _settings(settings):
+                    answers = _answers(cached[name], seqs, refs_frame, True, kmer=False)
+                results["choices"][name][label] = score(answers["reconciled"], truth)
     (out / "coi_engine.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     (out / "coi_engine.md").write_text(report(results, (time.time() - started) / 60), encoding="utf-8")
     print(report(results, (time.time() - started) / 60))
@@ -179,6 +216,13 @@ def open_set_split(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[pd.
     mostly known, genera mostly and species all unknown): ``(references, queries)``, where the references lack
     every row of 20 % of the families, of 15 % of the remaining genera and of 10 % of the remaining species, and
     the ``size`` queries are drawn from those rows (20 % from held-out families, 70 % genera, 10 % species)."""
+    held, picked = open_set_rows(frame, seed, size)
+    return frame[~held].reset_index(drop=True), frame.iloc[picked].reset_index(drop=True)
+
+
+def open_set_rows(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`open_set_split` as ``(held, picked)``: a bool mask of the rows the references lack, and the sorted
+    row positions of the queries."""
     rng = np.random.default_rng([seed, 313])
     held = np.zeros(len(frame), bool)
     pools = []
@@ -189,7 +233,31 @@ def open_set_split(frame: pd.DataFrame, seed: int, size: int = 700) -> tuple[pd.
         pools.append((np.flatnonzero(rows), n))
         held |= frame[level].isin(out).to_numpy()
     picked = np.concatenate([rng.choice(rows, min(len(rows), int(n * size)), replace=False) for rows, n in pools])
-    return frame[~held].reset_index(drop=True), frame.iloc[np.sort(picked)].reset_index(drop=True)
+    return held, np.sort(picked)
+
+
+def validation_partition(barcodes: Path, run: str, out: Path, val_fraction: float, seed: int) -> Path:
+    """A partition file (``sampleid``, ``partition``) that trains a model honest on every ``val/*`` slice:
+    ``train`` = the training rows that are references of both validation searches (so the model has seen no
+    validation query, and no row of the taxa the open-set slice holds out), ``test_seen_query`` = the run's test
+    rows, ``heldout`` = the rest. ``python -m train fit ... data.split=clibd data.partition=PATH`` trains on it."""
+    frame = read_metadata(barcodes).reset_index(drop=True)
+    train, _ = select_rows(barcodes, run, "train")  # verifies the run's split against the file
+    saved = read_split(run)
+    train_pos, test_pos = saved.train, saved.test
+    train = train.reset_index(drop=True)
+    _, val_rows = closed_set_split(train, val_fraction, seed)
+    held, _ = open_set_rows(train, seed)
+    label = np.full(len(frame), "heldout", dtype=object)
+    label[test_pos] = "test_seen_query"
+    keep = ~held
+    keep[val_rows] = False
+    label[train_pos[keep]] = "train"
+    table = pd.DataFrame({"sampleid": specimen_ids(frame), "partition": label})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, sep="\t", index=False)
+    print(f"{out}: {dict(table['partition'].value_counts())}")
+    return out
 
 
 def _fingerprint(bundle: str) -> str:
@@ -327,6 +395,15 @@ def steps_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def choices_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| queries | rule (reconciled answer) | " + " | ".join(LEVELS) + " |",
+             "|---|---" + "|---" * len(LEVELS) + "|"]
+    for name, rules in results.get("choices", {}).items():
+        for label, per_level in rules.items():
+            lines.append(f"| {name} | {label} | " + " | ".join(_cell(per_level[level]) for level in LEVELS) + " |")
+    return lines
+
+
 def report(results: dict[str, Any], minutes: float) -> str:
     meta = results["_meta"]
     lines = [
@@ -353,6 +430,12 @@ def report(results: dict[str, Any], minutes: float) -> str:
         "## Validation slice of the training split (where settings are chosen)",
         "",
         *table(results, [n for n in results if n.startswith("val/")]),
+        "",
+        "## Candidate rules on the validation slices",
+        "",
+        f"Model on `val/*`: `{meta.get('val_bundle')}`; on `test/*`: `{meta.get('bundle')}`.",
+        "",
+        *choices_table(results),
         "",
     ]
     return "\n".join(lines)

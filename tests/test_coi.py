@@ -276,11 +276,28 @@ def test_nearest_hits_and_model_agreeing_name_a_rank_below_the_threshold() -> No
     agreeing = assemble(check_barcode(query), near, model_saying(("O", 0.3), ("F", 0.2), ("G", 0.9), ("G s", 0.9))())
     # order: a hit at 86 % names it; family: below 90 % and 2 hits (3 needed), but the model says F too.
     assert agreeing.answers["order"].decided_by == "alignment"
-    assert (agreeing.answers["family"].name, agreeing.answers["family"].decided_by) == ("F", "model")
+    assert (agreeing.answers["family"].name, agreeing.answers["family"].decided_by) == ("F", "alignment+model")
     assert "family: the model's F (0.20) agrees with a hit at 86.0 % identity" in agreeing.notes
     assert agreeing.answers["genus"].name == ""  # 86 % is far below a genus, whatever the model says
     other = assemble(check_barcode(query), near, model_saying(("O", 0.3), ("Other", 0.2))())
     assert other.answers["family"].name == "" and other.deepest_rank == "order"
+
+
+def test_the_page_tells_apart_alignment_model_and_both() -> None:
+    """Each decided_by value gets its own words and cell class in the app's answer table."""
+    from types import SimpleNamespace
+
+    from hirviz.ui.coi_view import coi_html
+
+    near = [Hit(f"R{i}", {"order": "O", "family": "F", "genus": "G", "species": ""}, 86.0 - 0.5 * i, 100.0, 600,
+                0.5) for i in range(2)]
+    result = assemble(check_barcode(consensus()), near, model_saying(("O", 0.3), ("F", 0.2))())
+    assert [result.answers[level].decided_by for level in LEVELS] == ["alignment", "alignment+model", "", ""]
+    engine = SimpleNamespace(coi_name="real-coi", data_kind=lambda name: "real")
+    page = coi_html(engine, result)
+    assert page.count("class='hz-yes'>decided by alignment") == 1
+    assert page.count("class='hz-both'>the model, backed by the nearest hits") == 1
+    assert page.count("class='hz-na'>not named") == 2 and ".hz-both" in page
 
 
 def test_close_hits_name_the_ranks_below_one_the_model_resolved() -> None:
@@ -294,7 +311,8 @@ def test_close_hits_name_the_ranks_below_one_the_model_resolved() -> None:
     assert rank_verdicts(hits, walk=False)["family"].name == "Cecidomyiidae"
     result = assemble(check_barcode(query), hits, model_saying(("Diptera", 0.9), ("Cecidomyiidae", 0.1))())
     assert [result.answers[level].name for level in LEVELS[:3]] == ["Diptera", "Cecidomyiidae", "Contarinia"]
-    assert result.answers["order"].decided_by == "model" and any("agrees with a hit" in n for n in result.notes)
+    assert result.answers["order"].decided_by == "alignment+model"
+    assert any("agrees with a hit" in n for n in result.notes)
     assert result.answers["genus"].decided_by == "alignment"
     # Without the model the disputed order stays open and nothing finer is named under it.
     assert assemble(check_barcode(query), hits).deepest_rank is None

@@ -57,6 +57,9 @@ class DataConfig:
     noise_dna_scale: float = 2.0
     noise_blur_max: int = 9
     noise_drop: float = 0.1
+    # Share of training barcodes cut each epoch to a random 150-450 bp window (train.data.dataset.CROP_BP), so
+    # partial reads are in-distribution; 0 = off (the paper).
+    dna_crop: float = 0.0
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class DataConfig:
         if isinstance(self.dna_augment, bool) or not isinstance(self.dna_augment, (int, float)) \
                 or not 0 <= self.dna_augment <= 100:
             raise ValueError(f"data.dna_augment must be a number between 0 and 100, got {self.dna_augment!r}")
+        if isinstance(self.dna_crop, bool) or not isinstance(self.dna_crop, (int, float)) or not 0 <= self.dna_crop <= 1:
+            raise ValueError(f"data.dna_crop must be a share between 0 and 1, got {self.dna_crop!r}")
         self.noise_settings()  # checks the noise_* values even while noise_aware is off
         if self.noise_aware and self.dna_augment:
             raise ValueError("data.noise_aware draws its own DNA scale (data.noise_dna_scale): set data.dna_augment=0")

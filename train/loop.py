@@ -129,7 +129,7 @@ def fit(cfg: TrainConfig, resume: bool = False, max_steps: int | None = None) ->
     transform = train_transform(model.image_size[0], model.image_mean, model.image_std)
     dataset = SpecimenDataset(frame.iloc[train_idx], images, transform, views=views, seed=cfg.run.seed,
                               identical_views=cfg.data.hir_views == "identical", dna_augment=cfg.data.dna_augment,
-                              noise=cfg.data.noise_settings())
+                              noise=cfg.data.noise_settings(), dna_crop=cfg.data.dna_crop)
     if resume and (out / CHECKPOINT).exists() and (out / CONFIG).exists():
         # before config.yaml is rewritten: it still holds the settings the checkpoint was trained with
         saved = yaml.safe_load((out / CONFIG).read_text(encoding="utf-8")) or {}

@@ -34,7 +34,11 @@ HIT_COLUMNS: tuple[str, ...] = ("#", "reference", *LEVELS, "identity %", "covera
 # A batch is identified inside one request: keep it to what finishes in a few minutes on a small CPU.
 MAX_BATCH_RECORDS = 1000
 MAX_BATCH_BYTES = 5_000_000
-_DECIDED = {"alignment": "decided by alignment", "model": "decided by the model", "": "not named"}
+_DECIDED = {"alignment": "decided by alignment", "alignment+model": "the model, backed by the nearest hits",
+            "model": "decided by the model", "": "not named"}
+# Cell classes per decided_by (hirviz.ui.render.CSS has hz-yes / hz-model / hz-na; hz-both is in _CSS below).
+_DECIDED_CSS = {"alignment": "hz-yes", "alignment+model": "hz-both", "model": "hz-model", "": "hz-na"}
+_CSS = "<style>.hz-both { color: #0f6b5c; font-weight: 600; }</style>"
 
 
 @dataclass
@@ -118,7 +122,7 @@ def coi_html(engine: Engine, result: Identification) -> str:
         top = (result.model_levels or {}).get(level) or []
         model = (f"{html.escape(top[0][0])} <span class='hz-score'>{top[0][1]:.1%}</span>" if top
                  else "<span class='hz-na'>no model answer</span>")
-        css = "hz-yes" if answer.decided_by == "alignment" else ("hz-model" if answer.decided_by else "hz-na")
+        css = _DECIDED_CSS[answer.decided_by]
         rows.append(f"<tr><th class='hz-level'>{level}</th><td>{named}</td>"
                     f"<td class='{css}'>{_DECIDED[answer.decided_by]}</td><td>{refs}</td><td>{model}</td></tr>")
     check = result.check
@@ -128,7 +132,7 @@ def coi_html(engine: Engine, result: Identification) -> str:
              else "no in-frame stop codon"]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
     return (
-        f"<div class='hz-result hz-coi'>{_title(engine)}"
+        f"{_CSS}<div class='hz-result hz-coi'>{_title(engine)}"
         "<div class='hz-scroll'><table class='hz-table'><thead><tr><th class='hz-level'>rank</th><th>answer</th>"
         "<th>decided by</th><th>the references say</th><th>the model says</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"

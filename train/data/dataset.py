@@ -45,6 +45,8 @@ class SpecimenDataset(Dataset):
         noise: noise-aware training (:mod:`train.data.noise_aware`; needs ``seed``, excludes ``dna_augment``):
             per (seed, epoch, item), blur the image views, degrade the barcode (as ``dna_augment`` does, at most
             ``noise.dna_scale``) or drop a modality; items then carry ``image_present`` / ``dna_present`` flags.
+        dna_crop: share of items whose barcode is cut, afresh per (seed, epoch, item), to a random window of
+            :data:`CROP_BP` bases (partial reads such as 313-bp mini-barcodes are then in-distribution; needs ``seed``).
 
     Attributes:
         labels: int64 [N, 4] rank ids, -1 unknown (what :class:`HierarchicalBatchSampler` needs).
@@ -62,6 +64,7 @@ class SpecimenDataset(Dataset):
         identical_views: bool = False,
         dna_augment: float = 0.0,
         noise: NoiseAware | None = None,
+        dna_crop: float = 0.0,
     ) -> None:
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
@@ -76,6 +79,9 @@ class SpecimenDataset(Dataset):
         self.noise = noise
         self.identical_views = identical_views
         self.dna_augment = float(dna_augment)
+        if not 0 <= dna_crop <= 1 or (dna_crop > 0 and seed is None):
+            raise ValueError(f"dna_crop must be in [0, 1] and needs a seed, got {dna_crop!r} with seed {seed!r}")
+        self.dna_crop = float(dna_crop)
         self.frame = frame.reset_index(drop=True)
         self.images = images
         self.transform = transform if transform is not None else eval_transform()
@@ -135,6 +141,8 @@ class SpecimenDataset(Dataset):
     def _barcode(self, i: int, max_scale: float) -> str | None:
         """Barcode ``i``, degraded at a scale drawn uniformly from ``[0, max_scale]`` (0: clean)."""
         barcode = self._barcodes[i]
+        if barcode is not None and self.dna_crop > 0:  # before any noise, as a read is cut before it is sequenced
+            barcode = _crop(barcode, self.dna_crop, self._item_seed(i, CROP_STREAM))
         if barcode is None or max_scale == 0:
             return barcode
         seed = self._item_seed(i, 1)
@@ -238,3 +246,19 @@ def make_collate(
 ) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, Any]]:
     """:func:`collate_specimens` with the tokenizers bound; it pickles, so DataLoader workers do the tokenising."""
     return functools.partial(collate_specimens, dna_tokenizer=dna_tokenizer, text_tokenizer=text_tokenizer)
+
+
+CROP_BP = (150, 450)
+"""Window lengths ``data.dna_crop`` draws from (uniformly): mini-barcodes and partial reads are 150-450 bp."""
+# The crop's (seed, epoch, item) stream: 0 = image views, 1 = dna_augment's noise, 2 = noise-aware draws.
+CROP_STREAM = 3
+
+
+def _crop(barcode: str, share: float, seed: int) -> str:
+    """``barcode`` cut to a random :data:`CROP_BP` window with probability ``share`` (else unchanged)."""
+    rng = np.random.default_rng(seed)
+    if rng.random() >= share or len(barcode) <= CROP_BP[0]:
+        return barcode
+    length = int(rng.integers(CROP_BP[0], min(CROP_BP[1], len(barcode)) + 1))
+    start = int(rng.integers(0, len(barcode) - length + 1))
+    return barcode[start:start + length]

@@ -259,28 +259,85 @@ def measure(bundle_dir: Path, calls: int, threads: int | None, quantize: bool, c
     return result
 
 
+def threads_matrix(calls: int, quantize: bool, examples: Path | None) -> list[str]:
+    """Markdown rows: wall and CPU time of one photo + barcode through both paper-size towers (random weights), per
+    torch thread count (1, 2) and number of such calls running at once (1, 2: the app's ``concurrency_limit``), each
+    call in its own Python thread as Gradio's workers run them."""
+    import threading
+
+    import torch
+
+    from hirviz.model import build_model, int8_model
+    from hirviz.predict import load_image
+
+    torch.manual_seed(0)
+    model = build_model(PAPER_SIZE).eval()
+    model = int8_model(model) if quantize else model
+    image, barcode = query_specimen(examples)
+    pixels = model.image_transform(train=False)(load_image(image))[None]
+
+    def one() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), time.thread_time()  # thread_time: this call's own thread, not the other's
+        with torch.inference_mode():
+            model.encode_image(pixels)
+            model.encode_dna(**model.tokenize_dna([barcode]))
+        return time.perf_counter() - t0, time.thread_time() - c0
+
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for concurrent in (1, 2):
+            one()  # warm-up at this setting
+            wall: list[float] = []
+            busy: list[float] = []
+            started = time.perf_counter()
+            for _ in range(calls):
+                results: list[tuple[float, float]] = []
+                workers = [threading.Thread(target=lambda out=results: out.append(one())) for _ in range(concurrent)]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+                wall += [r[0] for r in results]
+                busy += [r[1] for r in results]
+            rate = calls * concurrent / (time.perf_counter() - started)
+            rows.append(f"| {threads} | {concurrent} | {np.percentile(wall, 50) * 1000:.0f} | "
+                        f"{np.percentile(wall, 95) * 1000:.0f} | {np.percentile(busy, 50) * 1000:.0f} | {rate:.2f} |")
+            print(rows[-1], file=sys.stderr)
+    return rows
+
+
 _PART_ORDER = ("photo decode + transform", "image tower", "DNA tower", "search (hits)", "map placement")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bank", type=Path, required=True, help="a bank built by python -m bench.bench_bank --out")
-    parser.add_argument("--bundle", type=Path, required=True, help="where the timing bundle is (or is written)")
+    parser.add_argument("--bank", type=Path, help="a bank built by python -m bench.bench_bank --out")
+    parser.add_argument("--bundle", type=Path, help="where the timing bundle is (or is written)")
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quantize", action="store_true", help="int8 dynamic quantisation of Linear layers")
     parser.add_argument("--compare", type=int, default=20, help="--quantize: specimens compared with float32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--examples", default=str(REPO / "assets" / "examples"))
+    parser.add_argument("--threads-matrix", action="store_true",
+                        help="only the towers: 1 vs 2 torch threads under 1 and 2 calls at once (no bank needed)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    examples = Path(args.examples)
+    if args.threads_matrix:
+        rows = threads_matrix(args.calls, args.quantize, examples if examples.is_dir() else None)
+        print("| torch threads | calls at once | wall p50 ms | wall p95 ms | calling-thread CPU p50 ms | calls/s |\n"
+              "|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+        return 0
     from hirviz.bundle.files import CONFIG_FILE
 
+    if args.bank is None or args.bundle is None:
+        parser.error("--bank and --bundle are needed (except with --threads-matrix)")
     if not (args.bundle / CONFIG_FILE).is_file():
         started = time.perf_counter()
         make_bundle(args.bank, args.bundle)
         print(f"bundle written to {args.bundle} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    examples = Path(args.examples)
     result = measure(args.bundle, args.calls, args.threads, args.quantize, args.channels_last, args.compare,
                      examples if examples.is_dir() else None)
     setting = ", ".join([f"{result['threads']} torch threads"] + ["int8 dynamic quantisation"] * args.quantize

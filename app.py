@@ -29,9 +29,12 @@ DEFAULT_BUNDLES: tuple[Path, ...] = (ROOT / "assets" / "demo-hir-fuse", ROOT / "
                                      ROOT / "assets" / "demo-hyperbolic", ROOT / "assets" / "real-coi")
 DEFAULT_EXAMPLES = ROOT / "assets" / "examples"
 MAX_UPLOAD = "50mb"  # larger photos than this are refused by the server before they reach the model
-# Torch threads per model call. The app runs MODEL_CALLS calls at once on a 2-vCPU Space: with torch's default
-# (one thread per core) that is 4 threads on 2 cores, and bench_identify_scale.py --threads-matrix measured
-# THREADS_NOTE. One thread per call keeps each call on its own core.
+# Torch threads (per process, so per model call). The page runs up to 2 model calls at once (concurrency_id "model"
+# in hirviz.ui.layout); with torch's default of one thread per core that is 4 threads on a 2-vCPU Space's 2 cores.
+# bench_identify_scale.py --threads-matrix (paper-size towers, bench/README.md): on 2 cores shared with other jobs,
+# 2 threads gained nothing for a lone call (738 vs 722 ms) and up to 17 % calls/s with 2 calls at once, but made
+# calls about 3x slower when the cores were busier (load 13-18). One thread per call keeps each of the 2 calls on
+# its own core and never oversubscribes; HIRVIZ_TORCH_THREADS=2 may suit a Space that mostly serves one user.
 TORCH_THREADS = 1
 
 logger = logging.getLogger("hirviz.app")

@@ -57,3 +57,32 @@ def test_int8_keeps_real_coi_answers_on_held_out_barcodes():
     _assert_agrees(tally)
     # What the app shows for a pasted barcode is the identification: it must not move.
     assert all(tally.share("identification", level) >= 0.97 for level in LEVELS), tally.rows()
+
+
+def test_app_reads_the_speed_settings(monkeypatch):
+    from conftest import load_repo_module
+
+    app = load_repo_module("app", "app.py")
+    monkeypatch.delenv("HIRVIZ_INT8", raising=False)
+    monkeypatch.delenv("HIRVIZ_TORCH_THREADS", raising=False)
+    assert app.model_settings() == (False, app.TORCH_THREADS)  # int8 is off unless asked for
+    monkeypatch.setenv("HIRVIZ_INT8", "1")
+    monkeypatch.setenv("HIRVIZ_TORCH_THREADS", "2")
+    assert app.model_settings() == (True, 2)
+    for name, bad in (("HIRVIZ_INT8", "maybe"), ("HIRVIZ_TORCH_THREADS", "0"), ("HIRVIZ_TORCH_THREADS", "two")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SystemExit, match=name):
+            app.model_settings()
+        monkeypatch.setenv(name, "1")
+
+
+def test_app_serves_int8_models_when_asked(monkeypatch):
+    from conftest import load_repo_module
+
+    app = load_repo_module("app", "app.py")
+    monkeypatch.setenv("HIRVIZ_INT8", "on")
+    monkeypatch.setenv("HIRVIZ_TORCH_THREADS", "1")
+    captured = {}
+    monkeypatch.setattr("hirviz.ui.build_ui", lambda bundles, examples, engine: captured.setdefault("engine", engine))
+    engine = app.build_app([PHOTO_BUNDLES[0]], warm_up=False)
+    assert engine.int8 and torch.get_num_threads() == 1

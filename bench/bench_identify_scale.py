@@ -2,6 +2,7 @@
 
     python -m bench.bench_identify_scale --bank /tmp/hirviz-bank --bundle /tmp/hirviz-bank-bundle
                                          [--calls 100] [--threads 2] [--quantize] [--channels-last]
+    python -m bench.bench_identify_scale --threads-matrix [--calls 6] [--quantize]
 
 1. **bundle** (once; skipped when ``--bundle`` already holds one): a bundle whose model has the papers' tower sizes
    with random weights (:data:`bench.bench_app.PAPER_SIZE`: open_clip ViT-B/16 at 224 px, 512-d, as BioCLIP; a
@@ -22,6 +23,9 @@
    neighbour search counts as placement). ``--quantize`` replaces the model by
    ``torch.ao.quantization.quantize_dynamic`` (int8 ``Linear`` layers) and reports how close its queries stay to
    the float32 model's on ``--compare`` specimens; ``--channels-last`` converts the model to channels-last memory.
+
+``--threads-matrix`` needs no bank: only the towers (photo + barcode), at 1 and 2 torch threads with 1 and 2 calls
+running at once (:func:`threads_matrix`), what ``app.py``'s thread setting is chosen from.
 
 Prints markdown tables.
 """

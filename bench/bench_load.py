@@ -1,12 +1,14 @@
 """Concurrent users against the app serving a bundle (e.g. the 1.1 M-specimen bank): requests, errors, latency.
 
     python -m bench.bench_load --bundle /tmp/hirviz-bank-bundle [--users 20] [--seconds 300] [--photo-share 0.5]
+                               [--geometry-share 0.2]
 
 Starts ``python app.py`` on 127.0.0.1 with ``HIRVIZ_BUNDLES=--bundle`` (the app's normal entry, so it opens the
 bank, its saved indexes and the model exactly as a Space would), waits until it answers, then runs ``--users``
 ``gradio_client`` users from threads for ``--seconds`` (:func:`bench.bench_app.load_test`). Each user alternates
 photo-only and barcode-only ``/identify`` calls (``--photo-share`` of them photos), with its own seed and noise per
-call so that nothing can come from a cache; a call counts as an error when it raises (e.g. a timeout: each client
+call so that nothing can come from a cache; with ``--geometry-share`` some calls draw the Geometry tab's maps of the
+user's last specimen instead (:class:`MixedCalls`). A call counts as an error when it raises (e.g. a timeout: each client
 waits ``--client-timeout`` seconds on one HTTP exchange) or the app refuses it (status ``✗``). The bundle for the 1.1 M bank is written by ``python -m bench.bench_identify_scale``.
 
 Prints a markdown table: calls, errors, throughput, p50 / p95 / max latency seen by a user, per kind and overall,
@@ -33,14 +35,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def server_memory_gb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of a process in GB (empty off Linux)."""
+    """VmRSS, VmHWM (peak) and RssAnon (the part not backed by files, e.g. not the memory-mapped bank) of a process
+    in GB (empty off Linux)."""
     status = Path(f"/proc/{pid}/status")
     if not status.is_file():
         return {}
     fields = {}
     for line in status.read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             fields[key] = int(value.split()[0]) / 1024**2
     return fields
 
@@ -58,11 +61,16 @@ class MixedCalls:
         self._last: dict[int, str] = {}  # user -> kind of the last identify call (the session's specimen)
         self._lock = threading.Lock()
 
+    def _maps(self, user: int, call: int) -> bool:
+        return bool(call) and (user * 0.381966 + call * self.geometry_share) % 1.0 < self.geometry_share
+
     def kind(self, user: int, call: int) -> str:
-        # Low-discrepancy patterns: the shares hold over any run of calls, and users differ.
-        if call and self.geometry_share and (user * 0.381966 + call * self.geometry_share) % 1.0 < self.geometry_share:
+        # Low-discrepancy patterns: the shares hold over any run of calls, and users differ. Photo or barcode goes
+        # by the user's count of identify calls, so that the two patterns cannot alias.
+        if self.geometry_share and self._maps(user, call):
             return "geometry"
-        step = (user * 0.618034 + call * self.photo_share) % 1.0
+        done = call - sum(self._maps(user, j) for j in range(call)) if self.geometry_share else call
+        step = (user * 0.618034 + done * self.photo_share) % 1.0
         return "photo" if step < self.photo_share else "barcode"
 
     def __call__(self, client: Any, user: int, call: int) -> None:
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"after {wall:.0f} s); {len(latencies):,} calls answered, {len(errors)} errors; server VmRSS "
           f"{memory_before.get('VmRSS', float('nan')):.2f} GB before the load, "
           f"{memory_after.get('VmRSS', float('nan')):.2f} GB after (peak {memory_after.get('VmHWM', float('nan')):.2f}"
-          " GB).\n")
+          f" GB; not file-backed: {memory_before.get('RssAnon', float('nan')):.2f} GB before, "
+          f"{memory_after.get('RssAnon', float('nan')):.2f} GB after).\n")
     print("| calls | answered | per s | p50 ms | p95 ms | max ms |\n|---|---:|---:|---:|---:|---:|")
     print(row("photo only", calls.latencies["photo"], wall))
     print(row("barcode only", calls.latencies["barcode"], wall))

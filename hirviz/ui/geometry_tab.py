@@ -211,8 +211,8 @@ def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) ->
         if clean is None:
             continue
         if len(rows) > FLAT_MAX_ROWS:
-            # A large bank: compare within the index's nearest references of both embeddings, which hold the
-            # nearest of each; the whole bank in float64 (4.5 GB per copy at 1.1 M x 512) ran the server out of memory.
+            # A large bank: compare within the index's nearest references of both embeddings (the nearest of each,
+            # up to the index's recall); the whole bank in float64 (4.5 GB a copy at 1.1 M x 512) ran out of memory.
             near = reference_map.neighbours(np.stack([clean[0], np.asarray(z, dtype=np.float32)]), space,
                                             k=DRIFT_CANDIDATES).rows
             rows = np.unique(near[near >= 0])

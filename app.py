@@ -9,6 +9,10 @@ CC BY-SA 4.0) that identifies pasted barcodes. A bundle trained without images i
 
 The server listens on 127.0.0.1 unless it runs on Spaces (``SPACE_ID`` set), where it must listen on 0.0.0.0;
 the port is ``GRADIO_SERVER_PORT`` or 7860. Uploads and rendered images go to Gradio's temporary folder only.
+
+Speed settings (:func:`model_settings`): ``HIRVIZ_INT8=1`` runs the models with int8 dynamic quantisation (off by
+default; agreement with float32 measured in bench/README.md); ``HIRVIZ_TORCH_THREADS`` sets torch's threads per
+model call (default :data:`TORCH_THREADS`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ DEFAULT_BUNDLES: tuple[Path, ...] = (ROOT / "assets" / "demo-hir-fuse", ROOT / "
                                      ROOT / "assets" / "demo-hyperbolic", ROOT / "assets" / "real-coi")
 DEFAULT_EXAMPLES = ROOT / "assets" / "examples"
 MAX_UPLOAD = "50mb"  # larger photos than this are refused by the server before they reach the model
+# Torch threads (per process, so per model call). The page runs up to 2 model calls at once (concurrency_id "model"
+# in hirviz.ui.layout); with torch's default of one thread per core that is 4 threads on a 2-vCPU Space's 2 cores.
+# bench_identify_scale.py --threads-matrix (paper-size towers, bench/README.md): on 2 cores shared with other jobs,
+# 2 threads gained nothing for a lone call (738 vs 722 ms) and up to 17 % calls/s with 2 calls at once, but made
+# calls about 3x slower when the cores were busier (load 13-18). One thread per call keeps each of the 2 calls on
+# its own core and never oversubscribes; HIRVIZ_TORCH_THREADS=2 may suit a Space that mostly serves one user.
+TORCH_THREADS = 1
 
 logger = logging.getLogger("hirviz.app")
 
@@ -78,12 +89,33 @@ def server_address() -> tuple[str, int]:
         raise SystemExit(f"GRADIO_SERVER_PORT must be a port number, got {port!r}") from None
 
 
+def model_settings() -> tuple[bool, int]:
+    """``(int8, torch threads)`` from ``HIRVIZ_INT8`` (``1``/``true``/``yes``/``on``; default off) and
+    ``HIRVIZ_TORCH_THREADS`` (a whole number >= 1; default :data:`TORCH_THREADS`); exit with a clear message if
+    either is unreadable."""
+    flag = os.environ.get("HIRVIZ_INT8", "").strip().lower()
+    if flag not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise SystemExit(f"HIRVIZ_INT8 must be 1 (on) or 0 (off), got {flag!r}")
+    text = os.environ.get("HIRVIZ_TORCH_THREADS", "").strip()
+    try:
+        threads = int(text) if text else TORCH_THREADS
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise SystemExit(f"HIRVIZ_TORCH_THREADS must be a whole number >= 1, got {text!r}")
+    return flag in ("1", "true", "yes", "on"), threads
+
+
 def build_app(sources: list[str] | None = None, examples_dir: str | Path | None = None, warm_up: bool = True):
-    """The Blocks of the app on the configured bundles (warmed up, ready to launch)."""
+    """The Blocks of the app on the configured bundles (warmed up, ready to launch), with :func:`model_settings`."""
+    import torch
+
     from hirviz.ui import Engine, build_ui
 
+    int8, threads = model_settings()
+    torch.set_num_threads(threads)
     bundles = load_bundles(sources)
-    engine = Engine(bundles)
+    engine = Engine(bundles, int8=int8)
     if warm_up:
         engine.warm_up()
     examples = Path(examples_dir or os.environ.get("HIRVIZ_EXAMPLES") or DEFAULT_EXAMPLES)

@@ -2,6 +2,7 @@
 
     python -m bench.bench_geometry [--specimens 1100000] [--dim 512] [--species 8000] [--space fused]
                                    [--fit 50000] [--queries 20] [--threads 2] [--index flat]
+    python -m bench.bench_geometry --bank DIR [--fit 5000] [--threads 1]     # give a saved bank its maps
 
 1. **layout** (export time): ``--specimens`` synthetic specimens of one space from :mod:`bench.bench_bank`'s
    population (same lineages, Zipf species sizes, family/genus-only identifications, float16 embeddings), laid out
@@ -16,6 +17,12 @@
    (``Figure.to_json``, what the browser receives).
 
 Nothing is written to disk. Prints markdown tables.
+
+``--bank DIR`` instead lays out a saved bank (``python -m bench.bench_bank --out DIR``, or a bundle around one):
+every space of its ``reference.h5`` by :func:`~hirviz.layout_scale.fit_large_layout` on a ``--fit`` sample
+stratified by :func:`~hirviz.placement.taxon_keys` of its ranks, written as ``umap/<space>`` (replacing any there),
+so that the app serving it has its maps. The layouts are computed first and written at the end, in one short
+write, so the file is never left half-updated by an interrupted run.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +51,32 @@ def population(n: int, dim: int, n_species: int, space: str, seed: int):
     return embeddings, names, bank
 
 
+def layout_bank(bank_dir: Path, fit: int, seed: int = 0) -> list[dict[str, float | int]]:
+    """Write a ``fit_large_layout`` layout of every space into a saved bank's ``reference.h5``; per-space timings."""
+    import h5py
+
+    from hirviz.bundle import Reference
+    from hirviz.bundle.files import REFERENCE_FILE
+    from hirviz.layout_scale import fit_large_layout
+    from hirviz.placement import taxon_keys
+
+    path = bank_dir / REFERENCE_FILE
+    reference = Reference.load(path)  # float16 embeddings memory-mapped: nothing copied whole
+    strata = taxon_keys(reference.ranks)
+    layouts, timings = {}, []
+    for space, vectors in reference.embeddings.items():
+        layouts[space], timing = fit_large_layout(vectors, strata, seed=seed, max_fit=fit)
+        timings.append({"space": space, **timing})
+        print(f"layout {space}: {timing}", file=sys.stderr)
+    del reference
+    with h5py.File(path, "a") as h5:
+        for space, layout in layouts.items():
+            if f"umap/{space}" in h5:
+                del h5[f"umap/{space}"]
+            h5.create_dataset(f"umap/{space}", data=layout)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specimens", type=int, default=1_100_000)
@@ -55,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="flat", help="flat (exact) or auto (the large bank's IVF index)")
     parser.add_argument("--colour-by", default="genus")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bank", type=Path, default=None, help="lay out this saved bank's spaces into its file")
     args = parser.parse_args(argv)
 
     import faiss
@@ -68,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     from hirviz.placement import taxon_keys
 
     faiss.omp_set_num_threads(args.threads)
+    if args.bank is not None:
+        timings = layout_bank(args.bank, args.fit or LAYOUT_SAMPLE, args.seed)
+        print("| space | points | UMAP-fitted | fit s | placement s | total s |\n|---|---:|---:|---:|---:|---:|")
+        for t in timings:
+            print(f"| {t['space']} | {t['points']:,} | {t['fitted']:,} | {t['fit_s']:.1f} | {t['place_s']:.1f} | "
+                  f"{t['fit_s'] + t['place_s']:.1f} |")
+        return 0
     started = time.perf_counter()
     embeddings, names, bank = population(args.specimens, args.dim, args.species, args.space, args.seed)
     generated = time.perf_counter() - started

@@ -2,6 +2,7 @@
 
     python -m bench.bench_identify_scale --bank /tmp/hirviz-bank --bundle /tmp/hirviz-bank-bundle
                                          [--calls 100] [--threads 2] [--quantize] [--channels-last]
+    python -m bench.bench_identify_scale --threads-matrix [--calls 6] [--quantize]
 
 1. **bundle** (once; skipped when ``--bundle`` already holds one): a bundle whose model has the papers' tower sizes
    with random weights (:data:`bench.bench_app.PAPER_SIZE`: open_clip ViT-B/16 at 224 px, 512-d, as BioCLIP; a
@@ -22,6 +23,9 @@
    neighbour search counts as placement). ``--quantize`` replaces the model by
    ``torch.ao.quantization.quantize_dynamic`` (int8 ``Linear`` layers) and reports how close its queries stay to
    the float32 model's on ``--compare`` specimens; ``--channels-last`` converts the model to channels-last memory.
+
+``--threads-matrix`` needs no bank: only the towers (photo + barcode), at 1 and 2 torch threads with 1 and 2 calls
+running at once (:func:`threads_matrix`), what ``app.py``'s thread setting is chosen from.
 
 Prints markdown tables.
 """
@@ -259,28 +263,83 @@ def measure(bundle_dir: Path, calls: int, threads: int | None, quantize: bool, c
     return result
 
 
+def threads_matrix(calls: int, quantize: bool, examples: Path | None) -> list[str]:
+    """Markdown rows: wall time of one photo + barcode through both paper-size towers (random weights), the process's
+    CPU time per call and the calls answered per second, per torch thread count (1, 2) and number of such calls
+    running at once (1, 2: the app's ``concurrency_limit``), each call in its own Python thread as Gradio's workers
+    run them."""
+    import threading
+
+    import torch
+
+    from hirviz.model import build_model, int8_model
+    from hirviz.predict import load_image
+
+    torch.manual_seed(0)
+    model = build_model(PAPER_SIZE).eval()
+    model = int8_model(model) if quantize else model
+    image, barcode = query_specimen(examples)
+    pixels = model.image_transform(train=False)(load_image(image))[None]
+
+    def one() -> float:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model.encode_image(pixels)
+            model.encode_dna(**model.tokenize_dna([barcode]))
+        return time.perf_counter() - started
+
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for concurrent in (1, 2):
+            one()  # warm-up at this setting
+            wall: list[float] = []
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                workers = [threading.Thread(target=lambda out=wall: out.append(one())) for _ in range(concurrent)]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            rows.append(f"| {threads} | {concurrent} | {np.percentile(wall, 50) * 1000:.0f} | "
+                        f"{np.percentile(wall, 95) * 1000:.0f} | {cpu / len(wall) * 1000:.0f} | "
+                        f"{len(wall) / elapsed:.2f} |")
+            print(rows[-1], file=sys.stderr)
+    return rows
+
+
 _PART_ORDER = ("photo decode + transform", "image tower", "DNA tower", "search (hits)", "map placement")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bank", type=Path, required=True, help="a bank built by python -m bench.bench_bank --out")
-    parser.add_argument("--bundle", type=Path, required=True, help="where the timing bundle is (or is written)")
+    parser.add_argument("--bank", type=Path, help="a bank built by python -m bench.bench_bank --out")
+    parser.add_argument("--bundle", type=Path, help="where the timing bundle is (or is written)")
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quantize", action="store_true", help="int8 dynamic quantisation of Linear layers")
     parser.add_argument("--compare", type=int, default=20, help="--quantize: specimens compared with float32")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--examples", default=str(REPO / "assets" / "examples"))
+    parser.add_argument("--threads-matrix", action="store_true",
+                        help="only the towers: 1 vs 2 torch threads under 1 and 2 calls at once (no bank needed)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    examples = Path(args.examples)
+    if args.threads_matrix:
+        rows = threads_matrix(args.calls, args.quantize, examples if examples.is_dir() else None)
+        print("| torch threads | calls at once | wall p50 ms | wall p95 ms | CPU per call ms | calls/s |\n"
+              "|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+        return 0
     from hirviz.bundle.files import CONFIG_FILE
 
+    if args.bank is None or args.bundle is None:
+        parser.error("--bank and --bundle are needed (except with --threads-matrix)")
     if not (args.bundle / CONFIG_FILE).is_file():
         started = time.perf_counter()
         make_bundle(args.bank, args.bundle)
         print(f"bundle written to {args.bundle} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    examples = Path(args.examples)
     result = measure(args.bundle, args.calls, args.threads, args.quantize, args.channels_last, args.compare,
                      examples if examples.is_dir() else None)
     setting = ", ".join([f"{result['threads']} torch threads"] + ["int8 dynamic quantisation"] * args.quantize

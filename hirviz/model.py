@@ -57,6 +57,7 @@ __all__ = [
     "ModelConfig",
     "average_fusion",
     "build_model",
+    "int8_model",
 ]
 
 
@@ -404,6 +405,22 @@ def build_model(config: ModelConfig, base_dir: str | os.PathLike[str] | None = N
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def int8_model(model: HirvizModel) -> HirvizModel:
+    """A copy of ``model`` whose ``nn.Linear`` layers run int8 dynamic quantisation (CPU inference only).
+
+    ``torch.ao.quantization.quantize_dynamic``: weights stored as int8, activations quantised per call, so the
+    towers' matrix products run in int8 (about 2x faster at paper size, ``bench/README.md``). The float model is
+    left as it was. Convolutions, layer norms and the attention projections of ``nn.MultiheadAttention`` (open_clip's
+    ViT) stay float32. The answers may change a little: ``bench/bench_int8.py`` measures how often they do.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # torch deprecates torch.ao.quantization for torchao, not installed here
+        warnings.simplefilter("ignore")
+        quantised = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return quantised.eval()
 
 
 def _as_batch(items: Sequence[str]) -> list[str]:

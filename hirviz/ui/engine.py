@@ -24,6 +24,7 @@ from PIL import Image
 
 from hirviz.candidates import CandidateSet
 from hirviz.degrade import DnaNoise
+from hirviz.model import int8_model
 from hirviz.predict import InputError, Prediction, Predictor, agreement
 from hirviz.taxonomy import LEVELS
 
@@ -67,10 +68,12 @@ class Engine:
     """The app's models: one :class:`~hirviz.predict.Predictor` (with its reference map) per bundle.
 
     ``bundles`` maps a display name to a loaded bundle, main model first. Predictors are built on first use
-    (or by :meth:`warm_up`) and shared by every user of the app.
+    (or by :meth:`warm_up`) and shared by every user of the app. ``int8``: run every model with int8 dynamic
+    quantisation (:func:`hirviz.model.int8_model`; the app's ``HIRVIZ_INT8=1``), faster on CPU at a small,
+    measured cost in agreement with the float32 answers (``bench/README.md``).
     """
 
-    def __init__(self, bundles: Mapping[str, Any]) -> None:
+    def __init__(self, bundles: Mapping[str, Any], int8: bool = False) -> None:
         if not bundles:
             raise ValueError("the app needs at least one bundle")
         self.bundles: dict[str, Any] = dict(bundles)
@@ -78,6 +81,7 @@ class Engine:
         self.coi_name: str | None = next((n for n, b in self.bundles.items() if barcode_only(b)), None)
         self.names: list[str] = [n for n in self.bundles if n != self.coi_name] or list(self.bundles)
         self.primary: str = self.names[0]
+        self.int8 = bool(int8)
         self._predictors: dict[str, Predictor] = {}
         self._references: Any = None
         self._lock = threading.Lock()
@@ -113,7 +117,10 @@ class Engine:
         if name not in self._predictors:
             with self._lock:
                 if name not in self._predictors:
-                    self._predictors[name] = self.bundles[name].predictor()
+                    predictor = self.bundles[name].predictor()
+                    if self.int8:  # a quantised copy: the bundle's own float model stays as it was
+                        predictor.model = int8_model(predictor.model)
+                    self._predictors[name] = predictor
         return self._predictors[name]
 
     def warm_up(self) -> None:

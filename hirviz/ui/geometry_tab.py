@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from hirviz import figures
 from hirviz.degrade import DnaNoise
 from hirviz.hierarchy import describe_drift, specimen_drift
+from hirviz.index import FLAT_MAX_ROWS
 from hirviz.map_layers import NEAR_NEIGHBOURS, near_taxa
 from hirviz.noise_path import DEFAULT_STRENGTHS, noise_path
 from hirviz.predict import INPUT_ERRORS
@@ -26,6 +27,8 @@ from hirviz.ui.render import input_message, status_line
 from hirviz.ui.robustness_tab import hierarchy_cells
 
 logger = logging.getLogger(__name__)
+# References searched per embedding for the drift text when a bank is too large to compare whole (FLAT_MAX_ROWS).
+DRIFT_CANDIDATES = 10
 
 __all__ = ["PATH_CAPTION", "geometry", "is_lorentz", "generality", "drift_text", "map_consistency"]
 
@@ -207,6 +210,12 @@ def drift_text(engine: Engine, session: Mapping[str, Any] | None, space: str) ->
             continue
         if clean is None:
             continue
+        if len(rows) > FLAT_MAX_ROWS:
+            # A large bank: compare within the index's nearest references of both embeddings (the nearest of each,
+            # up to the index's recall); the whole bank in float64 (4.5 GB a copy at 1.1 M x 512) ran out of memory.
+            near = reference_map.neighbours(np.stack([clean[0], np.asarray(z, dtype=np.float32)]), space,
+                                            k=DRIFT_CANDIDATES).rows
+            rows = np.unique(near[near >= 0])
         reference = engine.bundles[name].reference
         drift = specimen_drift(clean[0], np.asarray(z, dtype=np.float32), reference.embeddings[space][rows],
                                reference.labels[rows])

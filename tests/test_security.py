@@ -58,7 +58,8 @@ def server(tmp_path_factory, free_port):
 
 def _call(client: httpx.Client, endpoint: str, image: dict) -> str:
     """The whole event stream of one call of ``endpoint`` with ``image`` as the photo (no barcode)."""
-    data = [image, "", 0, 0, 0, 0, 0, 0, 0, 0, "species", "real", ""]  # then where a barcode goes, typed names
+    # then where a barcode goes, typed names, names per rank, ranks shown
+    data = [image, "", 0, 0, 0, 0, 0, 0, 0, 0, "species", "real", "", 5, "all ranks"]
     started = client.post(f"/gradio_api/call/{endpoint}", json={"data": data})
     assert started.status_code == 200, started.text
     event_id = started.json()["event_id"]

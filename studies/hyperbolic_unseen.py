@@ -30,7 +30,16 @@ from studies import openset  # noqa: E402
 from studies.real_barcodes import HYPERBOLIC, OPEN_EVAL, _collect  # noqa: E402
 from studies.real_barcodes_report import hierarchy_table  # noqa: E402
 from train.evaluate import score_cell  # noqa: E402
-from train.study import Arm, Study, add_study_arguments, aggregate, relative_paths, run_arms, use_smoke_folders  # noqa: E402
+from train.study import (  # noqa: E402
+    Arm,
+    Study,
+    add_study_arguments,
+    aggregate,
+    relative_paths,
+    run_arms,
+    synthetic_benchmark,
+    use_smoke_folders,
+)
 
 CONFIG = ROOT / "train" / "configs" / "study_synth.yaml"
 # This study's schedule, pinned here so that changes to study_synth.yaml for the main synthetic study (a longer
@@ -59,15 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    synth = work / "synth"
-    if not (synth / "metadata.tsv").is_file():
-        if args.report_only:
-            raise SystemExit(f"{synth / 'metadata.tsv'} not found: nothing to report (run the study first)")
-        from train.synthetic import SynthConfig, generate
-
-        # the photos are never read (data.images=null): the smallest height keeps generation quick
-        generate(synth, SynthConfig(specimens=args.specimens, seed=0, image_height=32))
-    metadata = synth / "metadata.tsv"
+    # the photos are never read (data.images=null): the smallest height keeps generation quick
+    metadata = synthetic_benchmark(work, args.specimens, 32, args.report_only)
     study = Study(work=work, config=CONFIG, metadata=metadata, common=tuple(args.overrides), lanes=args.lanes,
                   eval_args=OPEN_EVAL)
     frame, labels, source = openset.partition(metadata)

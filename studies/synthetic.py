@@ -66,6 +66,7 @@ from train.study import (  # noqa: E402
     learning_curve,
     relative_paths,
     run_arms,
+    synthetic_benchmark,
     training_summary,
     use_smoke_folders,
 )
@@ -116,14 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    synth = work / "synth"
-    if not (synth / "metadata.tsv").is_file():
-        if args.report_only:
-            raise SystemExit(f"no study in {work} (no {synth / 'metadata.tsv'}): run the study first")
-        from train.synthetic import SynthConfig, generate
-
-        generate(synth, SynthConfig(specimens=args.specimens, seed=0, image_height=96 if not args.smoke else 32))
-    study = Study(work=work, config=CONFIG, metadata=synth / "metadata.tsv", images=synth / "images.hdf5",
+    metadata = synthetic_benchmark(work, args.specimens, 32 if args.smoke else 96, args.report_only)
+    study = Study(work=work, config=CONFIG, metadata=metadata, images=metadata.with_name("images.hdf5"),
                   common=tuple(args.overrides), lanes=args.lanes, max_reference=2000 if not args.smoke else 100)
     skipped = {arm.name: reason for arm in ARMS if (reason := study.rejected(arm))}
     arms = [arm for arm in ARMS if arm.name not in skipped]

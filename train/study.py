@@ -250,6 +250,21 @@ def add_study_arguments(parser: argparse.ArgumentParser, work: Path, out: Path) 
     parser.add_argument("--report-only", action="store_true", help="no training: report the finished runs")
 
 
+def synthetic_benchmark(work: Path, specimens: int, image_height: int, report_only: bool = False) -> Path:
+    """The study's synthetic benchmark in ``work/synth`` (written once, seed 0); its ``metadata.tsv``.
+
+    A report-only run never writes one: without it there is no study to report, which it says.
+    """
+    synth = Path(work) / "synth"
+    if not (synth / "metadata.tsv").is_file():
+        if report_only:
+            raise SystemExit(f"no study in {work} (no {synth / 'metadata.tsv'}): run the study first")
+        from train.synthetic import SynthConfig, generate
+
+        generate(synth, SynthConfig(specimens=specimens, seed=0, image_height=image_height))
+    return synth / "metadata.tsv"
+
+
 def use_smoke_folders(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """A ``--smoke`` run keeps its runs and report apart: ``<work>-smoke`` and its ``report`` unless given."""
     if args.work == parser.get_default("work"):

@@ -166,6 +166,15 @@ def start_app(bundle: str, port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"the app did not answer at {url} within 300 s; see {log}")
 
 
+def stop_app(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop an app started by :func:`start_app`: politely, then for good if it has not exited after ``timeout`` s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def load_test(url: str, image: str, barcode: str, users: int, seconds: float,
               request: Callable[[Any, int, int], None] | None = None, httpx_kwargs: dict[str, Any] | None = None
               ) -> tuple[list[float], list[str]]:
@@ -263,11 +272,7 @@ def main() -> int:
         latencies, errors = load_test(f"http://127.0.0.1:{port}/", image, barcode, args.users, args.load_seconds)
         wall = time.perf_counter() - started
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_app(process, timeout=20)
     print(f"[load] {args.users} users, {args.load_seconds:g} s: {len(latencies)} calls ok, {len(errors)} errors, "
           f"{len(latencies) / wall:.1f} calls/s")
     if latencies:

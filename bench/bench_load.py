@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.bench_app import free_port, load_test, query_specimen, start_app
+from bench.bench_app import free_port, load_test, query_specimen, start_app, stop_app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         memory_after = server_memory_gb(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_app(process)
     print(f"App answering {ready:.0f} s after start; {args.users} users for {args.seconds:g} s (all calls ended "
           f"after {wall:.0f} s); {len(latencies):,} calls answered, {len(errors)} errors; server VmRSS "
           f"{memory_before.get('VmRSS', float('nan')):.2f} GB before the load, "

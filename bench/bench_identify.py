@@ -6,7 +6,8 @@
 The references are every record of the barcode TSV (8,926 real barcodes by default); the queries are records of
 the same file drawn with a fixed seed (each is also a reference: the search does the same work either way). It
 prints markdown tables: the one-off cost of loading and indexing the references, per-barcode latency p50 / p95
-split into the checks (pyhmmer COI-5P search, stop codons), the hits (k-mer prefilter + parasail alignments) and
+split into the checks (pyhmmer COI-5P search, stop codons), the hits (k-mer prefilter + parasail alignments), the
+protein hits (the same candidates aligned as proteins, :mod:`hirviz.coi_protein`) and
 the model (the bundle's :class:`hirviz.predict.Predictor` on the barcode, as ``identify_barcode`` calls it), and
 the wall time of ``identify_fasta`` over a FASTA of ``--batch`` barcodes (with the model too).
 """
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import pandas as pd
 
     from hirviz.coi import _model_levels, assemble, identify_fasta
-    from hirviz.coi_check import check_barcode
+    from hirviz.coi_check import check_barcode, coding_protein
+    from hirviz.coi_protein import protein_verdicts
     from hirviz.coi_refs import ReferenceSet, rank_verdicts
 
     faiss.omp_set_num_threads(args.threads)
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     started = time.perf_counter()
     refs._faiss_index()  # built lazily on the first search: timed here so that it is not in the first query
     out["index_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    refs.protein_hits("", [])  # the references' proteins, also translated on the first search
+    out["proteins_s"] = time.perf_counter() - started
 
     frame = pd.read_csv(args.references, sep="\t", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(args.seed)
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     warm = check_barcode(frame["dna_barcode"].iloc[rows[0]])  # loads the HMM once, as a running service would have
     if predictor is not None:
         _model_levels(predictor, warm.sequence)  # and the model's first call
-    checks, hits, model = [], [], []
+    checks, hits, proteins, model = [], [], [], []
     cpu_started = time.process_time()
     for row in rows:
         t0 = time.perf_counter()
@@ -89,24 +94,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         found = refs.hits(check.sequence)
         rank_verdicts(found)
         t2 = time.perf_counter()
-        if predictor is not None:
-            assemble(check, found, _model_levels(predictor, check.sequence))
+        by_protein = refs.protein_hits(coding_protein(check.sequence, check.region), found)
+        protein_verdicts(by_protein)
         t3 = time.perf_counter()
+        if predictor is not None:
+            assemble(check, found, _model_levels(predictor, check.sequence), protein_hits=by_protein)
+        t4 = time.perf_counter()
         checks.append(t1 - t0)
         hits.append(t2 - t1)
-        model.append(t3 - t2)
+        proteins.append(t3 - t2)
+        model.append(t4 - t3)
     out["cpu_ms_per_barcode"] = 1000 * (time.process_time() - cpu_started) / len(rows)
     checks_ms, hits_ms, model_ms = 1000 * np.array(checks), 1000 * np.array(hits), 1000 * np.array(model)
-    total_ms = checks_ms + hits_ms + model_ms
-    for name, values in (("checks", checks_ms), ("hits", hits_ms), ("model", model_ms), ("total", total_ms)):
+    proteins_ms = 1000 * np.array(proteins)
+    total_ms = checks_ms + hits_ms + proteins_ms + model_ms
+    for name, values in (("checks", checks_ms), ("hits", hits_ms), ("protein", proteins_ms), ("model", model_ms),
+                         ("total", total_ms)):
         out[f"{name}_p50_ms"] = float(np.percentile(values, 50))
         out[f"{name}_p95_ms"] = float(np.percentile(values, 95))
 
     print(f"references: {len(refs):,} barcodes from {args.references.name}; load {out['load_s']:.2f} s, "
-          f"k-mer index {out['index_s']:.2f} s; {args.threads} thread(s)\n")
+          f"k-mer index {out['index_s']:.2f} s, proteins {out['proteins_s']:.2f} s; {args.threads} thread(s)\n")
     print(f"| one barcode ({len(rows)} queries), wall time | p50 ms | p95 ms |\n|---|---:|---:|")
     for name, label in (("checks", "checks (COI-5P HMM both strands, stop codons)"),
                         ("hits", "hits (k-mer prefilter top 50 + 50 alignments + verdict)"),
+                        ("protein", "protein hits (translation + the 50 candidates' protein alignments + verdict)"),
                         ("model", "model (Predictor on the barcode + reconciliation)" if predictor is not None
                          else "model (not run: --no-model)"), ("total", "total")):
         print(f"| {label} | {out[f'{name}_p50_ms']:.1f} | {out[f'{name}_p95_ms']:.1f} |")

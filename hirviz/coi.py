@@ -4,12 +4,15 @@
 
 1. :func:`hirviz.coi_check.check_barcode`: cleaning notes, the COI-5P region (pyhmmer, both strands), stop codons;
 2. :meth:`hirviz.coi_refs.ReferenceSet.hits`: the closest reference barcodes by real alignment, and
-   :func:`hirviz.coi_refs.rank_verdicts`: the BOLD-style answer per rank;
+   :func:`hirviz.coi_refs.rank_verdicts`: the BOLD-style answer per rank; the same candidates aligned as proteins
+   (:meth:`hirviz.coi_refs.ReferenceSet.protein_hits`);
 3. optionally a model (a :class:`hirviz.predict.Predictor` or any callable giving per-rank ``(name, score)``
    lists for a DNA sequence), which places the specimen where no reference is close enough.
 
 Reconciliation, rank by rank from order down: close hits decide (``decided_by = "alignment"``); where they name
-nothing, the rank is named when the model's top name is carried by one of the nearest hits at :data:`AGREE`
+nothing, at order and family the translated barcode's closest references may (``"protein"``,
+:mod:`hirviz.coi_protein`: COI's protein changes more slowly than its bases, so it still places a read whose genus
+the references lack); else the rank is named when the model's top name is carried by one of the nearest hits at :data:`AGREE`
 identity (``decided_by = "alignment+model"``, with a note naming the agreeing hit), else by the model alone
 when it scores >= :data:`MODEL_ALONE` (``"model"``); below a rank named that way, close hits again decide finer
 ranks on their own (:data:`RESUME_BELOW`). A finer name is never given under an open coarser rank or a coarser
@@ -27,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hirviz import coi_refs
+from hirviz import coi_protein, coi_refs
 from hirviz.barcode import BarcodeError
-from hirviz.coi_check import BarcodeCheck, check_barcode
+from hirviz.coi_check import BarcodeCheck, check_barcode, coding_protein
 from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, rank_verdicts
 from hirviz.taxonomy import LEVELS
 
@@ -76,7 +79,8 @@ ReferencesLike = ReferenceSet | str | os.PathLike | Any | None
 @dataclass
 class RankAnswer:
     """The answer at one rank: ``name`` ("" = abstain), ``score`` (the best supporting identity / 100 when
-    decided by alignment, the model's score otherwise) and ``decided_by``: ``"alignment"`` (close hits),
+    decided by alignment or protein hits, the model's score otherwise) and ``decided_by``: ``"alignment"`` (close
+    hits), ``"protein"`` (the protein hits, at order and family),
     ``"alignment+model"`` (the model's name, carried by the nearest hits below the close-hit thresholds),
     ``"model"`` (the model alone) or ``""`` (not named)."""
 
@@ -93,6 +97,8 @@ class Identification:
         check: the input checks (cleaned sequence, notes, warnings, COI-5P region, stop codons).
         hits: the top-k reference hits (identity and coverage in percent), best first.
         verdicts: the references' answer per rank (:func:`hirviz.coi_refs.rank_verdicts`).
+        protein_hits: the same candidate references aligned as proteins, best first (:mod:`hirviz.coi_protein`).
+        protein_verdicts: their answer per rank (order and family only; :func:`hirviz.coi_protein.protein_verdicts`).
         model_levels: the model's per-rank ``(name, score)`` lists, or ``None`` without a model.
         answers: the reconciled answer per rank.
         notes: everything worth telling the user: input changes, warnings, disagreements.
@@ -101,6 +107,8 @@ class Identification:
     check: BarcodeCheck
     hits: list[Hit] = field(default_factory=list)
     verdicts: dict[str, RankVerdict] = field(default_factory=dict)
+    protein_hits: list[Hit] = field(default_factory=list)
+    protein_verdicts: dict[str, RankVerdict] = field(default_factory=dict)
     model_levels: dict[str, list[tuple[str, float]]] | None = None
     answers: dict[str, RankAnswer] = field(default_factory=lambda: {level: RankAnswer() for level in LEVELS})
     notes: list[str] = field(default_factory=list)
@@ -158,15 +166,24 @@ def identify_barcode(text: str | bytes, references: ReferencesLike = None, predi
         return assemble(check)
     refs = load_references(references)
     aligned = refs.hits(check.sequence, k=k) if refs is not None else None
+    proteins = _protein_hits(refs, check, aligned)
     model_levels = _model_levels(predictor, check.sequence) if predictor is not None else None
-    return assemble(check, aligned, model_levels, k)
+    return assemble(check, aligned, model_levels, k, proteins)
+
+
+def _protein_hits(refs: ReferenceSet | None, check: BarcodeCheck, hits: Sequence[Hit] | None) -> list[Hit] | None:
+    if refs is None or hits is None:
+        return None
+    return refs.protein_hits(coding_protein(check.sequence, check.region), hits)
 
 
 def assemble(check: BarcodeCheck, hits: Sequence[Hit] | None = None,
-             model_levels: Levels | None = None, k: int = 5) -> Identification:
+             model_levels: Levels | None = None, k: int = 5,
+             protein_hits: Sequence[Hit] | None = None) -> Identification:
     """The :class:`Identification` of checked input from its aligned reference ``hits`` (all of
-    :meth:`~hirviz.coi_refs.ReferenceSet.hits`, best first; ``None`` = no references) and the model's per-rank
-    ``(name, score)`` lists (``None`` = no model): the last step of :func:`identify_barcode`, for callers that
+    :meth:`~hirviz.coi_refs.ReferenceSet.hits`, best first; ``None`` = no references), the model's per-rank
+    ``(name, score)`` lists (``None`` = no model) and the protein hits
+    (:meth:`~hirviz.coi_refs.ReferenceSet.protein_hits`; ``None`` = not searched): the last step of :func:`identify_barcode`, for callers that
     search references in batches (:func:`identify_fasta`) or keep hits and model answers to score them."""
     result = Identification(check=check, notes=[*check.notes, *check.warnings])
     if not check.coi_found:
@@ -176,10 +193,13 @@ def assemble(check: BarcodeCheck, hits: Sequence[Hit] | None = None,
         result.hits = list(hits[:k])
         result.verdicts = rank_verdicts(hits)
         result.notes.extend(f"{level}: {v.note}" for level, v in result.verdicts.items() if v.note)
+    if protein_hits:
+        result.protein_hits = list(protein_hits[:k])
+        result.protein_verdicts = coi_protein.protein_verdicts(protein_hits)
     if model_levels is not None:
         result.model_levels = {level: [(str(n), float(s)) for n, s in model_levels.get(level, [])]
                                for level in LEVELS}
-    _reconcile(result, hits or [])
+    _reconcile(result, hits or [], protein_hits or [])
     return result
 
 
@@ -189,20 +209,21 @@ def _model_levels(predictor: ModelLike, sequence: str) -> dict[str, list[tuple[s
     return predictor(sequence)
 
 
-def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
-    """Fill ``result.answers`` rank by rank from order down (module docstring): close hits, else the hits and
-    the model agreeing (:data:`AGREE`), else the model alone (:data:`MODEL_ALONE`), else stop."""
+def _reconcile(result: Identification, hits: Sequence[Hit], proteins: Sequence[Hit]) -> None:
+    """Fill ``result.answers`` rank by rank from order down (module docstring): close hits, else the protein
+    hits (:data:`hirviz.coi_protein.THRESHOLDS`), else the hits and the model agreeing (:data:`AGREE`),
+    else the model alone (:data:`MODEL_ALONE`), else stop."""
     answers = result.answers
     free: dict[str, RankVerdict] | None = None
     for level in LEVELS:
         verdict = result.verdicts.get(level)
         if verdict is not None and verdict.name:
             answers[level] = RankAnswer(verdict.name, verdict.identity / 100.0, "alignment")
-    if result.model_levels is None:
+    if result.model_levels is None and not result.protein_verdicts:
         return
     model_ok = True  # False once the model contradicts a rank the references named: its finer names hang there
     for i, level in enumerate(LEVELS):
-        name, score = (result.model_levels.get(level) or [("", 0.0)])[0]
+        name, score = ((result.model_levels or {}).get(level) or [("", 0.0)])[0]
         answer, verdict = answers[level], result.verdicts.get(level)
         if answer.decided_by == "alignment":
             if name and answer.name != name and model_ok:
@@ -218,6 +239,14 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
             # The close hits name this rank on their own; only a coarser rank needed the model.
             answers[level] = RankAnswer(own.name, own.identity / 100.0, "alignment")
             continue
+        protein = result.protein_verdicts.get(level)
+        if protein is not None and protein.name and _under(proteins, level, protein.name, answers):
+            answers[level] = RankAnswer(protein.name, protein.identity / 100.0, "protein")
+            result.notes.append(f"{level}: {protein.name} from the translated barcode's closest references "
+                                f"({protein.identity:.1f} % amino-acid identity, {protein.support} hit(s))")
+            continue
+        if result.model_levels is None:
+            break
         if not model_ok or not name or any(answers[up].name != _top(result, up) for up in LEVELS[:i]):
             break
         near = _near_names(hits, level)
@@ -240,6 +269,11 @@ def _reconcile(result: Identification, hits: Sequence[Hit]) -> None:
     if any(a.decided_by in ("model", "alignment+model") for a in answers.values()):
         result.notes.append(f"ranks without a close reference hit ({thresholds}) named by the model, alone or "
                             "agreeing with the nearest hits")
+    if any(a.decided_by == "protein" for a in answers.values()):
+        named = ", ".join(f"{lvl} {t[0]:g} %" for lvl, t in coi_protein.THRESHOLDS.items())
+        result.notes.append(f"ranks without a close reference hit named by the protein hits ({named} amino-acid "
+                            "identity): COI's protein changes more slowly than its bases, so it still places a "
+                            "read whose genus the references lack")
 
 
 def _top(result: Identification, level: str) -> str:
@@ -303,7 +337,8 @@ def _identify_batch(batch: list[tuple[str, BarcodeCheck | str]], refs: Reference
             yield assemble(check).to_row(record_id)
             continue
         model_levels = _model_levels(predictor, check.sequence) if predictor is not None else None
-        yield assemble(check, next(hits) if refs is not None else None, model_levels, k).to_row(record_id)
+        found = next(hits) if refs is not None else None
+        yield assemble(check, found, model_levels, k, _protein_hits(refs, check, found)).to_row(record_id)
 
 
 def _read_text(path_or_text: str | os.PathLike) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 from hirviz.barcode import IUPAC_AMBIGUITY, BarcodeError, parse_fasta
 
@@ -32,6 +33,7 @@ __all__ = [
     "BarcodeCheck",
     "CoiRegion",
     "check_barcode",
+    "coding_protein",
     "input_notes",
     "reverse_complement",
 ]
@@ -212,38 +214,76 @@ def _profile():
     return hmm, alphabet, plan7.LongTargetsPipeline(alphabet)
 
 
-def _locate_coi(check: BarcodeCheck) -> None:
-    """Search both strands; orient, trim and record the best hit (or warn that there is no COI-5P)."""
+def _best_domain(seq: str) -> Any:
+    """The best-scoring COI-5P domain (pyhmmer, either strand) of ``seq``, ``None`` when there is none."""
     from pyhmmer import easel
 
     hmm, alphabet, pipeline = _profile()
-    seq = check.sequence
     target = easel.TextSequence(name=b"query", sequence=seq).digitize(alphabet)
-    hits = pipeline.search_hmm(hmm, easel.DigitalSequenceBlock(alphabet, [target]))
-    domains = [d for hit in hits for d in hit.domains]
-    if not domains:
+    domains = [d for hit in pipeline.search_hmm(hmm, easel.DigitalSequenceBlock(alphabet, [target]))
+               for d in hit.domains]
+    return max(domains, key=lambda d: d.score) if domains else None
+
+
+def _region(domain: Any, length: int, offset: int = 0) -> CoiRegion:
+    """A pyhmmer domain as a :class:`CoiRegion` in the sequence turned to its strand (``length`` bases), less
+    ``offset`` bases cut from its start."""
+    ali = domain.alignment
+    start, end = ali.target_from, ali.target_to
+    if domain.strand == "-":
+        start, end = length - start + 1, length - end + 1
+    return CoiRegion(int(ali.hmm_from), int(ali.hmm_to), int(start - offset), int(end - offset), float(domain.score),
+                     float(domain.i_evalue))
+
+
+def _coding_start(region: CoiRegion) -> int:
+    """The 1-based position of the first whole codon in ``region``: HMM position h is a first codon position when
+    (h - _FIRST_CODON_PHASE) % 3 == 0."""
+    return region.query_from + (_FIRST_CODON_PHASE - region.hmm_from) % 3
+
+
+def coding_protein(sequence: str, region: CoiRegion | None) -> str:
+    """The amino-acid sequence of ``sequence``'s COI-5P ``region`` in the frame the profile implies, with the
+    invertebrate mitochondrial code (NCBI table 5; ``*`` = stop, ``X`` = a codon with an N); "" when there is no
+    region or no whole codon in it."""
+    from pyhmmer import easel
+
+    if region is None:
+        return ""
+    start = _coding_start(region)
+    n_codons = (region.query_to - start + 1) // 3
+    if n_codons < 1:
+        return ""
+    _, alphabet, _ = _profile()
+    coding = sequence[start - 1:start - 1 + 3 * n_codons]
+    return (easel.TextSequence(sequence=coding).digitize(alphabet)
+            .translate(easel.GeneticCode(_MITO_INVERTEBRATE_CODE)).textize().sequence)
+
+
+def _locate_coi(check: BarcodeCheck) -> None:
+    """Search both strands; orient, trim and record the best hit (or warn that there is no COI-5P)."""
+    seq = check.sequence
+    best = _best_domain(seq)
+    if best is None:
         check.warnings.append("not COI: no match to the COI-5P barcode region on either strand (another gene, "
                               "non-coding DNA, or not a DNA sequence at all)")
         return
-    best = max(domains, key=lambda d: d.score)
-    ali = best.alignment
-    start, end = ali.target_from, ali.target_to
-    if best.strand == "-":
+    reverse = best.strand == "-"
+    if reverse:
         check.sequence = seq = reverse_complement(seq)
-        start, end = len(seq) - start + 1, len(seq) - end + 1
         check.orientation = "reverse-complement"
         check.notes.append("the sequence matched COI-5P on the reverse strand and was reverse-complemented")
     else:
         check.orientation = "forward"
     env_from, env_to = sorted((best.env_from, best.env_to))
-    if best.strand == "-":
+    if reverse:
         env_from, env_to = len(seq) - env_to + 1, len(seq) - env_from + 1
+    offset = 0
     if len(seq) > TRIM_ABOVE_BP:
         check.sequence = seq[env_from - 1:env_to]
         check.notes.append(f"the {len(seq):,}-bp sequence was cut to its COI-5P region, bases {env_from:,}-{env_to:,}")
-        start, end = start - env_from + 1, end - env_from + 1
-    check.region = CoiRegion(int(ali.hmm_from), int(ali.hmm_to), int(start), int(end), float(best.score),
-                              float(best.i_evalue))
+        offset = env_from - 1
+    check.region = _region(best, len(seq), offset)
     if not check.region.significant:
         check.warnings.append(f"not COI: the best match to the COI-5P region is not significant "
                               f"(E-value {best.i_evalue:.2g} > {COI_MAX_EVALUE:g})")
@@ -251,21 +291,10 @@ def _locate_coi(check: BarcodeCheck) -> None:
 
 def _find_stop_codons(check: BarcodeCheck) -> None:
     """Translate the matched region in its HMM-implied frame (NCBI table 5) and record internal stops."""
-    from pyhmmer import easel
-
     region = check.region
     assert region is not None
-    # First codon start at or after the aligned start: HMM position h is a first codon position when
-    # (h - _FIRST_CODON_PHASE) % 3 == 0.
-    start = region.query_from + (_FIRST_CODON_PHASE - region.hmm_from) % 3
-    stop = region.query_to
-    n_codons = (stop - start + 1) // 3
-    if n_codons < 1:
-        return
-    coding = check.sequence[start - 1:start - 1 + 3 * n_codons]
-    _, alphabet, _ = _profile()
-    protein = (easel.TextSequence(sequence=coding).digitize(alphabet)
-               .translate(easel.GeneticCode(_MITO_INVERTEBRATE_CODE)).textize().sequence)
+    start = _coding_start(region)
+    protein = coding_protein(check.sequence, region)
     check.stop_codons = [start + 3 * i for i, aa in enumerate(protein) if aa == "*"]
     if check.stop_codons:
         shown = ", ".join(str(p) for p in check.stop_codons[:5]) + (" ..." if len(check.stop_codons) > 5 else "")

@@ -135,6 +135,8 @@ class ReferenceSet:
     sequences: list[str]
     k: int = DEFAULT_K
     _index: Any = field(default=None, init=False, repr=False)
+    _proteins: list[str] | None = field(default=None, init=False, repr=False)
+    _rows: dict[str, int] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -222,6 +224,20 @@ class ReferenceSet:
             out[i] = hits
         return out
 
+    def protein_hits(self, protein: str, candidates: Sequence[Hit]) -> list[Hit]:
+        """The query's COI protein (:func:`hirviz.coi_check.coding_protein`) aligned with the proteins of the
+        references it has nucleotide ``candidates`` for (:meth:`hits`), best protein alignment first
+        (:func:`hirviz.coi_protein.protein_hits`). The references' proteins are translated on the first call."""
+        from hirviz.coi_protein import protein_hits, reference_proteins
+
+        if self._proteins is None:
+            self._proteins = reference_proteins(self.sequences)
+            self._rows = {ref_id: row for row, ref_id in enumerate(self.ids)}
+        assert self._rows is not None
+        rows = [self._rows[h.id] for h in candidates if h.id in self._rows]
+        return protein_hits(protein, self._proteins, rows, self.ids, self.ranks,
+                            [h.cosine for h in candidates if h.id in self._rows])
+
 
 def _clean_reference(seq: Any) -> str:
     if not isinstance(seq, str):
@@ -273,13 +289,15 @@ def rank_verdicts(hits: Sequence[Hit], thresholds: dict[str, tuple[float, int]] 
     hit or a disagreement, so a finer name is never given under an undecided coarser rank; a rank the references
     leave unnamed is passed over. Outvoted minority names are kept in the ``note``. With ``walk=False`` every rank
     is judged on its own (no stop): what the reconciliation uses below a coarser rank named another way, after
-    checking that the name hangs under it.
+    checking that the name hangs under it. Ranks missing from ``thresholds`` (and those below them) are not named.
     """
     thresholds = RANK_THRESHOLDS if thresholds is None else thresholds
     near_best = NEAR_BEST if near_best is None else near_best
     consensus = CONSENSUS if consensus is None else consensus
     out = {level: RankVerdict() for level in LEVELS}
     for level in LEVELS:
+        if level not in thresholds:  # a rank this evidence never names (e.g. protein hits below family)
+            break
         min_identity, min_aligned = thresholds[level]
         close = [h for h in hits if h.identity >= min_identity and h.aligned >= min_aligned]
         needed = 1

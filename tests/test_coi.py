@@ -460,3 +460,60 @@ def test_the_engine_does_not_import_the_trainer() -> None:
             "print(sorted(m for m in sys.modules if m == 'train' or m.startswith('train.')))")
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------- protein hits
+
+
+def synonymous(rng: np.random.Generator, seq: str, share: float) -> str:
+    """``seq`` (a consensus-framed COI: codons start at index 1) with the third base of about ``share`` of its
+    codons changed where the amino acid stays the same (invertebrate mitochondrial code)."""
+    from hirviz.coi_protein import reference_proteins
+
+    out = list(seq)
+    for start in range(1, len(seq) - 2, 3):
+        codon = seq[start:start + 3]
+        if rng.random() >= share:
+            continue
+        same = [b for b in "ACGT" if b != codon[2]
+                and reference_proteins([codon[:2] + b])[0] == reference_proteins([codon])[0]]
+        if same:
+            out[start + 2] = str(rng.choice(same))
+    return "".join(out)
+
+
+def test_reference_proteins_read_the_frame_the_profile_finds() -> None:
+    from hirviz.coi_check import coding_protein
+    from hirviz.coi_protein import reference_proteins
+
+    seq = consensus()
+    for shift in ("", "A", "AC"):  # whatever the reference's first codon position, the frame without stops
+        check = check_barcode(shift + seq)
+        protein = coding_protein(check.sequence, check.region)
+        assert len(protein) > 200 and "*" not in protein
+        assert protein in reference_proteins([shift + seq])[0]
+
+
+def test_silent_changes_do_not_hide_the_family_from_the_protein_hits() -> None:
+    """References of the query's family differ from it only by silent third-position changes (far by bases, the
+    same protein); references of another family of the same order are about as far by bases but change the
+    protein. The nucleotides cannot name the family; the protein hits can, and never a genus or species."""
+    from types import SimpleNamespace
+
+    from hirviz.ui.coi_view import coi_html
+
+    rng = np.random.default_rng(3)
+    query = consensus()
+    kin = [synonymous(rng, query, 0.9) for _ in range(3)]
+    other = [substitute(rng, query, 0.2) for _ in range(3)]
+    ranks = [("O", "F", f"G{i}", f"G{i} s") for i in range(3)] + [("O", "Other", f"H{i}", f"H{i} s") for i in range(3)]
+    refs = ReferenceSet([f"R{i}" for i in range(6)], ranks, kin + other, k=5)
+    result = identify_barcode(query, refs)
+    assert max(h.identity for h in result.hits) < RANK_THRESHOLDS["family"][0]  # no close hit at family
+    assert result.verdicts["family"].name == ""
+    assert result.protein_hits[0].identity == pytest.approx(100.0) and result.protein_hits[0].ranks["family"] == "F"
+    assert result.answers["family"].name == "F" and result.answers["family"].decided_by == "protein"
+    assert result.answers["genus"].name == "" and result.answers["species"].name == ""
+    assert any("amino-acid identity" in note for note in result.notes)
+    page = coi_html(SimpleNamespace(coi_name="real-coi", data_kind=lambda name: "real"), result)
+    assert "class='hz-both'>decided by the protein (translated barcode)" in page

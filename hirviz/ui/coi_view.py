@@ -20,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from hirviz import coi_protein
 from hirviz.barcode import BarcodeError
 from hirviz.coi import MODEL_THRESHOLD, ROW_COLUMNS, Identification, fasta_records, identify_barcode, identify_fasta
 from hirviz.coi_refs import AGREEMENT, RANK_THRESHOLDS
@@ -34,10 +35,12 @@ HIT_COLUMNS: tuple[str, ...] = ("#", "reference", *LEVELS, "identity %", "covera
 # A batch is identified inside one request: keep it to what finishes in a few minutes on a small CPU.
 MAX_BATCH_RECORDS = 1000
 MAX_BATCH_BYTES = 5_000_000
-_DECIDED = {"alignment": "decided by alignment", "alignment+model": "the model, backed by the nearest hits",
-            "model": "decided by the model", "": "not named"}
+_DECIDED = {"alignment": "decided by alignment", "protein": "decided by the protein (translated barcode)",
+            "alignment+model": "the model, backed by the nearest hits", "model": "decided by the model",
+            "": "not named"}
 # Cell classes per decided_by (hirviz.ui.render.CSS has hz-yes / hz-model / hz-na; hz-both is in _CSS below).
-_DECIDED_CSS = {"alignment": "hz-yes", "alignment+model": "hz-both", "model": "hz-model", "": "hz-na"}
+_DECIDED_CSS = {"alignment": "hz-yes", "protein": "hz-both", "alignment+model": "hz-both", "model": "hz-model",
+                "": "hz-na"}
 _CSS = "<style>.hz-both { color: #0f6b5c; font-weight: 600; }</style>"
 
 
@@ -58,10 +61,15 @@ def thresholds_text() -> str:
     """The verdict rules in plain words (from :data:`hirviz.coi_refs.RANK_THRESHOLDS`)."""
     rules = "; ".join(f"<b>{level}</b>: at least {identity:g} % identical over at least {bp} aligned bases"
                       for level, (identity, bp) in reversed(list(RANK_THRESHOLDS.items())))
+    protein = " / ".join(f"{identity:g} %" for identity, _ in coi_protein.THRESHOLDS.values()) + " (" + \
+        " / ".join(coi_protein.THRESHOLDS) + ")"
     return (f"A reference barcode supports a name when it is close enough: {rules}. The name is given when at "
             f"least {AGREEMENT:.0%} of the close references carry it, the closest among them. Where no reference is "
-            f"that close, the model names the rank if its score is at least {MODEL_THRESHOLD:.0%} and it agrees "
-            "with every rank the references named; otherwise the rank is left open.")
+            f"that close, the barcode is translated and compared as a protein: {protein} amino-acid identity can "
+            "name the order and family (COI's protein changes more slowly than its bases, so this still places a "
+            "read whose genus the references lack; never the genus or species). Then the model names the rank if "
+            f"its score is at least {MODEL_THRESHOLD:.0%} and it agrees with every rank already named; otherwise "
+            "the rank is left open.")
 
 
 def empty_coi_html(engine: Engine, message: str = "Paste a barcode to identify it.") -> str:
@@ -119,6 +127,10 @@ def coi_html(engine: Engine, result: Identification) -> str:
         refs = (f"{html.escape(verdict.name)} <span class='hz-score'>{verdict.identity:.1f} %, "
                 f"{verdict.support} hit{'s' * (verdict.support != 1)}</span>" if verdict is not None and verdict.name
                 else f"<span class='hz-na'>{html.escape(verdict.note if verdict is not None else 'no hits')}</span>")
+        protein = result.protein_verdicts.get(level)
+        if protein is not None and protein.name and not (verdict is not None and verdict.name):
+            refs += (f"<br>protein: {html.escape(protein.name)} <span class='hz-score'>{protein.identity:.1f} % "
+                     f"amino acids, {protein.support} hit{'s' * (protein.support != 1)}</span>")
         top = (result.model_levels or {}).get(level) or []
         model = (f"{html.escape(top[0][0])} <span class='hz-score'>{top[0][1]:.1%}</span>" if top
                  else "<span class='hz-na'>no model answer</span>")

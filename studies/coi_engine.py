@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hirviz import coi, coi_refs  # noqa: E402
+from hirviz import coi, coi_protein, coi_refs  # noqa: E402
 from hirviz.barcode import BarcodeError  # noqa: E402
 from hirviz.coi import assemble  # noqa: E402
-from hirviz.coi_check import check_barcode  # noqa: E402
+from hirviz.coi_check import check_barcode, coding_protein  # noqa: E402
 from hirviz.coi_refs import ReferenceSet  # noqa: E402
 from hirviz.degrade import DnaNoise, degrade_barcodes  # noqa: E402
 from hirviz.taxonomy import LEVELS  # noqa: E402
@@ -68,7 +68,8 @@ STEPS: list[tuple[str, dict[str, Any]]] = [
     ("+ nearest hits and model agreeing name a rank (75 / 80 / 92 / 95 %)",
      {"coi.MODEL_ALONE": {level: 0.5 for level in LEVELS}, "coi.RESUME_BELOW": False}),
     ("+ close hits name ranks below one named with the model", {"coi.MODEL_ALONE": {level: 0.5 for level in LEVELS}}),
-    ("+ model alone at order / family only (shipped defaults)", {}),
+    ("+ model alone at order / family only", {"protein.THRESHOLDS": {}}),
+    ("+ protein hits name order / family (shipped defaults)", {}),
 ]
 
 # Candidate reconciliation rules compared on the val/* slices only (with a model that has not seen them:
@@ -86,6 +87,16 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
      {"coi.AGREE": {**coi.AGREE, "family": (75.0, 0.1)}}),
     ("hits + model agreeing at genus / species from 88 / 92 % (was 92 / 95)",
      {"coi.AGREE": {**coi.AGREE, "genus": (88.0, 0.1), "species": (92.0, 0.1)}}),
+    *[(f"{level} from {identity:g} % (was {coi_refs.RANK_THRESHOLDS[level][0]:g})",
+       {"RANK_THRESHOLDS": {**coi_refs.RANK_THRESHOLDS, level: (identity, coi_refs.RANK_THRESHOLDS[level][1])}})
+      for level, identity in (("species", 96.0), ("species", 95.0), ("genus", 94.0), ("genus", 93.0))],
+    ("no protein hits", {"protein.THRESHOLDS": {}}),
+    *[(f"protein hits at order / family from {o:g} / {f:g} % amino-acid identity",
+       {"protein.THRESHOLDS": {"order": (o, coi_protein.MIN_RESIDUES), "family": (f, coi_protein.MIN_RESIDUES)}})
+      for o, f in ((0, 0), (80, 85), (85, 90), (90, 95), (95, 97))],
+    ("protein hits at order only", {"protein.THRESHOLDS": {"order": coi_protein.THRESHOLDS["order"]}}),
+    *[(f"protein hits within {w:g} points of the closest vote",
+       {"protein.NEAR_BEST": {"order": w, "family": w}}) for w in (1, 5, 10)],
 ]
 
 
@@ -135,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     open_refs, open_queries = open_set_split(train, args.seed)
     sets["val/open"] = (open_queries, [_last_bp(s, PARTIAL_BP) for s in open_queries["barcode"].fillna("")],
                         open_refs)
+    # The same held-out rows as whole barcodes, clean and degraded: what a relaxed genus or species rule risks on
+    # full-length queries of taxa the references lack.
+    sets["val/open-full"] = (open_queries, open_queries["barcode"].fillna("").tolist(), open_refs)
+    sets["val/open-full-degraded"] = (open_queries, _degrade(sets["val/open-full"][1], noise, args.seed), open_refs)
     sets["test/partial"] = (partial, partial["barcode"].fillna("").tolist(), train)
 
     cached: dict[str, dict[str, Any]] = {}
@@ -286,6 +301,12 @@ def _cached(path: Path, seqs: list[str], refs: ReferenceSet, predictor, model_pa
             hits[i] = found
         cached = {"checks": checks, "hits": hits, "seconds": time.perf_counter() - started}
         path.write_bytes(pickle.dumps(cached))
+    if "protein" not in cached:  # caches written before the protein hits existed get them added
+        started = time.perf_counter()
+        cached["protein"] = [None if found is None else refs.protein_hits(coding_protein(c.sequence, c.region), found)
+                             for c, found in zip(cached["checks"], cached["hits"])]
+        cached["protein_seconds"] = time.perf_counter() - started
+        path.write_bytes(pickle.dumps(cached))
     cached["model"] = None
     if predictor is not None and model_path is not None:
         if model_path.is_file():
@@ -310,10 +331,11 @@ def _model(predictor, seq: str) -> dict[str, list[tuple[str, float]]] | None:
 
 @contextlib.contextmanager
 def _settings(settings: dict[str, Any]) -> Iterator[None]:
-    """Temporarily replace constants of :mod:`hirviz.coi_refs` (``NAME``) or :mod:`hirviz.coi` (``coi.NAME``),
-    which ``rank_verdicts`` and the reconciliation read at each call."""
+    """Temporarily replace constants of :mod:`hirviz.coi_refs` (``NAME``), :mod:`hirviz.coi` (``coi.NAME``) or
+    :mod:`hirviz.coi_protein` (``protein.NAME``), which ``rank_verdicts`` and the reconciliation read at each call."""
     def target(key: str) -> tuple[Any, str]:
-        return (coi, key[4:]) if key.startswith("coi.") else (coi_refs, key)
+        module, _, name = key.rpartition(".")
+        return {"coi": coi, "protein": coi_protein, "": coi_refs}[module], name
 
     saved = {key: getattr(*target(key)) for key in settings}
     try:
@@ -341,7 +363,8 @@ def _answers(cached: dict[str, Any], seqs: list[str], refs_frame: pd.DataFrame, 
             if isinstance(check, str):
                 continue
             levels = cached["model"][i] if use_model else None
-            result = engine(check, cached["hits"][i], levels)
+            # "alignment" is the nucleotide hits' verdicts alone; the protein hits join the reconciled answer
+            result = engine(check, cached["hits"][i], levels, 5, cached["protein"][i] if use_model else None)
             names[i] = [result.answers[level].name for level in LEVELS]
         out[method] = names
     if with_model and kmer:

@@ -136,7 +136,8 @@ class Engine:
             predictor.predict(image=probe if self.image_trained(name) else None, barcode="ACGT" * 100, neighbours=1)
         if self.coi_name is not None:
             self.predictor(self.coi_name).predict(barcode="ACGT" * 100, neighbours=1)
-            self.coi_references().hits("ACGT" * 100, k=1)  # builds the k-mer index
+            refs = self.coi_references()
+            refs.protein_hits("", refs.hits("ACGT" * 100, k=1))  # builds the k-mer index, translates the references
 
     def blur_limit(self) -> int:
         """The largest blur kernel every model accepts (the side of the smallest model input grid)."""

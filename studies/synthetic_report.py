@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from train.evaluate.blur_criterion import blur_criterion
+from train.evaluate.blur_criterion import blur_criterion, sweep_kernels
 from train.study import plateau
 
 # Model selection on the validation split: the mean of these four Global top-1 cells (setting, condition, query).
@@ -59,7 +59,14 @@ def blur_summary(results: Mapping[str, Any] | None) -> tuple[dict[str, Any] | No
     if check.order_loss is None or check.species_loss is None:
         return record, (f"Blur criterion not measurable ({check}): CLIBD's clean image->text species or order top-1"
                         " is 0, so there is no relative loss.")
-    return record, f"CLIBD, mean over seeds: {check}."
+    # The same check at every kernel of the sweep: which default kernel for "noisy image" the criterion allows.
+    per_kernel = [blur_criterion(results, k) for k in sweep_kernels(results) if k > 1]
+    record["sweep"] = [{**asdict(c), "order_loss": c.order_loss, "species_loss": c.species_loss, "passed": c.passed}
+                       for c in per_kernel]
+    passing = [str(c.kernel) for c in per_kernel if c.passed]
+    lines = "\n".join(f"- {c}" for c in per_kernel)
+    return record, (f"CLIBD, mean over seeds: {check}.\n\nThe same check at each kernel of the sweep (the default "
+                    f"kernel should be one that passes; passing: {', '.join(passing) or 'none'}):\n\n{lines}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,15 @@ def test_the_report_states_the_blur_criterion_of_clibds_mean_results():
     mild, line = rep.blur_summary(_results({"clean": 20, "noisy": 10}, 30, species_noisy=25.0))
     assert mild["passed"] is False and "FAIL" in line
     assert rep.blur_summary(None) == (None, "(CLIBD has not run)")
+    # With a sweep, every kernel is checked too, so the report says which default kernel the criterion allows.
+    swept = _results({"clean": 20, "noisy": 10}, 30, species_noisy=25.0)
+    swept["sweep"] = [{"kind": "blur", "strength": k, "query": "image", "level": level, "top1": top1}
+                      for k, order, species in ((1, 90.0, 40.0), (5, 88.0, 30.0), (7, 80.0, 20.0), (9, 70.0, 10.0))
+                      for level, top1 in (("order", order), ("species", species))]
+    record, line = rep.blur_summary(swept)
+    assert [c["kernel"] for c in record["sweep"]] == [5, 7, 9]
+    assert [c["passed"] for c in record["sweep"]] == [False, True, False]
+    assert "passing: 7" in line and "9x9 box blur" in line
     assert rep.blur_summary({"_meta": {}})[0] is None  # no image results: said, not crashed
 
 

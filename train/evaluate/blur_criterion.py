@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_ORDER_LOSS", "MIN_SPECIES_LOSS", "BlurCheck", "blur_criterion"]
+__all__ = ["MAX_ORDER_LOSS", "MIN_SPECIES_LOSS", "BlurCheck", "blur_criterion", "sweep_kernels"]
 
 MIN_SPECIES_LOSS = 0.40
 MAX_ORDER_LOSS = 0.15
@@ -83,10 +83,11 @@ def _sweep_top1(results: Mapping[str, Any], kernel: int, level: str) -> float | 
                 and int(record.get("strength", -1)) == kernel:
             return None if record.get("top1") is None else float(record["top1"])
     raise ValueError(f"results have no image blur sweep point at kernel {kernel} for {level}: evaluate with --sweep"
-                     f" (kernels there: {_sweep_kernels(results)})")
+                     f" (kernels there: {sweep_kernels(results)})")
 
 
-def _sweep_kernels(results: Mapping[str, Any]) -> list[int]:
+def sweep_kernels(results: Mapping[str, Any]) -> list[int]:
+    """The blur kernels of the results' ``--sweep`` (1 = no blur), ascending."""
     return sorted({int(r["strength"]) for r in results.get("sweep") or () if r.get("kind") == "blur"})
 
 

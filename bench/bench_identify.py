@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from hirviz.coi import _model_levels, assemble, identify_fasta
     from hirviz.coi_check import check_barcode, coding_protein
-    from hirviz.coi_protein import protein_verdicts
-    from hirviz.coi_refs import ReferenceSet, rank_verdicts
+    from hirviz.coi_refs import ReferenceSet, protein_verdicts, rank_verdicts
 
     faiss.omp_set_num_threads(args.threads)
     if not args.references.is_file():

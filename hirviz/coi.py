@@ -33,7 +33,7 @@ from typing import Any
 from hirviz import coi_protein, coi_refs
 from hirviz.barcode import BarcodeError
 from hirviz.coi_check import BarcodeCheck, check_barcode, coding_protein
-from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, rank_verdicts
+from hirviz.coi_refs import RANK_THRESHOLDS, Hit, RankVerdict, ReferenceSet, protein_verdicts, rank_verdicts
 from hirviz.taxonomy import LEVELS
 
 __all__ = ["MODEL_THRESHOLD", "ROW_COLUMNS", "Identification", "RankAnswer", "assemble", "fasta_records",
@@ -98,7 +98,7 @@ class Identification:
         hits: the top-k reference hits (identity and coverage in percent), best first.
         verdicts: the references' answer per rank (:func:`hirviz.coi_refs.rank_verdicts`).
         protein_hits: the same candidate references aligned as proteins, best first (:mod:`hirviz.coi_protein`).
-        protein_verdicts: their answer per rank (order and family only; :func:`hirviz.coi_protein.protein_verdicts`).
+        protein_verdicts: their answer per rank (order and family only; :func:`hirviz.coi_refs.protein_verdicts`).
         model_levels: the model's per-rank ``(name, score)`` lists, or ``None`` without a model.
         answers: the reconciled answer per rank.
         notes: everything worth telling the user: input changes, warnings, disagreements.
@@ -195,7 +195,7 @@ def assemble(check: BarcodeCheck, hits: Sequence[Hit] | None = None,
         result.notes.extend(f"{level}: {v.note}" for level, v in result.verdicts.items() if v.note)
     if protein_hits:
         result.protein_hits = list(protein_hits[:k])
-        result.protein_verdicts = coi_protein.protein_verdicts(protein_hits)
+        result.protein_verdicts = protein_verdicts(protein_hits)
     if model_levels is not None:
         result.model_levels = {level: [(str(n), float(s)) for n, s in model_levels.get(level, [])]
                                for level in LEVELS}

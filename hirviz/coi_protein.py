@@ -10,22 +10,18 @@ carried the right order for 79 % and family for 42 % of the reads, the nearest b
 
 :func:`hirviz.coi_check.coding_protein` translates the part of a query the COI-5P profile matched, in the reading
 frame the profile implies (NCBI table 5, the invertebrate mitochondrial code); :func:`reference_proteins` reads a
-whole reference set in the frame without stops; :func:`protein_hits` aligns a query's protein with the proteins
-of its candidate references (parasail's striped Smith-Waterman, BLOSUM62, gap open 11 / extend 1 as BLASTP), and
-:func:`protein_verdicts` turns them into an answer at order and family.
+whole reference set in the frame without stops; :func:`align_proteins` aligns a query's protein with the proteins
+of its candidate references (parasail's striped Smith-Waterman, BLOSUM62, gap open 11 / extend 1 as BLASTP).
+:meth:`hirviz.coi_refs.ReferenceSet.protein_hits` makes hits of them and :func:`hirviz.coi_refs.protein_verdicts`
+an answer at order and family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
-
-from hirviz.taxonomy import LEVELS
-
-__all__ = ["GAP_EXTEND", "GAP_OPEN", "MIN_RESIDUES", "NEAR_BEST", "THRESHOLDS", "protein_hits",
-           "protein_verdicts", "reference_proteins"]
+__all__ = ["GAP_EXTEND", "GAP_OPEN", "MIN_RESIDUES", "NEAR_BEST", "THRESHOLDS", "align_proteins",
+           "reference_proteins"]
 
 GAP_OPEN, GAP_EXTEND = 11, 1
 MITO_INVERTEBRATE_CODE = 5  # NCBI translation table 5
@@ -66,37 +62,22 @@ def reference_proteins(sequences: Sequence[str]) -> list[str]:
     return out
 
 
-def protein_hits(query: str, proteins: Sequence[str], rows: Sequence[int], ids: Sequence[str], ranks: np.ndarray,
-                 cosines: Sequence[float]) -> list[Any]:
-    """The query protein aligned with the reference proteins ``rows`` (local alignment, BLOSUM62): one
-    :class:`hirviz.coi_refs.Hit` each (``identity`` = identical residues over the alignment's columns, percent;
-    ``aligned`` = those columns; ``coverage`` = those columns over the query's length, at most 100), best score
-    first. References without a protein and alignments under :data:`MIN_RESIDUES` columns are left out."""
+def align_proteins(query: str, proteins: Sequence[str], rows: Sequence[int]) -> list[tuple[int, int, float, int]]:
+    """The query protein aligned with the reference proteins ``rows`` (local alignment, BLOSUM62): per alignment
+    ``(row, score, identity, columns)`` (identity = identical residues over the alignment's columns, percent),
+    best score first. References without a protein and alignments under :data:`MIN_RESIDUES` columns are left
+    out."""
     import parasail
-
-    from hirviz.coi_refs import Hit
 
     if not query:
         return []
-    scored = []
-    for row, cosine in zip(rows, cosines):
+    out = []
+    for row in rows:
         ref = proteins[row]
         if not ref:
             continue
         result = parasail.sw_stats_striped_16(query, ref, GAP_OPEN, GAP_EXTEND, parasail.blosum62)
-        if result.length < MIN_RESIDUES:
-            continue
-        scored.append((result.score, Hit(ids[row], dict(zip(LEVELS, (str(x) for x in ranks[row]))),
-                                         100.0 * result.matches / result.length,
-                                         100.0 * min(result.length, len(query)) / len(query), int(result.length),
-                                         float(cosine))))
-    scored.sort(key=lambda pair: (-pair[0], -pair[1].identity, pair[1].id))
-    return [hit for _, hit in scored]
-
-
-def protein_verdicts(hits: Sequence[Any]) -> dict[str, Any]:
-    """The protein hits' answer per rank (:func:`hirviz.coi_refs.rank_verdicts` with :data:`THRESHOLDS` and
-    :data:`NEAR_BEST`; genus and species are never named)."""
-    from hirviz.coi_refs import rank_verdicts
-
-    return rank_verdicts(hits, THRESHOLDS, NEAR_BEST, consensus={})
+        if result.length >= MIN_RESIDUES:
+            out.append((int(row), int(result.score), 100.0 * result.matches / result.length, int(result.length)))
+    out.sort(key=lambda item: (-item[1], -item[2], item[0]))
+    return out

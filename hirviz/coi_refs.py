@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from hirviz import coi_protein
 from hirviz.kmer import DEFAULT_K, KmerProfiler
 from hirviz.taxonomy import LEVELS
 
@@ -38,6 +39,7 @@ __all__ = [
     "RankVerdict",
     "ReferenceError",
     "ReferenceSet",
+    "protein_verdicts",
     "rank_verdicts",
 ]
 
@@ -227,16 +229,17 @@ class ReferenceSet:
     def protein_hits(self, protein: str, candidates: Sequence[Hit]) -> list[Hit]:
         """The query's COI protein (:func:`hirviz.coi_check.coding_protein`) aligned with the proteins of the
         references it has nucleotide ``candidates`` for (:meth:`hits`), best protein alignment first
-        (:func:`hirviz.coi_protein.protein_hits`). The references' proteins are translated on the first call."""
-        from hirviz.coi_protein import protein_hits, reference_proteins
-
+        (:func:`hirviz.coi_protein.align_proteins`; ``identity`` in amino acids, ``aligned`` = residue columns,
+        ``coverage`` = those over the query's length). The references' proteins are translated on the first call."""
         if self._proteins is None:
-            self._proteins = reference_proteins(self.sequences)
+            self._proteins = coi_protein.reference_proteins(self.sequences)
             self._rows = {ref_id: row for row, ref_id in enumerate(self.ids)}
         assert self._rows is not None
+        cosine = {h.id: h.cosine for h in candidates}
         rows = [self._rows[h.id] for h in candidates if h.id in self._rows]
-        return protein_hits(protein, self._proteins, rows, self.ids, self.ranks,
-                            [h.cosine for h in candidates if h.id in self._rows])
+        return [Hit(self.ids[row], dict(zip(LEVELS, (str(x) for x in self.ranks[row]))), identity,
+                    100.0 * min(columns, len(protein)) / len(protein), columns, cosine[self.ids[row]])
+                for row, _, identity, columns in coi_protein.align_proteins(protein, self._proteins, rows)]
 
 
 def _clean_reference(seq: Any) -> str:
@@ -338,3 +341,9 @@ def rank_verdicts(hits: Sequence[Hit], thresholds: dict[str, tuple[float, int]] 
         note = f"outvoted at >= {min_identity:g} %: {shown}" if len(votes) > 1 else ""
         out[level] = RankVerdict(name, max(h.identity for h in support), len(support), note)
     return out
+
+
+def protein_verdicts(hits: Sequence[Hit]) -> dict[str, RankVerdict]:
+    """The protein hits' answer per rank (:func:`rank_verdicts` with :data:`hirviz.coi_protein.THRESHOLDS` and
+    :data:`hirviz.coi_protein.NEAR_BEST`; genus and species are never named)."""
+    return rank_verdicts(hits, coi_protein.THRESHOLDS, coi_protein.NEAR_BEST, consensus={})

@@ -66,6 +66,35 @@ def test_a_study_trains_each_arm_once_and_a_rerun_reuses_it(tmp_path):
     assert not (study.run_dir(arm, 0) / "checkpoint.pt").exists()
 
 
+def test_results_scored_with_another_blur_kernel_are_rescored_without_training(tmp_path, monkeypatch):
+    """When the default "noisy image" kernel changes (chosen from the study's blur criterion), finished runs are
+    re-scored from their bundles, keeping their training time, and never trained again."""
+    import train.study as study_module
+    from train.evaluate import DEFAULT_BLUR_KERNEL
+
+    study = Study(work=tmp_path, config=REPO / "train" / "configs" / "ci.yaml", metadata=tmp_path / "m.tsv",
+                  images=tmp_path / "images.hdf5")
+    arm = Arm("a")
+    study.bundle_dir(arm, 0).mkdir(parents=True)
+    study.results_file(arm, 0).parent.mkdir(parents=True)
+    old = {**_results(50.0, 40.0), "_meta": {"blur_kernel": DEFAULT_BLUR_KERNEL + 2, "train_seconds": 5.0}}
+    study.results_file(arm, 0).write_text(json.dumps(old))
+    calls = []
+
+    def fake_evaluate(bundle, out, log, eval_args):
+        calls.append(bundle)
+        return {**_results(60.0, 40.0), "_meta": {"blur_kernel": DEFAULT_BLUR_KERNEL}}
+
+    monkeypatch.setattr(study_module, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(study_module, "run_step", lambda *a, **k: pytest.fail("nothing may be trained"))
+    fresh = study.run_one(arm, 0)
+    assert calls == [study.bundle_dir(arm, 0)]
+    assert fresh["clean"]["dna"]["order"]["top1"] == 60.0 and fresh["_meta"]["train_seconds"] == 5.0
+    assert json.loads(study.results_file(arm, 0).read_text()) == fresh
+    assert study.run_one(arm, 0) == fresh and len(calls) == 1  # now current: read, not re-scored
+    assert not Study(work=tmp_path, config=study.config, metadata=study.metadata).stale(old)  # DNA-only: no blur
+
+
 def test_results_name_no_absolute_paths(tmp_path):
     from train.study import relative_paths
 

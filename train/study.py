@@ -108,11 +108,28 @@ class Study:
             return str(err)
         return None
 
+    def stale(self, results: dict[str, Any]) -> bool:
+        """Whether saved results were scored with another "noisy image" blur kernel than today's default
+        (:data:`train.evaluate.DEFAULT_BLUR_KERNEL`, chosen from the study's own blur criterion): they are then
+        re-scored from the run's bundle, without training again."""
+        from train.evaluate import DEFAULT_BLUR_KERNEL
+
+        kernel = (results.get("_meta") or {}).get("blur_kernel")
+        return self.images is not None and kernel is not None and int(kernel) != DEFAULT_BLUR_KERNEL
+
     def run_one(self, arm: Arm, seed: int) -> dict[str, Any]:
-        """fit -> export -> eval for one arm and seed; reuses a finished run's results."""
+        """fit -> export -> eval for one arm and seed; reuses a finished run's results (re-scored when stale)."""
         out = self.results_file(arm, seed)
         if out.is_file():
-            return json.loads(out.read_text(encoding="utf-8"))
+            saved = json.loads(out.read_text(encoding="utf-8"))
+            if not (self.stale(saved) and self.bundle_dir(arm, seed).is_dir()):
+                return saved
+            results = self._score(arm, seed, out)
+            results["_meta"].update({k: v for k, v in saved["_meta"].items() if k.endswith("_seconds")})
+            out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+            logger.info("%s seed %d: re-scored (blur kernel %s -> %s)", arm.name, seed,
+                        saved["_meta"].get("blur_kernel"), results["_meta"].get("blur_kernel"))
+            return results
         for sub in ("runs", "bundles", "results", "logs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         run, bundle, log = self.run_dir(arm, seed), self.bundle_dir(arm, seed), self.work / "logs" / f"{arm.name}-s{seed}.log"
@@ -126,20 +143,28 @@ class Study:
         trained = time.time() - t0
         run_step([*py, "export", "--run", run, "--out", bundle, "--name", f"{arm.name}-s{seed}",
                   "--max-reference", self.max_reference, "--no-umap"], log)
-        images = ["--images", self.images] if self.images else []
-        results = _evaluate(bundle, out, log, ["--metadata", self.metadata, *images, "--split", run,
-                                               *self.eval_args, *arm.eval_args])
+        results = self._score(arm, seed, out)
         results.setdefault("_meta", {})["train_seconds"] = round(trained, 1)
         results["_meta"]["total_seconds"] = round(time.time() - t0, 1)
         out.write_text(json.dumps(results, indent=1), encoding="utf-8")
         logger.info("%s seed %d: %.0f s (training %.0f s)", arm.name, seed, time.time() - t0, trained)
         return results
 
+    def _score(self, arm: Arm, seed: int, out: Path) -> dict[str, Any]:
+        """``python -m train eval`` of a trained arm's bundle on its own test rows, into ``out``."""
+        images = ["--images", self.images] if self.images else []
+        return _evaluate(self.bundle_dir(arm, seed), out, self.work / "logs" / f"{arm.name}-s{seed}.log",
+                         ["--metadata", self.metadata, *images, "--split", self.run_dir(arm, seed),
+                          *self.eval_args, *arm.eval_args])
+
     def score_on(self, arm: Arm, seed: int, tag: str, eval_args: Sequence[str]) -> dict[str, Any]:
-        """Evaluate a trained arm's bundle on other data (``eval_args``: ``--metadata FILE`` ...), cached by ``tag``."""
+        """Evaluate a trained arm's bundle on other data (``eval_args``: ``--metadata FILE`` ...), cached by ``tag``
+        (re-scored when :meth:`stale`)."""
         out = self.work / "results" / f"{arm.name}-s{seed}-{tag}.json"
         if out.is_file():
-            return json.loads(out.read_text(encoding="utf-8"))
+            saved = json.loads(out.read_text(encoding="utf-8"))
+            if not self.stale(saved):
+                return saved
         return _evaluate(self.bundle_dir(arm, seed), out, self.work / "logs" / f"{arm.name}-s{seed}.log", eval_args)
 
 

@@ -167,7 +167,9 @@ def gate_values(study: Study, arms: list[Arm], seeds: list[int], compute: bool =
         for seed in seeds:
             cache = study.work / "results" / f"{arm.name}-s{seed}-gate.json"
             saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else None
-            if (saved is None or study.stale(saved)) and compute and study.results_file(arm, seed).is_file():
+            # a cache without its kernel predates the record: recomputed like a stale one
+            if (saved is None or "_meta" not in saved or study.stale(saved)) and compute \
+                    and study.results_file(arm, seed).is_file():
                 saved = _mean_gate(study, arm, seed)
                 cache.write_text(json.dumps(saved), encoding="utf-8")
             if saved is not None:

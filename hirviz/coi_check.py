@@ -36,6 +36,7 @@ __all__ = [
     "coding_protein",
     "input_notes",
     "reverse_complement",
+    "translate",
 ]
 
 # The longest sequence accepted (the app's limit): a whole mitogenome (~16 kb) fits; anything longer is refused
@@ -246,18 +247,31 @@ def coding_protein(sequence: str, region: CoiRegion | None) -> str:
     """The amino-acid sequence of ``sequence``'s COI-5P ``region`` in the frame the profile implies, with the
     invertebrate mitochondrial code (NCBI table 5; ``*`` = stop, ``X`` = a codon with an N); "" when there is no
     region or no whole codon in it."""
-    from pyhmmer import easel
-
     if region is None:
         return ""
     start = _coding_start(region)
     n_codons = (region.query_to - start + 1) // 3
     if n_codons < 1:
         return ""
-    _, alphabet, _ = _profile()
-    coding = sequence[start - 1:start - 1 + 3 * n_codons]
-    return (easel.TextSequence(sequence=coding).digitize(alphabet)
-            .translate(easel.GeneticCode(_MITO_INVERTEBRATE_CODE)).textize().sequence)
+    return translate(sequence[start - 1:start - 1 + 3 * n_codons])
+
+
+def translate(coding: str) -> str:
+    """Whole codons of ``ACGTN`` DNA as amino acids, invertebrate mitochondrial code (NCBI table 5; ``*`` = stop,
+    ``X`` = a codon with an N)."""
+    from pyhmmer import easel
+
+    alphabet, code = _genetic_code()
+    return easel.TextSequence(sequence=coding).digitize(alphabet).translate(code).textize().sequence
+
+
+@functools.lru_cache(maxsize=1)
+def _genetic_code():
+    """The DNA alphabet and table 5, made once per process (translating a reference set calls for them 27,000
+    times)."""
+    from pyhmmer import easel
+
+    return easel.Alphabet.dna(), easel.GeneticCode(_MITO_INVERTEBRATE_CODE)
 
 
 def _locate_coi(check: BarcodeCheck) -> None:

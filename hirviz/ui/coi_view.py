@@ -61,8 +61,7 @@ def thresholds_text() -> str:
     """The verdict rules in plain words (from :data:`hirviz.coi_refs.RANK_THRESHOLDS`)."""
     rules = "; ".join(f"<b>{level}</b>: at least {identity:g} % identical over at least {bp} aligned bases"
                       for level, (identity, bp) in reversed(list(RANK_THRESHOLDS.items())))
-    protein = " / ".join(f"{identity:g} %" for identity, _ in coi_protein.THRESHOLDS.values()) + " (" + \
-        " / ".join(coi_protein.THRESHOLDS) + ")"
+    protein = ", ".join(f"{identity:g} % ({level})" for level, (identity, _) in coi_protein.THRESHOLDS.items())
     return (f"A reference barcode supports a name when it is close enough: {rules}. The name is given when at "
             f"least {AGREEMENT:.0%} of the close references carry it, the closest among them. Where no reference is "
             f"that close, the barcode is translated and compared as a protein: {protein} amino-acid identity can "

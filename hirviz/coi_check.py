@@ -19,6 +19,7 @@ Unusable input (empty, binary, protein, too long, mostly N) raises :class:`hirvi
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -206,22 +207,38 @@ def _cleaning_notes(raw: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _profile():
-    """The COI-5P HMM, its alphabet and a long-target (nhmmer) pipeline, loaded once per process."""
+    """The COI-5P HMM and its alphabet, loaded once per process."""
     from pyhmmer import easel, plan7
 
     with resources.as_file(resources.files("hirviz") / "data" / "COI-5P.hmm") as path, plan7.HMMFile(path) as handle:
         hmm = handle.read()
-    alphabet = easel.Alphabet.dna()
-    return hmm, alphabet, plan7.LongTargetsPipeline(alphabet)
+    return hmm, easel.Alphabet.dna()
+
+
+# A pyhmmer pipeline keeps state between searches. It is not safe to share: two app users checking barcodes at
+# once on one pipeline crashed the process (segmentation fault), so each thread gets its own. And it adds every
+# search's residues to the search space its E-values are computed for: without clear() a barcode's E-value grew
+# with the number of barcodes checked before it in the process (doubled by the second search).
+_THREAD = threading.local()
+
+
+def _pipeline() -> Any:
+    """This thread's long-target (nhmmer) pipeline, reset for a new search."""
+    from pyhmmer import plan7
+
+    if getattr(_THREAD, "pipeline", None) is None:
+        _THREAD.pipeline = plan7.LongTargetsPipeline(_profile()[1])
+    _THREAD.pipeline.clear()
+    return _THREAD.pipeline
 
 
 def _best_domain(seq: str) -> Any:
     """The best-scoring COI-5P domain (pyhmmer, either strand) of ``seq``, ``None`` when there is none."""
     from pyhmmer import easel
 
-    hmm, alphabet, pipeline = _profile()
+    hmm, alphabet = _profile()
     target = easel.TextSequence(name=b"query", sequence=seq).digitize(alphabet)
-    domains = [d for hit in pipeline.search_hmm(hmm, easel.DigitalSequenceBlock(alphabet, [target]))
+    domains = [d for hit in _pipeline().search_hmm(hmm, easel.DigitalSequenceBlock(alphabet, [target]))
                for d in hit.domains]
     return max(domains, key=lambda d: d.score) if domains else None
 

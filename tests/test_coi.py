@@ -11,6 +11,7 @@ import csv
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,26 @@ def test_consensus_is_found_and_reverse_complement_is_turned_around() -> None:
     assert backward.coi_found and backward.orientation == "reverse-complement"
     assert backward.sequence == seq
     assert any("reverse-complemented" in note for note in backward.notes)
+
+
+def test_users_checking_barcodes_at_once_get_the_same_answers() -> None:
+    """The app serves two users at once: concurrent checks must neither crash the process (a shared pyhmmer
+    pipeline did, with a segmentation fault) nor mix their answers up, and an answer (E-value included) must not
+    depend on how many barcodes the process checked before."""
+    rng = np.random.default_rng(3)
+    base = consensus()
+    queries = [substitute(rng, base, 0.05) for _ in range(6)]
+    queries += [reverse_complement(q) for q in queries[:3]] + [q[100:420] for q in queries[3:]]
+    expected = [(c.orientation, c.region, c.sequence) for c in map(check_barcode, queries)]
+
+    def check_all(offset: int) -> list[tuple]:
+        order = np.roll(np.arange(len(queries)), offset)
+        got = {int(i): check_barcode(queries[i]) for _ in range(8) for i in order}
+        return [(got[i].orientation, got[i].region, got[i].sequence) for i in range(len(queries))]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(check_all, range(4)))
+    assert all(a == expected for a in answers)
 
 
 def test_every_cleaning_step_is_noted() -> None:

@@ -117,8 +117,9 @@ def test_identify_in_the_browser(server, page, tmp_path):
         assert column in main_table
     assert "deepest supported" in main_table
     assert "no trained fusion" in page.inner_text("#hz-result-1")  # the baseline, beside it
-    assert page.locator("#hz-model-image img[src^='data:image/png']").count() == 1
-    assert page.locator("#hz-gate .js-plotly-plot").count() == 1
+    # Plots render after the status line: wait for them (a loaded machine showed the gate plot late).
+    sync_api.expect(page.locator("#hz-model-image img[src^='data:image/png']")).to_have_count(1, timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#hz-gate .js-plotly-plot")).to_have_count(1, timeout=TIMEOUT_MS)
 
     # A noise slider re-identifies on release, and the degraded barcode shows its edits.
     _drag_slider(page, "hz-substitution", 0.5)
@@ -304,7 +305,7 @@ def test_hyperbolic_model_shows_the_poincare_disk(server, hyperbolic_app, tmp_pa
     page.wait_for_function("document.querySelector('#hz-map-0').innerText.includes('your specimen')")
     disk = page.locator("#hz-map-0")
     assert "Poincare disk" in disk.inner_text()
-    assert disk.locator(".shapelayer path").count() >= 1  # the unit circle
+    sync_api.expect(disk.locator(".shapelayer path").first).to_be_attached(timeout=TIMEOUT_MS)  # the unit circle
     assert page.locator("#hz-map-1 .shapelayer path").count() == 0  # the Euclidean baseline keeps its UMAP map
     assert page.locator("#hz-generality-0 .js-plotly-plot").is_visible()
     assert "distance from the origin" in page.inner_text("#hz-generality-0")

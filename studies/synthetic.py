@@ -323,7 +323,8 @@ def markdown(agg: dict[str, Any], args: argparse.Namespace, skipped: dict[str, s
                          for name, g in gates.items()]) if gates else "(no fusion arm has run)", ""]
     lines += ["## Training budget and plateau", "",
               "Validation top-1 (mean over seeds) at the last step, the best, and the gain over the last quarter of "
-              "the steps: a gain within the seeds' sd means the arm trained to a plateau.", "", plateau_md, ""]
+              "the steps: a gain no larger than the seeds' sd at the last step means the arm trained to a plateau.", "",
+              plateau_md, ""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
 

@@ -203,18 +203,24 @@ def question_fusion(arms: Mapping[str, Mapping[str, Any]], fusion_arms: Sequence
 def plateau_table(curves: Mapping[str, Mapping[str, Sequence[float | None]]],
                   keys: Sequence[str] = ("val_image_global", "val_dna_global", "val_image_family")
                   ) -> tuple[str, dict[str, Any]]:
-    """Per arm and validation metric: final and best value, and the gain over the last quarter of the steps."""
+    """Per arm and validation metric: final and best value, the gain over the last quarter of the steps, and whether
+    that is a plateau: a gain no larger than the seeds' sd at the last step (``None`` without an sd: one seed)."""
     rows, numbers = [], {}
     for name, curve in curves.items():
         if not curve.get("step"):
             continue
         for key in (k for k in keys if curve.get(k)):
             p = plateau(curve["step"], curve[key])
+            sd = (curve.get(f"{key}_sd") or [None])[-1]
+            p["final_sd"] = sd
+            p["at_plateau"] = None if sd is None or p["tail_gain"] is None else bool(p["tail_gain"] <= sd)
             numbers.setdefault(name, {})[key] = p
+            verdict = {None: "–", True: "yes", False: "no"}[p["at_plateau"]]
             rows.append([name, key.removeprefix("val_"), f"{curve['step'][-1]:.0f}", fmt(p["final"]),
                          f"{fmt(p['best'])} @ {p['best_step']:.0f}",
-                         f"{p['tail_gain']:+.1f} (from {p['tail_from_step']:.0f})"])
-    header = ["Arm", "Validation top-1", "Steps", "Final", "Best @ step", "Gain over last quarter"]
+                         f"{p['tail_gain']:+.1f} (from {p['tail_from_step']:.0f})", fmt(sd), verdict])
+    header = ["Arm", "Validation top-1", "Steps", "Final", "Best @ step", "Gain over last quarter", "sd at the end",
+              "plateau"]
     return (table(header, rows) if rows else "(no learning curves logged)"), numbers
 
 

@@ -67,6 +67,20 @@ def test_learning_curves_average_over_seeds_and_the_plateau_shows_a_flat_end(tmp
     assert summary["loss"] == pytest.approx(3.0) and summary["hir_clamped_species"] == 0.25 and summary["last_logged_step"] == 40
 
 
+def test_the_plateau_table_says_which_curves_still_rise_beyond_the_seeds_spread(tmp_path):
+    _metrics(tmp_path / "a", [10, 30, 40, 41], [3.0] * 40)  # DNA: +1 over the tail, seeds 10 apart
+    _metrics(tmp_path / "b", [20, 40, 50, 51], [2.0] * 40)
+    curves = {"arm": aggregate_curves([learning_curve(tmp_path / "a"), learning_curve(tmp_path / "b")])}
+    curves["arm"]["val_image_family"] = [10.0, 20.0, 30.0, 40.0]  # still rising, and the same in both seeds
+    curves["arm"]["val_image_family_sd"] = [0.5] * 4
+    markdown, numbers = rep.plateau_table(curves)
+    assert numbers["arm"]["val_dna_global"]["at_plateau"] is True
+    assert numbers["arm"]["val_image_family"]["at_plateau"] is False
+    assert "| arm | image_family | 40 | 40.0 |" in markdown and markdown.rstrip().endswith("| no |")
+    one_seed, _ = rep.plateau_table({"arm": learning_curve(tmp_path / "a")})
+    assert "| – |" in one_seed
+
+
 def test_the_report_states_the_blur_criterion_of_clibds_mean_results():
     hurt, line = rep.blur_summary(_results({"clean": 20, "noisy": 10}, 30, species_noisy=15.0, order_noisy=85.0))
     assert hurt["species_loss"] == pytest.approx(0.5) and hurt["passed"] is True and "PASS" in line

@@ -207,12 +207,12 @@ def _cleaning_notes(raw: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _profile():
-    """The COI-5P HMM and its alphabet, loaded once per process."""
-    from pyhmmer import easel, plan7
+    """The COI-5P HMM and the alphabet it was built on, loaded once per process."""
+    from pyhmmer import plan7
 
     with resources.as_file(resources.files("hirviz") / "data" / "COI-5P.hmm") as path, plan7.HMMFile(path) as handle:
         hmm = handle.read()
-    return hmm, easel.Alphabet.dna()
+    return hmm, hmm.alphabet
 
 
 # A pyhmmer pipeline keeps state between searches. It is not safe to share: two app users checking barcodes at
